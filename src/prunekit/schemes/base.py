@@ -1,0 +1,161 @@
+"""The scheme protocol: a constraint set on one weight and its exact Euclidean projection.
+
+Schemes are pure tensor maths and know nothing of ``nn.Module``. Every scheme works on the
+2-D *GEMM view* of a weight: a conv weight ``[out, in/groups, kh, kw]`` is the matrix
+``[out, in/groups*kh*kw]``, a linear weight is already ``[out, in]``, and an RNN weight that
+stacks ``gates`` gate matrices along dim 0 (LSTM: 4, GRU: 3) is handled one gate at a time,
+so each gate gets the requested sparsity on its own.
+
+A subclass implements the maths on one GEMM matrix (``_mask_2d`` and, for schemes whose
+projection is not "keep the chosen support", ``_project_2d``); this base class does the
+reshaping, the argument checks and the bookkeeping, so each scheme file stays about maths.
+
+Sparsity is always the fraction of weights that become zero. Structured schemes prune whole
+groups, so the achieved sparsity is rounded to whole groups; it is always *measured* from
+the result (:func:`measured_sparsity`), never assumed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from ..errors import ConfigError, TargetError
+
+
+def check_sparsity(sparsity: float, what: str = "sparsity") -> float:
+    """Validate a requested pruning rate: a number in [0, 1)."""
+    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)):
+        raise ConfigError(f"{what} must be a number in [0, 1), got {sparsity!r}")
+    if not 0.0 <= float(sparsity) < 1.0:
+        raise ConfigError(f"{what} must be in [0, 1), got {sparsity}")
+    return float(sparsity)
+
+
+def count_to_prune(n_items: int, sparsity: float) -> int:
+    """How many of ``n_items`` equal-sized items to prune for ``sparsity`` (nearest whole item)."""
+    return min(n_items, int(math.floor(sparsity * n_items + 0.5)))
+
+
+def measured_sparsity(w: Tensor) -> float:
+    """Fraction of exact zeros in ``w``."""
+    return 0.0 if w.numel() == 0 else float((w == 0).sum().item()) / w.numel()
+
+
+def index_bits(n: int) -> int:
+    """Bits needed to address one of ``n`` positions."""
+    return max(1, math.ceil(math.log2(max(n, 2))))
+
+
+def gemm_view(w: Tensor) -> Tensor:
+    """The 2-D GEMM matrix of a weight: dim 0 is the output, the rest is flattened."""
+    if w.dim() == 1:
+        return w.reshape(1, -1)
+    return w.reshape(w.shape[0], -1)
+
+
+def split_gates(w: Tensor, gates: int) -> list[Tensor]:
+    """Split an RNN weight stacked along dim 0 into its ``gates`` gate matrices (views)."""
+    if gates < 1 or w.shape[0] % gates:
+        raise ConfigError(f"weight of shape {tuple(w.shape)} cannot be split into {gates} gates")
+    return list(w.chunk(gates, dim=0)) if gates > 1 else [w]
+
+
+class Scheme:
+    """Base class of every sparsity scheme. See the module docstring."""
+
+    name: str = "scheme"
+    #: the scheme fixes its own rate (N:M); ``sparsity=None`` then means "the natural rate"
+    natural_sparsity: float | None = None
+
+    def __init__(self, **options) -> None:
+        if options:
+            raise ConfigError(f"scheme {self.name!r} got unknown options: {sorted(options)}")
+
+    # ---------------------------------------------------------------- public API
+    def project(self, w: Tensor, sparsity: float | None = None, *, gates: int = 1) -> Tensor:
+        """Exact Euclidean projection of ``w`` onto the scheme's constraint set.
+
+        Returns a new tensor of ``w``'s shape and dtype; ``w`` is never modified and the
+        result never shares its storage.
+        """
+        s = self._rate(sparsity)
+        self.check(w.shape, gates=gates)
+        with torch.no_grad():
+            parts = [
+                self._project_2d(gemm_view(g.detach()).float(), s, g.shape).reshape(g.shape)
+                for g in split_gates(w, gates)
+            ]
+            out = torch.cat(parts, dim=0) if len(parts) > 1 else parts[0].clone()
+        return out.to(w.dtype)
+
+    def mask(self, w: Tensor, sparsity: float | None = None, *, gates: int = 1) -> Tensor:
+        """Boolean mask (True = kept) of the support the projection keeps."""
+        s = self._rate(sparsity)
+        self.check(w.shape, gates=gates)
+        with torch.no_grad():
+            parts = [
+                self._mask_2d(gemm_view(g.detach()).float(), s, g.shape).reshape(g.shape)
+                for g in split_gates(w, gates)
+            ]
+        return torch.cat(parts, dim=0) if len(parts) > 1 else parts[0]
+
+    def group_norms(self, w: Tensor, *, gates: int = 1) -> Tensor:
+        """L2 norm of every group the scheme prunes as a unit, as one 1-D tensor.
+
+        Differentiable in ``w``: reweighted and group-lasso methods penalise these.
+        """
+        self.check(w.shape, gates=gates)
+        return torch.cat(
+            [self._group_norms_2d(gemm_view(g), g.shape) for g in split_gates(w, gates)]
+        )
+
+    def storage_bytes(self, w: Tensor, *, bits: int = 32, gates: int = 1) -> int:
+        """Bytes to store an already projected ``w``: kept values at ``bits`` each plus
+        the index / pattern / block metadata this scheme needs to rebuild the tensor."""
+        total_bits = sum(
+            self._storage_bits_2d(gemm_view(g.detach()), bits, g.shape)
+            for g in split_gates(w, gates)
+        )
+        return math.ceil(total_bits / 8)
+
+    def kept_macs(self, w: Tensor, positions: int = 1) -> int:
+        """Multiply-accumulates the layer still performs: one per nonzero weight per output
+        position (``positions`` = output height*width for a conv, 1 for linear/RNN steps)."""
+        return int((w != 0).sum().item()) * int(positions)
+
+    def check(self, shape: Sequence[int], *, gates: int = 1) -> None:
+        """Raise :class:`TargetError` if this scheme cannot apply to a weight of ``shape``."""
+        if len(shape) < 2:
+            raise TargetError(f"scheme {self.name!r} needs a weight with >= 2 dims, got {tuple(shape)}")
+
+    # ------------------------------------------------------- subclass hooks (2-D)
+    def _mask_2d(self, m: Tensor, sparsity: float, shape: torch.Size) -> Tensor:
+        raise NotImplementedError
+
+    def _project_2d(self, m: Tensor, sparsity: float, shape: torch.Size) -> Tensor:
+        """Default: the projection onto a support constraint keeps the chosen entries."""
+        return m * self._mask_2d(m, sparsity, shape)
+
+    def _group_norms_2d(self, m: Tensor, shape: torch.Size) -> Tensor:
+        raise NotImplementedError
+
+    def _storage_bits_2d(self, m: Tensor, bits: int, shape: torch.Size) -> int:
+        """Default: sparse coordinate storage, value plus a column index per nonzero and a
+        row pointer per row (CSR)."""
+        nnz = int((m != 0).sum().item())
+        return nnz * (bits + index_bits(m.shape[1])) + (m.shape[0] + 1) * 32
+
+    # ----------------------------------------------------------------- helpers
+    def _rate(self, sparsity: float | None) -> float:
+        if sparsity is None:
+            if self.natural_sparsity is None:
+                raise ConfigError(f"scheme {self.name!r} needs a sparsity in [0, 1)")
+            return self.natural_sparsity
+        return check_sparsity(sparsity)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
