@@ -6,11 +6,25 @@ Names: ``irregular``, ``filter``, ``channel``, ``column``, ``block``, ``pattern`
 
 from __future__ import annotations
 
+import importlib
+
 from ..errors import ConfigError
 from .base import Scheme, check_sparsity, count_to_prune, gemm_view, measured_sparsity
-from .irregular import Irregular
 
 _REGISTRY: dict[str, type[Scheme]] = {}
+
+# Built-in schemes: name -> "module:Class" inside this package, imported on first use.
+_BUILTIN = {
+    "irregular": "irregular:Irregular",
+    "filter": "structured:Filter",
+    "channel": "structured:Channel",
+    "column": "structured:Column",
+    "block": "block:Block",
+    "nm": "nm:NM",
+    "pattern": "pattern:Pattern",
+    "unify": "unify:Unify",
+    "quant": "quant:Quant",
+}
 
 
 def register(cls: type[Scheme]) -> type[Scheme]:
@@ -20,7 +34,14 @@ def register(cls: type[Scheme]) -> type[Scheme]:
 
 
 def available() -> list[str]:
-    return sorted(_REGISTRY)
+    return sorted(set(_REGISTRY) | set(_BUILTIN))
+
+
+def _lookup(name: str) -> type[Scheme] | None:
+    if name not in _REGISTRY and name in _BUILTIN:
+        module, cls = _BUILTIN[name].split(":")
+        _REGISTRY[name] = getattr(importlib.import_module(f"{__name__}.{module}"), cls)
+    return _REGISTRY.get(name)
 
 
 def get(name: str, **options) -> Scheme:
@@ -33,17 +54,10 @@ def get(name: str, **options) -> Scheme:
         from .compose import compose  # noqa: PLC0415  (only composite names need it)
 
         return compose(name, **options)
-    try:
-        cls = _REGISTRY[name]
-    except KeyError:
-        raise ConfigError(
-            f"unknown scheme {name!r}; available: {', '.join(available())}"
-        ) from None
+    cls = _lookup(name)
+    if cls is None:
+        raise ConfigError(f"unknown scheme {name!r}; available: {', '.join(available())}")
     return cls(**options)
-
-
-for _cls in (Irregular,):
-    register(_cls)
 
 __all__ = [
     "Scheme",

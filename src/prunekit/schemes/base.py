@@ -50,6 +50,11 @@ def index_bits(n: int) -> int:
     return max(1, math.ceil(math.log2(max(n, 2))))
 
 
+def kernel_positions(shape: Sequence[int]) -> int:
+    """GEMM columns per input channel: ``kh*kw`` for a conv weight, 1 for linear/RNN."""
+    return math.prod(shape[2:]) if len(shape) > 2 else 1
+
+
 def gemm_view(w: Tensor) -> Tensor:
     """The 2-D GEMM matrix of a weight: dim 0 is the output, the rest is flattened."""
     if w.dim() == 1:
@@ -62,6 +67,60 @@ def split_gates(w: Tensor, gates: int) -> list[Tensor]:
     if gates < 1 or w.shape[0] % gates:
         raise ConfigError(f"weight of shape {tuple(w.shape)} cannot be split into {gates} gates")
     return list(w.chunk(gates, dim=0)) if gates > 1 else [w]
+
+
+def _shares_storage(a: Tensor, b: Tensor) -> bool:
+    """Whether ``a`` lives in ``b``'s memory (a view of it, or ``b`` itself)."""
+    if a.numel() == 0 or b.numel() == 0:
+        return False
+    return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+
+
+def keep_largest(scores: Tensor, n_prune: int) -> Tensor:
+    """Boolean mask over ``scores`` (any shape) keeping all but the ``n_prune`` smallest.
+
+    Ties are broken by position (the earlier of two equal scores is pruned first, as a
+    stable sort would), so the result is deterministic. The cut is found by selection
+    (``kthvalue``, linear time, several times faster than a sort here) rather than a full
+    sort: projection runs on every weight of a model, many times during training.
+    """
+    flat = scores.reshape(-1)
+    n = flat.numel()
+    if n_prune <= 0:
+        return torch.ones(scores.shape, dtype=torch.bool, device=scores.device)
+    if n_prune >= n:
+        return torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
+    cut = flat.kthvalue(n_prune).values
+    keep = flat > cut
+    missing = (n - n_prune) - int(torch.count_nonzero(keep).item())
+    if missing > 0:
+        # several entries equal the cut: keep the last ``missing`` of them by position
+        ties = torch.nonzero(flat == cut).flatten()
+        keep[ties[len(ties) - missing :]] = True
+    return keep.reshape(scores.shape)
+
+
+def keep_largest_sized(scores: Tensor, sizes: Tensor, sparsity: float) -> Tensor:
+    """Group mask (True = kept) for groups of *different* sizes: prune groups in order of
+    increasing score (ties by position) and stop at the prefix whose pruned weight count is
+    nearest to ``sparsity * sizes.sum()`` (on a tie, the larger prefix).
+
+    With equal sizes this is exactly ``count_to_prune(n_groups, sparsity)`` groups. For any
+    sizes, the kept groups are those of largest score, so when ``scores`` are group norms the
+    result is the exact projection onto "keep at most that many groups".
+    """
+    flat, sz = scores.reshape(-1), sizes.reshape(-1)
+    if flat.numel() == 0:
+        return torch.ones(scores.shape, dtype=torch.bool, device=scores.device)
+    if bool((sz == sz[0]).all()):
+        return keep_largest(scores, count_to_prune(flat.numel(), sparsity))
+    order = torch.argsort(flat, stable=True)
+    pruned_weights = torch.cat([sz.new_zeros(1), sz[order].cumsum(0)]).double()
+    error = (pruned_weights - sparsity * float(pruned_weights[-1])).abs()
+    n_prune = int(torch.nonzero(error == error.min()).max().item())
+    keep = torch.ones_like(flat, dtype=torch.bool)
+    keep[order[:n_prune]] = False
+    return keep.reshape(scores.shape)
 
 
 class Scheme:
@@ -89,7 +148,9 @@ class Scheme:
                 self._project_2d(gemm_view(g.detach()).float(), s, g.shape).reshape(g.shape)
                 for g in split_gates(w, gates)
             ]
-            out = torch.cat(parts, dim=0) if len(parts) > 1 else parts[0].clone()
+            out = torch.cat(parts, dim=0) if len(parts) > 1 else parts[0]
+            if _shares_storage(out, w):
+                out = out.clone()
         return out.to(w.dtype)
 
     def mask(self, w: Tensor, sparsity: float | None = None, *, gates: int = 1) -> Tensor:
@@ -138,7 +199,7 @@ class Scheme:
 
     def _project_2d(self, m: Tensor, sparsity: float, shape: torch.Size) -> Tensor:
         """Default: the projection onto a support constraint keeps the chosen entries."""
-        return m * self._mask_2d(m, sparsity, shape)
+        return torch.where(self._mask_2d(m, sparsity, shape), m, 0.0)
 
     def _group_norms_2d(self, m: Tensor, shape: torch.Size) -> Tensor:
         raise NotImplementedError

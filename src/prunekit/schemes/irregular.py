@@ -9,20 +9,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import Scheme, count_to_prune
+from .base import Scheme, count_to_prune, keep_largest
 
-
-def keep_largest(scores: Tensor, n_prune: int) -> Tensor:
-    """Boolean mask over ``scores`` (any shape) keeping all but the ``n_prune`` smallest.
-
-    Ties are broken by position (stable), so the result is deterministic.
-    """
-    flat = scores.reshape(-1)
-    keep = torch.ones_like(flat, dtype=torch.bool)
-    if n_prune > 0:
-        order = torch.argsort(flat, stable=True)
-        keep[order[:n_prune]] = False
-    return keep.reshape(scores.shape)
+__all__ = ["Irregular", "keep_largest"]
 
 
 class Irregular(Scheme):

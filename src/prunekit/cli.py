@@ -1,0 +1,62 @@
+"""The ``prunekit`` command line.
+
+    prunekit compress RECIPE.yaml --out DIR [--set section.key=value ...] [--resume]
+    prunekit report MODEL.pt [--out DIR]
+
+Errors a user can fix (bad recipe, missing data, unknown layer) print one line and exit 2;
+nothing else is caught, so a genuine bug still shows its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .errors import PrunekitError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="prunekit", description="Compress PyTorch models with ADMM and reweighted pruning."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    compress = sub.add_parser("compress", help="run a recipe: train, prune, retrain, report")
+    compress.add_argument("recipe", help="recipe YAML file (see recipes/)")
+    compress.add_argument("--out", required=True, help="run directory for results")
+    compress.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+        help="override a recipe key; the value is parsed as YAML (repeatable)",
+    )
+    compress.add_argument("--resume", action="store_true",
+                          help="continue an interrupted run in --out from its last checkpoint")
+    compress.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    report = sub.add_parser("report", help="per-layer table, totals and plots of a saved model")
+    report.add_argument("model", help="model.pt written by `prunekit compress`")
+    report.add_argument("--out", help="also write report.json/report.md/plots into this directory")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "compress":
+            from .pipeline import run_recipe
+            from .recipe import load_recipe
+
+            recipe = load_recipe(args.recipe, args.overrides)
+            run_recipe(recipe, args.out, resume=args.resume, progress=not args.no_progress)
+        elif args.command == "report":
+            from .inspect import report_saved_model
+
+            report_saved_model(Path(args.model), out_dir=args.out)
+    except PrunekitError as exc:
+        print(f"prunekit: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""Pruning methods by name: ``prunekit.methods.get(name, model, targets, **options)``.
+
+Names: ``admm``, ``progressive_admm``, ``reweighted``, ``magnitude`` (one-shot),
+``gradual``, ``group_lasso``. Every method follows the plugin protocol of
+:class:`~prunekit.methods.base.PruningMethod`, so any of them drops into any training loop.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterable
+from typing import Any
+
+from torch import nn
+
+from ..errors import ConfigError
+from ..targets import Target
+from .admm import ADMM, ProgressiveADMM, admm_option_names
+from .base import PruningMethod
+from .group_lasso import GroupLasso
+from .magnitude import GradualMagnitude, OneShotMagnitude, cubic_sparsity
+from .reweighted import Reweighted
+
+METHODS: dict[str, type[PruningMethod]] = {
+    "admm": ADMM,
+    "progressive_admm": ProgressiveADMM,
+    "reweighted": Reweighted,
+    "magnitude": OneShotMagnitude,
+    "gradual": GradualMagnitude,
+    "group_lasso": GroupLasso,
+}
+
+
+def available() -> list[str]:
+    return sorted(METHODS)
+
+
+def options(name: str) -> list[str]:
+    """The options method ``name`` accepts (besides the model and the targets)."""
+    cls = _lookup(name)
+    params = inspect.signature(cls.__init__).parameters
+    names = [
+        n for n, p in params.items()
+        if n not in ("self", "model", "targets") and p.kind is not inspect.Parameter.VAR_KEYWORD
+    ]
+    if cls is ProgressiveADMM:
+        names += [n for n in admm_option_names() if n not in names]
+    return names
+
+
+def get(name: str, model: nn.Module, targets: Iterable[Target], **opts: Any) -> PruningMethod:
+    """The method called ``name`` on ``targets`` of ``model``, configured with ``opts``."""
+    valid = options(name)
+    unknown = sorted(set(opts) - set(valid))
+    if unknown:
+        raise ConfigError(
+            f"method {name!r} got unknown options {unknown}; valid options: {', '.join(valid)}"
+        )
+    return METHODS[name](model, targets, **opts)
+
+
+def _lookup(name: str) -> type[PruningMethod]:
+    if not isinstance(name, str) or name not in METHODS:
+        raise ConfigError(f"unknown pruning method {name!r}; available: {', '.join(available())}")
+    return METHODS[name]
+
+
+__all__ = [
+    "ADMM",
+    "METHODS",
+    "GradualMagnitude",
+    "GroupLasso",
+    "OneShotMagnitude",
+    "ProgressiveADMM",
+    "PruningMethod",
+    "Reweighted",
+    "available",
+    "cubic_sparsity",
+    "get",
+    "options",
+]

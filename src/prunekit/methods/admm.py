@@ -1,0 +1,447 @@
+"""Systematic ADMM pruning, one-shot to a rate or progressively through several rates.
+
+The problem ``min f(W) s.t. W_i in S_i`` is split with a copy ``Z_i in S_i`` and solved by
+alternating three steps (scaled dual form):
+
+- **W-step**: the user's own training on ``f(W) + sum_i rho_i/2 ||W_i - Z_i + U_i||_F^2``;
+  :meth:`ADMM.penalty` is that second term, with the *squared* Frobenius norm so that its
+  gradient is ``rho_i (W_i - Z_i + U_i)``: a spring toward ``Z_i - U_i``, not a constant pull;
+- **Z-step**: ``Z_i = P_i(W_i + U_i)``, the scheme's exact Euclidean projection;
+- **U-step**: ``U_i += W_i - Z_i``, the running sum of the constraint violations.
+
+``Z_0`` is the projection of the pretrained weights and ``U_0 = 0``. Z and U are allocated
+once and updated in place, so memory stays flat however many updates run. When rho changes,
+U is rescaled by ``rho_old / rho_new`` so that ``rho * U`` (the unscaled dual) is unchanged,
+as the scaled form requires; ``rescale_dual=False`` keeps U as is.
+
+A model that is already sparse is pruned further without reviving anything: its exact
+zeros (or the live masks of an earlier round) restrict the Z-step, ``Z = P((W + U) * M) *
+M``, and are enforced on W after every step.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import ConfigError
+from ..schemes import check_sparsity
+from ..targets import Target
+from .base import (
+    UNITS,
+    PruningMethod,
+    at_rate,
+    check_choice,
+    check_count,
+    check_positive,
+    check_targets,
+    existing_keep,
+    explicit_rate,
+    per_target,
+)
+
+RHO_SCHEDULES = ("constant", "geometric", "stages")
+_DEFAULT_GROWTH = {"constant": 1.0, "geometric": 1.5, "stages": 10.0}
+
+
+class ADMM(PruningMethod):
+    """ADMM pruning (see the module docstring).
+
+    ``rho`` is one number or ``{layer: number}``. It follows ``rho_schedule``:
+    ``"constant"``; ``"geometric"`` (times ``rho_growth``, default 1.5, at every update, up
+    to ``rho_max``); ``"stages"`` (times ``rho_growth``, default 10, every ``stage_every``
+    updates, up to ``rho_max``). Z/U are updated every ``update_every`` epochs
+    (``update_unit="epoch"``, counted in :meth:`end_epoch`) or optimizer steps
+    (``"step"``, counted in :meth:`after_step`).
+
+    Every ``stage_every`` updates a *stage* ends: the functions given to :meth:`on_stage`
+    are called with the stage number, and with ``reset_lr=True`` the flag
+    ``lr_reset_pending`` is raised for a loop that restarts its learning rate per stage
+    (clear it once done). ``keep_zeros=False`` ignores exact zeros already in the weights.
+    """
+
+    name = "admm"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        targets: Iterable[Target],
+        rho: float | Mapping[str, float] = 1e-3,
+        *,
+        update_every: int = 1,
+        update_unit: str = "epoch",
+        rho_schedule: str = "constant",
+        rho_growth: float | None = None,
+        rho_max: float | None = None,
+        stage_every: int = 5,
+        rescale_dual: bool = True,
+        reset_lr: bool = False,
+        keep_zeros: bool = True,
+    ) -> None:
+        super().__init__(model, targets)
+        self.rho_init = per_target(rho, self.targets, "rho")
+        self.rho = list(self.rho_init)
+        self.update_every = check_count(update_every, "update_every")
+        self.update_unit = check_choice(update_unit, "update_unit", UNITS)
+        self.rho_schedule = check_choice(rho_schedule, "rho_schedule", RHO_SCHEDULES)
+        growth = _DEFAULT_GROWTH[rho_schedule] if rho_growth is None else rho_growth
+        self.rho_growth = check_positive(growth, "rho_growth")
+        self.rho_max = None if rho_max is None else check_positive(rho_max, "rho_max")
+        if self.rho_max is not None and self.rho_max < max(self.rho_init):
+            raise ConfigError(
+                f"rho_max ({rho_max}) is below the initial rho ({max(self.rho_init)})"
+            )
+        self.stage_every = check_count(stage_every, "stage_every")
+        self.rescale_dual = _check_bool(rescale_dual, "rescale_dual")
+        self.reset_lr = _check_bool(reset_lr, "reset_lr")
+        self.keep_zeros = _check_bool(keep_zeros, "keep_zeros")
+
+        self.updates = 0  # Z/U updates in all rounds
+        self.round = 0
+        self.round_updates = 0  # Z/U updates since the current round (or run) began
+        self.round_epoch = 0
+        self.round_step = 0
+        self.stage = 0
+        self.lr_reset_pending = False
+        self._stage_callbacks: list[Callable[[int], Any]] = []
+        self._active: list[Target] = self._round_targets(0)
+
+        if self.keep_zeros:
+            keep = {t.name: m for t in self.targets if (m := existing_keep(model, t)) is not None}
+            if keep:
+                self.set_masks(keep)
+        # Allocated once; every later change is in place (flat memory, no shared storage).
+        self.Z = [torch.zeros_like(t.param, memory_format=torch.contiguous_format)
+                  for t in self.targets]
+        self.U = [torch.zeros_like(z) for z in self.Z]
+        self._last: dict[str, float] = {}
+        self._restart()
+
+    # ---------------------------------------------------------------- protocol
+    def _penalty(self) -> Tensor:
+        self._follow_devices()
+        device = self.targets[0].param.device
+        total = self._zero()
+        for t, z, u, rho in zip(self._active, self.Z, self.U, self.rho, strict=True):
+            term = (t.param - z + u).pow(2).sum() * (rho / 2.0)
+            total = total + term.to(device)
+        return total
+
+    def _after_step(self) -> None:
+        self.round_step += 1
+        if self.update_unit == "step" and self.round_step % self.update_every == 0:
+            self.update()
+
+    def _end_epoch(self) -> None:
+        self.round_epoch += 1
+        if self.update_unit == "epoch" and self.round_epoch % self.update_every == 0:
+            self.update()
+
+    def harden_targets(self) -> list[Target]:
+        return self._active
+
+    def on_stage(self, fn: Callable[[int], Any]) -> Callable[[int], Any]:
+        """Call ``fn(stage_number)`` whenever a stage ends (e.g. to reset the learning
+        rate). Returns ``fn`` so it can be used as a decorator. Callbacks are not state:
+        register them again after a resume."""
+        if not callable(fn):
+            raise ConfigError(f"on_stage needs a callable, got {type(fn).__name__}")
+        self._stage_callbacks.append(fn)
+        return fn
+
+    def progress(self) -> dict[str, float]:
+        return {**self._last, "rho": max(self.rho)}
+
+    # ---------------------------------------------------------------- the ADMM
+    @torch.no_grad()
+    def update(self) -> dict[str, Any]:
+        """One Z-step and U-step for every target, then the rho schedule. Returns (and
+        appends to ``history``) the residuals: primal ``sum_i ||W_i - Z_i||`` and dual
+        ``sum_i rho_i ||Z_i - Z_i_prev||``, per layer too."""
+        self._follow_devices()
+        layers: dict[str, dict[str, float]] = {}
+        zeros = total = 0
+        for t, z, u, rho in zip(self._active, self.Z, self.U, self.rho, strict=True):
+            w = t.param.detach()
+            z_new = self._project(t, w + u)
+            dual = rho * float(torch.linalg.vector_norm(z_new - z).item())
+            z.copy_(z_new)
+            del z_new
+            u.add_(w).sub_(z)
+            primal = float(torch.linalg.vector_norm(w - z).item())
+            layers[t.name] = {"rho": rho, "primal": primal, "dual": dual}
+            zeros += int((z == 0).sum().item())
+            total += z.numel()
+        self.updates += 1
+        self.round_updates += 1
+        record = {
+            "event": "update",
+            "update": self.updates,
+            "round": self.round,
+            "epoch": self.epoch,
+            "step": self.step,
+            "rho": max(self.rho),
+            "primal": math.fsum(v["primal"] for v in layers.values()),
+            "dual": math.fsum(v["dual"] for v in layers.values()),
+            "sparsity": zeros / total,
+            "layers": layers,
+        }
+        self.history.append(record)
+        self._last = {k: record[k] for k in ("sparsity", "primal", "dual")}
+        self._advance_rho()
+        if self.round_updates % self.stage_every == 0:
+            self._end_stage()
+        return record
+
+    def _project(self, target: Target, v: Tensor) -> Tensor:
+        """``P(v * M) * M`` with the live mask M of ``target`` (plain ``P(v)`` without one)."""
+        mask = None if self.masks is None else self.masks.get(target.name)
+        if mask is None:
+            return target.project(v)
+        mask = mask.to(v.device)
+        return target.project(v * mask).mul_(mask)
+
+    @torch.no_grad()
+    def _restart(self) -> None:
+        """Begin a run (or round): Z = projection of the current weights, U = 0."""
+        zeros = total = 0
+        primal = 0.0
+        for t, z, u in zip(self._active, self.Z, self.U, strict=True):
+            w = t.param.detach()
+            z.copy_(self._project(t, w))
+            u.zero_()
+            primal += float(torch.linalg.vector_norm(w - z).item())
+            zeros += int((z == 0).sum().item())
+            total += z.numel()
+        self._last = {"sparsity": zeros / total, "primal": primal, "dual": 0.0}
+
+    @torch.no_grad()
+    def _advance_rho(self) -> None:
+        if self.rho_schedule == "constant":
+            return
+        if self.rho_schedule == "stages" and self.round_updates % self.stage_every:
+            return
+        for i, old in enumerate(self.rho):
+            new = old * self.rho_growth
+            if self.rho_max is not None:
+                new = min(new, self.rho_max)
+            if new != old and self.rescale_dual:
+                pass
+            self.rho[i] = new
+
+    def _end_stage(self) -> None:
+        self.stage += 1
+        if self.reset_lr:
+            self.lr_reset_pending = True
+        for fn in self._stage_callbacks:
+            fn(self.stage)
+
+    def _round_targets(self, index: int) -> list[Target]:
+        return self.targets
+
+    def _follow_devices(self) -> None:
+        """Keep Z/U on each weight's device if the model was moved after construction."""
+        for i, t in enumerate(self.targets):
+            if self.Z[i].device != t.param.device:
+                self.Z[i] = self.Z[i].to(t.param.device)
+                self.U[i] = self.U[i].to(t.param.device)
+
+    # ------------------------------------------------------------------- state
+    def _extra_state(self) -> dict[str, Any]:
+        return {
+            "Z": {t.name: z.clone() for t, z in zip(self.targets, self.Z, strict=True)},
+            "U": {t.name: u.clone() for t, u in zip(self.targets, self.U, strict=True)},
+            "rho": list(self.rho),
+            "updates": self.updates,
+            "round": self.round,
+            "round_updates": self.round_updates,
+            "round_epoch": self.round_epoch,
+            "round_step": self.round_step,
+            "stage": self.stage,
+            "lr_reset_pending": self.lr_reset_pending,
+            "last": dict(self._last),
+        }
+
+    @torch.no_grad()
+    def _load_extra_state(self, state: Mapping[str, Any]) -> None:
+        rho = [float(r) for r in state["rho"]]
+        if len(rho) != len(self.targets):
+            raise ConfigError(f"state has {len(rho)} rho values for {len(self.targets)} targets")
+        self.round = int(state["round"])
+        self._active = self._round_targets(self.round)
+        for t, z, u in zip(self.targets, self.Z, self.U, strict=True):
+            z.copy_(self._check_shape("Z", t, state["Z"][t.name]))
+            u.copy_(self._check_shape("U", t, state["U"][t.name]))
+        self.rho = rho
+        self.updates = int(state["updates"])
+        self.round_updates = int(state["round_updates"])
+        self.round_epoch = int(state["round_epoch"])
+        self.round_step = int(state["round_step"])
+        self.stage = int(state["stage"])
+        self.lr_reset_pending = bool(state["lr_reset_pending"])
+        self._last = {k: float(v) for k, v in state["last"].items()}
+
+
+class ProgressiveADMM(ADMM):
+    """ADMM in rounds of rising sparsity, each starting from the last hardened model.
+
+    The schedule is ``rates`` (one entry per round: a rate for every layer or
+    ``{layer: rate, "default": rate}``), or ``stages`` (dicts with ``sparsity`` as above
+    and optionally ``epochs`` and ``rho`` for that round), or, with neither, ``rounds``
+    rounds whose rates rise geometrically to each target's own rate (every round keeps
+    the same fraction of what the last one kept). Each round lasts ``epochs_per_round``
+    epochs; at its end the weights are hardened to the round's rate, those masks are
+    enforced during the rest of the run, and a fresh ADMM (rho back to its initial value,
+    Z from the projection at the next rate inside the mask, U = 0) starts. The rounds are
+    driven by :meth:`end_epoch`, so this plugs into the same loop as :class:`ADMM`; after
+    the last round it keeps running ADMM at the final rate, and :meth:`harden` hardens to
+    the final rate. Other options are :class:`ADMM`'s.
+    """
+
+    name = "progressive_admm"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        targets: Iterable[Target],
+        rates: Sequence[float | Mapping[str, float]] | None = None,
+        *,
+        stages: Sequence[Mapping[str, Any]] | None = None,
+        rounds: int | None = None,
+        epochs_per_round: int = 1,
+        **admm_options: Any,
+    ) -> None:
+        checked = check_targets(model, targets)
+        unknown = sorted(set(admm_options) - set(admm_option_names()))
+        if unknown:
+            raise ConfigError(
+                f"progressive_admm got unknown options {unknown}; valid: "
+                f"{', '.join(sorted(set(admm_option_names()) | _PROGRESSIVE_OPTIONS))}"
+            )
+        self.epochs_per_round = check_count(epochs_per_round, "epochs_per_round")
+        self.rates, self.round_epochs, round_rho = _schedule(
+            checked, rates, stages, rounds, self.epochs_per_round
+        )
+        super().__init__(model, checked, **admm_options)
+        self.round_rho = [self.rho_init if r is None else r for r in round_rho]
+        self.rho = list(self.round_rho[0])
+
+    def _round_targets(self, index: int) -> list[Target]:
+        return [at_rate(t, rate) for t, rate in zip(self.targets, self.rates[index], strict=True)]
+
+    def harden_targets(self) -> list[Target]:
+        return self._round_targets(len(self.rates) - 1)
+
+    def _end_epoch(self) -> None:
+        super()._end_epoch()
+        last = self.round + 1 >= len(self.rates)
+        if not last and self.round_epoch >= self.round_epochs[self.round]:
+            self._next_round()
+
+    def _next_round(self) -> None:
+        masks = self._harden(self._active)
+        self.set_masks(masks)
+        self.history.append({
+            "event": "round",
+            "round": self.round,
+            "epoch": self.epoch,
+            "step": self.step,
+            "rates": {t.name: float(r) for t, r in zip(self.targets, self.rates[self.round],
+                                                        strict=True)},
+        })
+        self.round += 1
+        self.round_updates = self.round_epoch = self.round_step = 0
+        self._active = self._round_targets(self.round)
+        self.rho = list(self.round_rho[self.round])
+        self._restart()
+        self._end_stage()
+
+    def progress(self) -> dict[str, float]:
+        return {**super().progress(), "round": float(self.round)}
+
+    def _extra_state(self) -> dict[str, Any]:
+        return {**super()._extra_state(), "rates": [list(r) for r in self.rates]}
+
+    def _load_extra_state(self, state: Mapping[str, Any]) -> None:
+        saved = [[float(x) for x in r] for r in state["rates"]]
+        if saved != self.rates:
+            raise ConfigError(f"state was saved with round rates {saved}, not {self.rates}")
+        super()._load_extra_state(state)
+
+
+_PROGRESSIVE_OPTIONS = {"rates", "stages", "rounds", "epochs_per_round"}
+_STAGE_KEYS = ("sparsity", "epochs", "rho")
+
+
+def admm_option_names() -> list[str]:
+    """The keyword options of :class:`ADMM` (besides model and targets)."""
+    import inspect  # noqa: PLC0415
+
+    params = inspect.signature(ADMM.__init__).parameters
+    return [n for n in params if n not in ("self", "model", "targets")]
+
+
+def _check_bool(value: Any, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{what} must be true or false, got {value!r}")
+    return value
+
+
+def _round_rates(targets: list[Target], entry: Any, what: str) -> list[float]:
+    rates = per_target(entry, targets, what, allow_zero=True)
+    return [check_sparsity(r, f"{what} for {t.name!r}") for t, r in zip(targets, rates,
+                                                                         strict=True)]
+
+
+def _schedule(
+    targets: list[Target],
+    rates: Sequence[Any] | None,
+    stages: Sequence[Mapping[str, Any]] | None,
+    rounds: int | None,
+    epochs_per_round: int,
+) -> tuple[list[list[float]], list[int], list[list[float] | None]]:
+    """Per round: the rate of every target, the epochs, and the rho (None: the initial)."""
+    given = [n for n, v in (("rates", rates), ("stages", stages), ("rounds", rounds))
+             if v is not None]
+    if len(given) > 1:
+        raise ConfigError(f"progressive_admm takes one of rates, stages or rounds, got {given}")
+    if stages is not None:
+        if isinstance(stages, (str, Mapping)) or not isinstance(stages, Sequence) or not stages:
+            raise ConfigError("stages must be a non-empty list of {sparsity, epochs, rho} dicts")
+        table, epochs, rhos = [], [], []
+        for i, stage in enumerate(stages):
+            if not isinstance(stage, Mapping) or "sparsity" not in stage:
+                raise ConfigError(
+                    f"stages[{i}] must be a dict with a 'sparsity' key, got {stage!r}"
+                )
+            extra = sorted(set(stage) - set(_STAGE_KEYS))
+            if extra:
+                raise ConfigError(f"stages[{i}] has unknown keys {extra}; valid: {_STAGE_KEYS}")
+            table.append(_round_rates(targets, stage["sparsity"], f"stages[{i}].sparsity"))
+            epochs.append(check_count(stage.get("epochs", epochs_per_round), f"stages[{i}].epochs"))
+            rho = stage.get("rho")
+            rhos.append(None if rho is None else per_target(rho, targets, f"stages[{i}].rho"))
+    else:
+        if rates is None:
+            n = check_count(3 if rounds is None else rounds, "rounds")
+            finals = [explicit_rate(t, "progressive_admm") for t in targets]
+            table = [[1.0 - (1.0 - s) ** ((r + 1) / n) for s in finals] for r in range(n)]
+            table[-1] = finals
+        else:
+            if isinstance(rates, (str, Mapping)) or not isinstance(rates, Sequence) or not rates:
+                raise ConfigError(f"rates must be a non-empty list of rates, got {rates!r}")
+            table = [_round_rates(targets, r, f"rates[{i}]") for i, r in enumerate(rates)]
+        epochs = [epochs_per_round] * len(table)
+        rhos = [None] * len(table)
+    for r in range(1, len(table)):
+        for t, before, now in zip(targets, table[r - 1], table[r], strict=True):
+            if now < before:
+                raise ConfigError(
+                    f"round {r} lowers the rate of {t.name!r} from {before} to {now}; "
+                    f"progressive rates must not decrease"
+                )
+    return table, epochs, rhos

@@ -1,0 +1,314 @@
+"""What every pruning method shares: the plugin protocol, counters, masks and state.
+
+A method drives training toward each target's constraint set and plugs into any loop::
+
+    loss = criterion(model(x), y) + pruner.penalty()
+    loss.backward(); optimizer.step(); optimizer.zero_grad()
+    pruner.after_step()          # once per optimizer step
+    ...
+    pruner.end_epoch()           # once per epoch
+    masks = pruner.harden()      # exact projection: the requested rates are met exactly
+
+The base class keeps the parts that are the same for all of them: the checked target list,
+the step/epoch counters, the ``history`` of updates, the hardening (always through
+:func:`prunekit.masks.harden`, so there is one definition of "hard prune"), the masks that
+are live (enforced after every step) and the state a resumed run needs. A method never
+creates an optimizer: it only adds a penalty to the user's loss and edits weights in place,
+so the user's optimizer, loss and loop stay in charge.
+
+After :meth:`PruningMethod.harden` a method is finished: its penalty is zero and
+``after_step`` keeps the hardened masks enforced, so the same object can stay plugged in
+during masked retraining.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import ConfigError, TargetError
+from ..targets import Target
+
+UNITS = ("epoch", "step")
+
+
+# ------------------------------------------------------------------ option checks
+def check_positive(value: Any, what: str, *, allow_zero: bool = False) -> float:
+    """A finite number > 0 (or >= 0 with ``allow_zero``)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"{what} must be a finite number, got {value!r}")
+    if value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ConfigError(f"{what} must be {bound}, got {value}")
+    return float(value)
+
+
+def check_count(value: Any, what: str, *, minimum: int = 1) -> int:
+    """A whole number >= ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{what} must be a whole number >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def check_choice(value: Any, what: str, choices: Sequence[str]) -> str:
+    if value not in choices:
+        raise ConfigError(f"{what} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+    return value
+
+
+def per_target(
+    value: Any, targets: Sequence[Target], what: str, *, allow_zero: bool = False
+) -> list[float]:
+    """One number per target from a single number or ``{layer: number}``.
+
+    A layer is named by its parameter name (``"fc1.weight"``) or its module name (``"fc1"``);
+    a ``"default"`` entry covers the layers not named. An unknown name is an error, because
+    a typo would otherwise silently leave a layer at the default.
+    """
+    if not isinstance(value, Mapping):
+        number = check_positive(value, what, allow_zero=allow_zero)
+        return [number] * len(targets)
+    known = {t.name for t in targets} | {t.module_name for t in targets}
+    unknown = sorted(str(k) for k in value if k != "default" and k not in known)
+    if unknown:
+        raise ConfigError(
+            f"{what} names unknown layers {unknown}; the targets are "
+            f"{sorted(t.name for t in targets)}"
+        )
+    out = []
+    for t in targets:
+        key = t.name if t.name in value else t.module_name if t.module_name in value else "default"
+        if key not in value:
+            raise ConfigError(f"{what} has no value for layer {t.name!r} and no 'default' entry")
+        out.append(check_positive(value[key], f"{what}[{key!r}]", allow_zero=allow_zero))
+    return out
+
+
+def check_targets(model: nn.Module, targets: Iterable[Target]) -> list[Target]:
+    """The targets as a list, each a parameter of ``model``, no parameter twice."""
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(targets, Target):
+        targets = [targets]
+    try:
+        found = list(targets)
+    except TypeError:
+        raise ConfigError(
+            f"targets must be a list of prunekit Target, got {type(targets).__name__}"
+        ) from None
+    if not found:
+        raise ConfigError("targets is empty: nothing to prune (check the target rules)")
+    params = dict(model.named_parameters())
+    seen: set[str] = set()
+    for t in found:
+        if not isinstance(t, Target):
+            raise ConfigError(f"targets must be prunekit Target objects, got {type(t).__name__}")
+        if params.get(t.name) is not t.param:
+            raise TargetError(f"target {t.name!r} is not a parameter of this model")
+        if t.name in seen:
+            raise TargetError(f"target {t.name!r} is listed twice")
+        seen.add(t.name)
+    return found
+
+
+def at_rate(target: Target, sparsity: float | None) -> Target:
+    """The same target at another rate (progressive and gradual schedules)."""
+    return replace(target, sparsity=sparsity)
+
+
+def explicit_rate(target: Target, method: str) -> float:
+    """The target's requested rate; schedules need a number, not a scheme's natural rate."""
+    if target.sparsity is None:
+        raise ConfigError(
+            f"{method} needs an explicit sparsity for target {target.name!r} "
+            f"(scheme {target.scheme.name!r} gives none)"
+        )
+    return float(target.sparsity)
+
+
+def existing_keep(model: nn.Module, target: Target) -> Tensor | None:
+    """Where an already pruned weight may stay nonzero, or None if nothing is pruned yet.
+
+    The pruning record is the mask attached to the model (:func:`prunekit.masks.attach_masks`)
+    and the exact zeros of the weight (hardening leaves pruned weights at exactly 0), so
+    pruning an already sparse model further never revives a weight.
+    """
+    from ..masks import get_masks  # noqa: PLC0415  (masks builds on targets only)
+
+    with torch.no_grad():
+        keep = target.param.detach() != 0
+        attached = get_masks(model).get(target.name)
+        if attached is not None:
+            keep &= attached.to(keep.device).bool()
+    return None if bool(keep.all()) else keep
+
+
+def zero_fraction(tensors: Iterable[Tensor]) -> float:
+    """Fraction of exact zeros over all ``tensors`` together."""
+    zeros = total = 0
+    with torch.no_grad():
+        for t in tensors:
+            zeros += int((t == 0).sum().item())
+            total += t.numel()
+    return zeros / total if total else 0.0
+
+
+# ------------------------------------------------------------------- the base
+class PruningMethod:
+    """Shared base: counters, history, live masks, hardening and state (module docstring)."""
+
+    name = "method"
+
+    def __init__(self, model: nn.Module, targets: Iterable[Target]) -> None:
+        self.model = model
+        self.targets: list[Target] = check_targets(model, targets)
+        self.epoch = 0  # completed epochs (end_epoch calls)
+        self.step = 0  # completed optimizer steps (after_step calls)
+        self.history: list[dict[str, Any]] = []
+        self.hardened = False
+        self.masks: dict[str, Tensor] | None = None  # masks enforced after every step
+        self.optimizer: torch.optim.Optimizer | None = None
+        self._enforcer: Any = None
+
+    # ------------------------------------------------------------ the protocol
+    def penalty(self) -> Tensor:
+        """Term to add to the loss: 0-dim, differentiable; zero once hardened."""
+        if self.hardened:
+            return self._zero()
+        return self._penalty()
+
+    def after_step(self) -> None:
+        """Call after every ``optimizer.step()``: live masks are enforced, then the method
+        does its per-step work."""
+        self.step += 1
+        if self._enforcer is not None:
+            self._enforcer.after_step()
+        if not self.hardened:
+            self._after_step()
+
+    def end_epoch(self) -> None:
+        """Call at the end of every epoch."""
+        self.epoch += 1
+        if not self.hardened:
+            self._end_epoch()
+
+    def harden(self) -> dict[str, Tensor]:
+        """Project every target exactly onto its constraint set (in place, keeping earlier
+        zeros) and keep the result enforced from now on. Returns ``{param name: mask}``."""
+        masks = self._harden(self.harden_targets())
+        self.hardened = True
+        self.set_masks(masks)
+        return masks
+
+    def harden_targets(self) -> list[Target]:
+        """The targets (with the rates) :meth:`harden` projects onto."""
+        return self.targets
+
+    def bind(self, optimizer: torch.optim.Optimizer) -> PruningMethod:
+        """Let mask enforcement also clear the optimizer's buffers (momentum, Adam moments)
+        of pruned weights, so they cannot push a pruned weight back."""
+        self.optimizer = optimizer
+        if self._enforcer is not None:
+            self._enforcer.bind(optimizer)
+        return self
+
+    def progress(self) -> dict[str, float]:
+        """Numbers for a progress bar: here the fraction of exact zeros in the targets."""
+        return {"sparsity": zero_fraction(t.param for t in self.targets)}
+
+    # ------------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resumed run needs; tensors and plain values only, so it loads with
+        ``torch.load(weights_only=True)``."""
+        return {
+            "method": self.name,
+            "targets": [t.name for t in self.targets],
+            "epoch": self.epoch,
+            "step": self.step,
+            "hardened": self.hardened,
+            "history": copy.deepcopy(self.history),
+            "masks": None if self.masks is None else {k: v.clone() for k, v in self.masks.items()},
+            **self._extra_state(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s output; the method and targets must be the same."""
+        if not isinstance(state, Mapping) or state.get("method") != self.name:
+            got = state.get("method") if isinstance(state, Mapping) else type(state).__name__
+            raise ConfigError(f"state is for method {got!r}, not {self.name!r}")
+        names = [t.name for t in self.targets]
+        if list(state.get("targets", [])) != names:
+            raise ConfigError(
+                f"state was saved for targets {list(state.get('targets', []))}, "
+                f"but this {self.name} prunes {names}"
+            )
+        self.epoch = int(state["epoch"])
+        self.step = int(state["step"])
+        self.hardened = bool(state["hardened"])
+        self.history = copy.deepcopy(list(state["history"]))
+        masks = state["masks"]
+        if masks is not None:
+            masks = {k: self._on_device(k, v) for k, v in masks.items()}
+        self.set_masks(masks)
+        self._load_extra_state(state)
+
+    # ---------------------------------------------------------------- helpers
+    def set_masks(self, masks: Mapping[str, Tensor] | None) -> None:
+        """Make ``masks`` the live masks: enforced on weights (and the bound optimizer's
+        buffers) after every step. ``None`` stops enforcement."""
+        from ..masks import MaskEnforcer  # noqa: PLC0415  (masks builds on targets only)
+
+        if self._enforcer is not None:
+            self._enforcer.close()  # its gradient hooks would otherwise stay on the weights
+        if not masks:
+            self.masks, self._enforcer = None, None
+            return
+        self.masks = dict(masks)
+        self._enforcer = MaskEnforcer(self.model, self.masks, self.optimizer)
+
+    def _harden(self, targets: list[Target]) -> dict[str, Tensor]:
+        from ..masks import harden  # noqa: PLC0415
+
+        return harden(self.model, targets)
+
+    def _zero(self) -> Tensor:
+        p = self.targets[0].param
+        return torch.zeros((), device=p.device, dtype=p.dtype)
+
+    def _on_device(self, name: str, tensor: Tensor) -> Tensor:
+        param = dict(self.model.named_parameters()).get(name)
+        return tensor if param is None else tensor.to(param.device)
+
+    def _check_shape(self, what: str, target: Target, tensor: Any) -> Tensor:
+        if not isinstance(tensor, Tensor) or tensor.shape != target.param.shape:
+            shape = tuple(tensor.shape) if isinstance(tensor, Tensor) else type(tensor).__name__
+            raise ConfigError(
+                f"state {what} for {target.name!r} has shape {shape}, "
+                f"expected {tuple(target.param.shape)}"
+            )
+        return tensor
+
+    # ----------------------------------------------------------- subclass hooks
+    def _penalty(self) -> Tensor:
+        return self._zero()
+
+    def _after_step(self) -> None:
+        pass
+
+    def _end_epoch(self) -> None:
+        pass
+
+    def _extra_state(self) -> dict[str, Any]:
+        return {}
+
+    def _load_extra_state(self, state: Mapping[str, Any]) -> None:
+        pass
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({len(self.targets)} targets)"

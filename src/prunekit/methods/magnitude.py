@@ -1,0 +1,169 @@
+"""Magnitude baselines: one-shot hard pruning and gradual pruning (Zhu & Gupta, 2017).
+
+Both prune with each target's own scheme (its exact projection, so "magnitude" means the
+scheme's notion of it: |w| for irregular, filter norms for filter pruning, ...) and keep
+the pruned weights at zero by enforcing the masks after every optimizer step.
+
+Pruning happens in :meth:`after_step` / :meth:`end_epoch` (or an explicit :meth:`start`),
+never in :meth:`penalty`: the penalty is computed after the forward pass, and editing the
+weights there would invalidate the graph that the backward pass still needs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from torch import Tensor, nn
+
+from ..errors import ConfigError
+from ..schemes import check_sparsity
+from ..targets import Target
+from .base import PruningMethod, at_rate, check_count, explicit_rate, zero_fraction
+
+
+class OneShotMagnitude(PruningMethod):
+    """Harden every target at once: on :meth:`start` or the first ``after_step`` /
+    ``end_epoch``. The penalty is always zero; afterwards the masks are enforced."""
+
+    name = "magnitude"
+
+    def start(self) -> dict[str, Tensor]:
+        """Prune now (once); returns the masks."""
+        if not self.hardened:
+            self.harden()
+        assert self.masks is not None
+        return self.masks
+
+    def after_step(self) -> None:
+        self.start()
+        super().after_step()
+
+    def end_epoch(self) -> None:
+        self.start()
+        super().end_epoch()
+
+
+def cubic_sparsity(t: float, initial: float, final: float, start: float, end: float) -> float:
+    """Zhu & Gupta's schedule ``s_f + (s_i - s_f) (1 - (t - t0) / (n dt))^3``.
+
+    ``initial`` before ``start``, ``final`` from ``end`` on; in between it rises fast
+    first (while many redundant weights remain) and slowly near the end.
+    """
+    if t >= end:
+        return final
+    if t <= start:
+        return initial
+    return final + (initial - final) * (1.0 - (t - start) / (end - start)) ** 3
+
+
+class GradualMagnitude(PruningMethod):
+    """Prune gradually from ``initial_sparsity`` at ``start_epoch`` to each target's rate
+    at ``end_epoch`` on the cubic schedule (:func:`cubic_sparsity`).
+
+    Without ``steps_per_epoch`` the schedule advances in epochs and prunes every
+    ``frequency`` epochs (in :meth:`end_epoch`); with it, time is ``steps /
+    steps_per_epoch`` and it prunes every ``frequency`` optimizer steps (in
+    :meth:`after_step`). Each pruning hardens at the current rate intersected with the
+    existing mask, so a pruned weight never revives; the masks are enforced after every
+    step. The last pruning lands exactly on ``end_epoch`` at the final rate.
+    """
+
+    name = "gradual"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        targets: Iterable[Target],
+        start_epoch: int = 0,
+        end_epoch: int | None = None,
+        *,
+        initial_sparsity: float = 0.0,
+        frequency: int = 1,
+        steps_per_epoch: int | None = None,
+    ) -> None:
+        super().__init__(model, targets)
+        self.final_rates = [explicit_rate(t, "gradual") for t in self.targets]
+        self.start_epoch = check_count(start_epoch, "start_epoch", minimum=0)
+        if end_epoch is None:
+            raise ConfigError("gradual needs end_epoch (the epoch the final rate is reached)")
+        self.end_epoch_at = check_count(end_epoch, "end_epoch", minimum=self.start_epoch)
+        self.initial_sparsity = check_sparsity(initial_sparsity, "initial_sparsity")
+        for t, rate in zip(self.targets, self.final_rates, strict=True):
+            if self.initial_sparsity > rate:
+                raise ConfigError(
+                    f"initial_sparsity {self.initial_sparsity} exceeds the rate {rate} of "
+                    f"target {t.name!r}"
+                )
+        self.frequency = check_count(frequency, "frequency")
+        self.steps_per_epoch = (
+            None if steps_per_epoch is None else check_count(steps_per_epoch, "steps_per_epoch")
+        )
+        self.started = False
+        self.prunings = 0
+
+    # ------------------------------------------------------------- the schedule
+    def sparsity_at(self, t: float) -> dict[str, float]:
+        """Every target's scheduled rate at time ``t`` (in epochs)."""
+        return {
+            target.name: cubic_sparsity(
+                t, min(self.initial_sparsity, rate), rate, self.start_epoch, self.end_epoch_at
+            )
+            for target, rate in zip(self.targets, self.final_rates, strict=True)
+        }
+
+    def start(self) -> None:
+        """Take the pruning due at time 0 (when ``start_epoch`` is 0); called by the first
+        ``after_step`` / ``end_epoch`` when not called before."""
+        if not self.started:
+            self.started = True
+            self._maybe_prune(0)
+
+    def after_step(self) -> None:
+        self.start()
+        super().after_step()
+
+    def end_epoch(self) -> None:
+        self.start()
+        super().end_epoch()
+
+    def _after_step(self) -> None:
+        if self.steps_per_epoch is not None:
+            self._maybe_prune(self.step)
+
+    def _end_epoch(self) -> None:
+        if self.steps_per_epoch is None:
+            self._maybe_prune(self.epoch)
+
+    def _maybe_prune(self, count: int) -> None:
+        scale = self.steps_per_epoch or 1
+        first, last = self.start_epoch * scale, self.end_epoch_at * scale
+        if not first <= count <= last:
+            return
+        if (count - first) % self.frequency and count != last:
+            return
+        self.prune_to(self.sparsity_at(count / scale), time=count / scale)
+
+    def prune_to(self, rates: Mapping[str, float], time: float | None = None) -> dict[str, Tensor]:
+        """Harden every target at ``rates[name]`` inside the current masks, enforce it."""
+        masks = self._harden([at_rate(t, rates[t.name]) for t in self.targets])
+        self.set_masks(masks)
+        self.prunings += 1
+        self.history.append({
+            "event": "prune",
+            "update": self.prunings,
+            "epoch": self.epoch,
+            "step": self.step,
+            "time": float(self.epoch if time is None else time),
+            "rates": {k: float(v) for k, v in rates.items()},
+            "sparsity": zero_fraction(t.param for t in self.targets),
+        })
+        return masks
+
+    # ------------------------------------------------------------------- state
+    def _extra_state(self) -> dict[str, Any]:
+        return {"started": self.started, "prunings": self.prunings}
+
+    def _load_extra_state(self, state: Mapping[str, Any]) -> None:
+        self.started = bool(state["started"])
+        self.prunings = int(state["prunings"])

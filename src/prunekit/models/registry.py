@@ -1,0 +1,165 @@
+"""Model names to constructors: ``get(name, **kwargs)`` and ``from_spec(spec)``.
+
+A recipe names its model either by a zoo name (``"lenet5"``) or by a user's own factory
+(``"mypackage.nets:build"``), so both paths check options up front and turn every mistake
+(unknown name, unknown option, missing module) into a :class:`ConfigError` that says what
+to fix.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from ..errors import ConfigError
+from .lenet import MNIST_SHAPE, lenet5, lenet300
+from .mobilenet import mobilenetv2
+from .resnet import CIFAR_SHAPE, resnet18, resnet20, resnet56
+from .rnn import SEQUENCE_SHAPE, gru_classifier, lstm_classifier
+from .vgg import vgg16
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    """A zoo model: its constructor and the per-sample input shape it is built for by
+    default (``(C, H, W)`` for images, ``(T, F)`` for sequences)."""
+
+    factory: Callable[..., nn.Module]
+    input_shape: tuple[int, ...]
+
+    @property
+    def is_sequence(self) -> bool:
+        return len(self.input_shape) == 2
+
+
+_ZOO: dict[str, ZooEntry] = {
+    "lenet5": ZooEntry(lenet5, MNIST_SHAPE),
+    "lenet300": ZooEntry(lenet300, MNIST_SHAPE),
+    "vgg16": ZooEntry(vgg16, CIFAR_SHAPE),
+    "resnet20": ZooEntry(resnet20, CIFAR_SHAPE),
+    "resnet56": ZooEntry(resnet56, CIFAR_SHAPE),
+    "resnet18": ZooEntry(resnet18, CIFAR_SHAPE),
+    "mobilenetv2": ZooEntry(mobilenetv2, CIFAR_SHAPE),
+    "gru_classifier": ZooEntry(gru_classifier, SEQUENCE_SHAPE),
+    "lstm_classifier": ZooEntry(lstm_classifier, SEQUENCE_SHAPE),
+}
+
+
+def available() -> list[str]:
+    """The zoo's model names, sorted."""
+    return sorted(_ZOO)
+
+
+def _entry(name: object) -> ZooEntry:
+    if not isinstance(name, str) or name not in _ZOO:
+        raise ConfigError(f"unknown model {name!r}; available: {', '.join(available())}")
+    return _ZOO[name]
+
+
+def _check_kwargs(what: str, factory: Callable[..., Any], kwargs: dict[str, Any]) -> None:
+    """Reject options ``factory`` does not take, naming them and the ones it does take."""
+    try:
+        sig = inspect.signature(factory)
+    except (TypeError, ValueError):  # some builtins and C extensions have no signature
+        return
+    params = sig.parameters.values()
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        accepted = [
+            p.name
+            for p in params
+            if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        ]
+        unknown = sorted(set(kwargs) - set(accepted))
+        if unknown:
+            raise ConfigError(
+                f"{what} got unknown option(s) {', '.join(map(repr, unknown))}; "
+                f"accepted: {', '.join(accepted) or '(none)'}"
+            )
+    try:
+        sig.bind(**kwargs)
+    except TypeError as e:
+        raise ConfigError(f"{what} cannot be called with options {sorted(kwargs)}: {e}") from e
+
+
+def get(name: str, **kwargs: Any) -> nn.Module:
+    """Build the zoo model ``name`` with constructor options ``kwargs``.
+
+    Every image model takes ``num_classes``, ``in_channels`` and ``input_shape=(C, H, W)``;
+    the sequence models take ``input_size``, ``hidden_size``, ``num_layers``,
+    ``bidirectional`` and ``num_classes``.
+    """
+    entry = _entry(name)
+    _check_kwargs(f"model {name!r}", entry.factory, kwargs)
+    return entry.factory(**kwargs)
+
+
+def default_input_shape(name: str, **kwargs: Any) -> tuple[int, ...]:
+    """Per-sample input shape (no batch dim) of ``get(name, **kwargs)``.
+
+    Images give ``(C, H, W)``, sequences ``(T, F)`` (any T works; this is the example
+    length). Options that change the shape (``input_shape``, ``in_channels``,
+    ``input_size``) are taken into account, so callers can build a matching dummy input.
+    """
+    entry = _entry(name)
+    _check_kwargs(f"model {name!r}", entry.factory, kwargs)
+    if kwargs.get("input_shape") is not None:
+        return tuple(kwargs["input_shape"])
+    shape = list(entry.input_shape)
+    if entry.is_sequence and kwargs.get("input_size") is not None:
+        shape[1] = kwargs["input_size"]
+    if not entry.is_sequence and kwargs.get("in_channels") is not None:
+        shape[0] = kwargs["in_channels"]
+    return tuple(shape)
+
+
+def _import_factory(spec: str) -> Callable[..., Any]:
+    module_name, _, attr_path = spec.partition(":")
+    if not module_name or not attr_path:
+        raise ConfigError(f"model spec {spec!r} must look like 'package.module:function'")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name is not None and module_name.startswith(e.name):
+            raise ConfigError(
+                f"model spec {spec!r}: no module named {e.name!r} "
+                "(is its directory on PYTHONPATH, or the package installed?)"
+            ) from e
+        raise ConfigError(f"model spec {spec!r}: importing {module_name!r} failed: {e}") from e
+    except Exception as e:  # a user's module may fail in any way while importing
+        raise ConfigError(
+            f"model spec {spec!r}: importing {module_name!r} failed: {type(e).__name__}: {e}"
+        ) from e
+    for part in attr_path.split("."):
+        if not hasattr(obj, part):
+            raise ConfigError(f"model spec {spec!r}: module {module_name!r} has no {attr_path!r}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise ConfigError(f"model spec {spec!r}: {attr_path!r} is not callable")
+    return obj
+
+
+def from_spec(spec: str, **kwargs: Any) -> nn.Module:
+    """Build a model from a zoo name or a ``"package.module:function"`` factory spec.
+
+    The factory is imported with :mod:`importlib`, called with ``kwargs`` and must return
+    an ``nn.Module``.
+    """
+    if not isinstance(spec, str):
+        raise ConfigError(
+            f"model spec must be a zoo name or 'package.module:function', got {spec!r}"
+        )
+    if ":" not in spec:
+        return get(spec, **kwargs)
+    factory = _import_factory(spec)
+    _check_kwargs(f"model factory {spec!r}", factory, kwargs)
+    model = factory(**kwargs)
+    if not isinstance(model, nn.Module):
+        raise ConfigError(
+            f"model factory {spec!r} returned {type(model).__name__}, not a torch.nn.Module"
+        )
+    return model

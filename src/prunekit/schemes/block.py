@@ -1,0 +1,130 @@
+"""Block-based column (or row) pruning, as in BLK-REW.
+
+The GEMM matrix ``[out, in*kh*kw]`` is cut into blocks of ``rows`` output rows by ``cols``
+columns. For a conv weight ``cols`` counts *input channels*, so a block spans
+``cols*kh*kw`` GEMM columns (all kernel positions of those channels); for a linear or RNN
+weight ``cols`` counts GEMM columns. Default: ``(8, 4)`` for conv weights (8 filters x 4
+channels, the BLK-REW choice) and ``(16, 16)`` for everything else.
+
+Inside each block whole *block-columns* are pruned: the ``rows``-long segment of one GEMM
+column that lies in the block (``axis="row"``: the segment of one GEMM row). Different
+blocks may keep different columns, which keeps the accuracy of irregular pruning while
+every block still runs as a small dense GEMM over its kept columns.
+
+How many segments go is decided over the whole layer: segments are pruned in order of
+increasing L2 norm (ties: earlier position first). Because pruning with ``axis="col"``
+treats every (block-row, column) segment on its own, the block width matters for the
+storage format (one bitmap of kept columns per block), not for which weights survive;
+likewise the block height for ``axis="row"``.
+
+Ragged edges: when the shape is not divisible by the block, the last block-row (or
+block-column) holds smaller blocks, so segments there are shorter. The count is then set
+in weights, not segments: prune the smallest-norm segments until the pruned weight count is
+nearest to ``sparsity * numel`` (on a tie, prune the extra segment); see
+:func:`~prunekit.schemes.base.keep_largest_sized`. With no ragged edge this is exactly
+``count_to_prune(n_segments, sparsity)`` segments, and in either case the achieved
+sparsity is within half a segment of the request. The kept segments are always those of
+largest norm, so the result is the exact projection onto "keep at most that many
+segments".
+
+``group_norms`` lists one norm per segment, in row-major order of the segment grid:
+``[block_row, column]`` for ``axis="col"`` and ``[row, block_column]`` for ``axis="row"``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..errors import ConfigError
+from .base import Scheme, keep_largest_sized, kernel_positions
+
+CONV_DEFAULT = (8, 4)
+OTHER_DEFAULT = (16, 16)
+
+
+def _parse_block(block: object) -> tuple[int, int] | None:
+    if block is None:
+        return None
+    ok = isinstance(block, (tuple, list)) and len(block) == 2
+    if ok:
+        ok = all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in block)
+    if not ok:
+        raise ConfigError(f"block must be two positive integers (rows, cols), got {block!r}")
+    return int(block[0]), int(block[1])
+
+
+class Block(Scheme):
+    """Block-column pruning (BLK-REW). See the module docstring."""
+
+    name = "block"
+
+    def __init__(
+        self, *, block: Sequence[int] | None = None, axis: str = "col", **options
+    ) -> None:
+        super().__init__(**options)
+        self.block = _parse_block(block)
+        if axis not in ("col", "row"):
+            raise ConfigError(f"axis must be 'col' or 'row', got {axis!r}")
+        self.axis = axis
+
+    def block_shape(self, shape: Sequence[int]) -> tuple[int, int]:
+        """The block in GEMM units, ``(rows, gemm_columns)``, for a weight of ``shape``."""
+        rows, cols = self.block or (CONV_DEFAULT if len(shape) > 2 else OTHER_DEFAULT)
+        return rows, cols * kernel_positions(shape)
+
+    # ---------------------------------------------------------------- segments
+    def _segments(self, m: Tensor, shape: Sequence[int]) -> tuple[Tensor, int, Tensor]:
+        """The matrix padded with zeros to whole blocks and reshaped so that every segment
+        lies along one dim: ``(view, dim, sizes)``, where reducing ``view`` over ``dim``
+        gives the segment grid and ``sizes`` (broadcastable to it) counts each segment's
+        real (unpadded) weights."""
+        n_rows, n_cols = m.shape
+        br, bc = self.block_shape(shape)
+        if self.axis == "col":
+            nb = -(-n_rows // br)
+            padded = F.pad(m, (0, 0, 0, nb * br - n_rows)) if nb * br != n_rows else m
+            sizes = torch.full((nb, 1), br, dtype=torch.int64, device=m.device)
+            if nb:
+                sizes[-1] = n_rows - (nb - 1) * br
+            return padded.reshape(nb, br, n_cols), 1, sizes
+        nb = -(-n_cols // bc)
+        padded = F.pad(m, (0, nb * bc - n_cols)) if nb * bc != n_cols else m
+        sizes = torch.full((1, nb), bc, dtype=torch.int64, device=m.device)
+        if nb:
+            sizes[0, -1] = n_cols - (nb - 1) * bc
+        return padded.reshape(n_rows, nb, bc), 2, sizes
+
+    def _keep(self, m: Tensor, sparsity: float, shape: torch.Size) -> Tensor:
+        view, dim, sizes = self._segments(m, shape)
+        energy = (view * view).sum(dim=dim)
+        return keep_largest_sized(energy, sizes.expand(energy.shape), sparsity)
+
+    # ------------------------------------------------------------------- hooks
+    def _mask_2d(self, m: Tensor, sparsity: float, shape: torch.Size) -> Tensor:
+        keep = self._keep(m, sparsity, shape)
+        n_rows, n_cols = m.shape
+        br, bc = self.block_shape(shape)
+        if self.axis == "col":
+            full = keep[:, None, :].expand(keep.shape[0], br, n_cols)
+            return full.reshape(-1, n_cols)[:n_rows].contiguous()
+        full = keep[:, :, None].expand(n_rows, keep.shape[1], bc)
+        return full.reshape(n_rows, -1)[:, :n_cols].contiguous()
+
+    def _group_norms_2d(self, m: Tensor, shape: torch.Size) -> Tensor:
+        view, dim, _ = self._segments(m, shape)
+        return torch.linalg.vector_norm(view, dim=dim).reshape(-1)
+
+    def _storage_bits_2d(self, m: Tensor, bits: int, shape: torch.Size) -> int:
+        """Kept segments densely at ``bits`` per value, plus per block one bit per
+        block-column (``axis="row"``: per block-row), i.e. one bit per segment."""
+        view, dim, sizes = self._segments((m != 0).float(), shape)
+        kept = view.sum(dim=dim) > 0
+        values = int((kept * sizes).sum().item())
+        return values * bits + kept.numel()
+
+    def __repr__(self) -> str:
+        return f"Block(block={self.block}, axis={self.axis!r})"

@@ -1,0 +1,96 @@
+"""N:M fine-grained structured sparsity (2:4, 4:8, ...).
+
+In every GEMM row, each run of ``m`` consecutive columns keeps its ``n`` entries of largest
+magnitude. The constraint is separable over runs and each run is an "at most n nonzeros"
+set, so keeping the n largest |w| of every run is the exact Euclidean projection. Ties are
+broken by position (the earlier entry is kept).
+
+The rate is fixed by the pattern: ``natural_sparsity = 1 - n/m``, and ``sparsity=None``
+means that rate. Asking for any other rate is an error, because no N:M pattern can meet it.
+
+When the GEMM width is not a multiple of ``m``, the trailing run of ``L < m`` columns keeps
+``min(n, L)`` entries (it is a shorter run under the same "at most n" rule), so the achieved
+sparsity of such a layer is slightly below ``1 - n/m``.
+
+Storage: each run of ``m`` stores ``n`` value slots plus the index of which ``n`` positions
+they occupy, ``ceil(log2(C(m, n)))`` bits (3 bits for 2:4). NVIDIA's sparse tensor cores
+store 2 bits per kept value instead (4 bits per 2:4 run); the count here is the
+information-theoretic minimum, one bit per run lower. A trailing run of ``L`` columns
+stores ``min(n, L)`` slots and ``ceil(log2(C(L, min(n, L))))`` index bits.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..errors import ConfigError
+from .base import Scheme, check_sparsity
+
+
+def _positive_int(value: object, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{what} must be a positive integer, got {value!r}")
+    return value
+
+
+def _run_bits(length: int, n: int, bits: int) -> int:
+    kept = min(n, length)
+    return kept * bits + math.ceil(math.log2(math.comb(length, kept)))
+
+
+class NM(Scheme):
+    """N:M sparsity: at most ``n`` nonzeros in every ``m`` consecutive GEMM columns."""
+
+    name = "nm"
+
+    def __init__(self, *, n: int = 2, m: int = 4, **options) -> None:
+        super().__init__(**options)
+        self.n = _positive_int(n, "n")
+        self.m = _positive_int(m, "m")
+        if self.n > self.m:
+            raise ConfigError(f"n must not exceed m in N:M sparsity, got n={n}, m={m}")
+        self.natural_sparsity = 1.0 - self.n / self.m
+
+    def _rate(self, sparsity: float | None) -> float:
+        if sparsity is None:
+            return self.natural_sparsity
+        s = check_sparsity(sparsity)
+        if abs(s - self.natural_sparsity) > 1e-9:
+            raise ConfigError(
+                f"{self.n}:{self.m} sparsity has the fixed rate {self.natural_sparsity:g} "
+                f"(1 - n/m); got sparsity={s:g}. Leave sparsity unset or choose n and m"
+            )
+        return self.natural_sparsity
+
+    def _mask_2d(self, m: Tensor, sparsity: float, shape: torch.Size) -> Tensor:
+        n_rows, n_cols = m.shape
+        runs = -(-n_cols // self.m)
+        # |w| >= 0, so padding with -1 makes padded slots lose to every real entry: a short
+        # trailing run keeps min(n, L) real entries
+        score = m.abs()
+        if runs * self.m != n_cols:
+            score = F.pad(score, (0, runs * self.m - n_cols), value=-1.0)
+        score = score.reshape(n_rows, runs, self.m)
+        order = torch.sort(score, dim=-1, descending=True, stable=True).indices
+        keep = torch.zeros(score.shape, dtype=torch.bool, device=m.device)
+        keep.scatter_(-1, order[..., : self.n], True)
+        return keep.reshape(n_rows, -1)[:, :n_cols].contiguous()
+
+    def _group_norms_2d(self, m: Tensor, shape: torch.Size) -> Tensor:
+        """Per-entry |w|: N:M selects single entries, within fixed runs."""
+        return m.reshape(-1).abs()
+
+    def _storage_bits_2d(self, m: Tensor, bits: int, shape: torch.Size) -> int:
+        n_rows, n_cols = m.shape
+        full, tail = divmod(n_cols, self.m)
+        per_row = full * _run_bits(self.m, self.n, bits)
+        if tail:
+            per_row += _run_bits(tail, self.n, bits)
+        return n_rows * per_row
+
+    def __repr__(self) -> str:
+        return f"NM(n={self.n}, m={self.m})"

@@ -1,0 +1,116 @@
+"""Coarse structured sparsity: whole filters, whole input channels, whole GEMM columns.
+
+Each scheme cuts the GEMM matrix ``[out, in*kh*kw]`` into equal-sized groups and keeps the
+groups of largest L2 norm. For equal-sized groups this is the exact Euclidean projection
+onto "at most k groups are nonzero": the squared error of a choice is the energy of the
+groups left out, which is smallest when those are the groups of smallest norm.
+
+Rounding: a sparsity ``s`` over ``n`` groups prunes ``count_to_prune(n, s)`` groups, the
+nearest whole number of groups (half rounds up), so the achieved sparsity is within half a
+group of ``s``. Ties in norm are broken by position: the earlier group is pruned first.
+
+Pruned groups shrink the layer physically (filters: fewer outputs; channels: fewer inputs;
+columns: fewer GEMM columns), so their storage is the kept groups densely plus a bitmap of
+which groups were kept.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .base import Scheme, count_to_prune, keep_largest, kernel_positions
+
+
+class _GroupScheme(Scheme):
+    """Shared maths for schemes whose groups are equal-sized slices of the GEMM matrix.
+
+    A subclass says how to reduce the matrix to one squared norm per group
+    (``_group_energy``) and how to spread a per-group keep flag back over the matrix
+    (``_spread``); selection, projection and storage follow from those two.
+    """
+
+    def _group_energy(self, m: Tensor, shape: torch.Size) -> Tensor:
+        raise NotImplementedError
+
+    def _spread(self, keep: Tensor, m: Tensor, shape: torch.Size) -> Tensor:
+        """Broadcastable boolean of the matrix's shape from one flag per group."""
+        raise NotImplementedError
+
+    def _keep(self, m: Tensor, sparsity: float, shape: torch.Size) -> Tensor:
+        energy = self._group_energy(m, shape)
+        return keep_largest(energy, count_to_prune(energy.numel(), sparsity))
+
+    def _mask_2d(self, m: Tensor, sparsity: float, shape: torch.Size) -> Tensor:
+        keep = self._spread(self._keep(m, sparsity, shape), m, shape)
+        return keep.expand(m.shape).contiguous()
+
+    def _project_2d(self, m: Tensor, sparsity: float, shape: torch.Size) -> Tensor:
+        return torch.where(self._spread(self._keep(m, sparsity, shape), m, shape), m, 0.0)
+
+    def _group_norms_2d(self, m: Tensor, shape: torch.Size) -> Tensor:
+        """Differentiable group norms (``vector_norm`` has a zero, not NaN, gradient at 0,
+        so groups already pruned do not poison a group-lasso penalty)."""
+        raise NotImplementedError
+
+    def _storage_bits_2d(self, m: Tensor, bits: int, shape: torch.Size) -> int:
+        """Kept groups stored densely at ``bits`` per value, plus one bit per group."""
+        nonzeros = self._group_energy((m != 0).float(), shape)  # nonzeros per group
+        kept = int((nonzeros > 0).sum().item())
+        group_size = m.numel() // max(1, nonzeros.numel())
+        return kept * group_size * bits + nonzeros.numel()
+
+
+class Filter(_GroupScheme):
+    """Filter (output-channel / neuron) pruning: groups are whole GEMM rows."""
+
+    name = "filter"
+
+    def _group_energy(self, m: Tensor, shape: torch.Size) -> Tensor:
+        return (m * m).sum(dim=1)
+
+    def _group_norms_2d(self, m: Tensor, shape: torch.Size) -> Tensor:
+        return torch.linalg.vector_norm(m, dim=1)
+
+    def _spread(self, keep: Tensor, m: Tensor, shape: torch.Size) -> Tensor:
+        return keep[:, None]
+
+
+class Channel(_GroupScheme):
+    """Input-channel pruning: a group is one input channel, i.e. for a conv GEMM matrix
+    ``[out, in*kh*kw]`` the ``kh*kw`` columns of that channel over all rows (for a linear
+    or RNN weight, one column). Pruning a channel lets the previous layer drop the filter
+    that produces it."""
+
+    name = "channel"
+
+    @staticmethod
+    def _by_channel(m: Tensor, shape: torch.Size) -> Tensor:
+        k = kernel_positions(shape)
+        return m.reshape(m.shape[0], m.shape[1] // k, k)
+
+    def _group_energy(self, m: Tensor, shape: torch.Size) -> Tensor:
+        c = self._by_channel(m, shape)
+        return (c * c).sum(dim=(0, 2))
+
+    def _group_norms_2d(self, m: Tensor, shape: torch.Size) -> Tensor:
+        return torch.linalg.vector_norm(self._by_channel(m, shape), dim=(0, 2))
+
+    def _spread(self, keep: Tensor, m: Tensor, shape: torch.Size) -> Tensor:
+        return keep.repeat_interleave(kernel_positions(shape))[None, :]
+
+
+class Column(_GroupScheme):
+    """Column (shape-wise) pruning: groups are single GEMM columns, i.e. one
+    (input channel, kernel position) of a conv, across all filters."""
+
+    name = "column"
+
+    def _group_energy(self, m: Tensor, shape: torch.Size) -> Tensor:
+        return (m * m).sum(dim=0)
+
+    def _group_norms_2d(self, m: Tensor, shape: torch.Size) -> Tensor:
+        return torch.linalg.vector_norm(m, dim=0)
+
+    def _spread(self, keep: Tensor, m: Tensor, shape: torch.Size) -> Tensor:
+        return keep[None, :]

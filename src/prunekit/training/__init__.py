@@ -1,0 +1,13 @@
+"""The trainer, split by concern; import it as :mod:`prunekit.train`."""
+
+from .config import OPTIMIZERS, SCHEDULES, TrainConfig
+from .optim import build_optimizer, build_scheduler, lr_factor
+from .plugins import FunctionPlugin, PluginSet
+from .seeding import epoch_seed, seed_epoch, set_seed
+from .trainer import Trainer, evaluate, resolve_device
+
+__all__ = [
+    "OPTIMIZERS", "SCHEDULES", "FunctionPlugin", "PluginSet", "TrainConfig", "Trainer",
+    "build_optimizer", "build_scheduler", "epoch_seed", "evaluate", "lr_factor",
+    "resolve_device", "seed_epoch", "set_seed",
+]
