@@ -284,6 +284,14 @@ def test_pruning_an_already_pruned_model_never_revives_a_weight(attach):
         for t, z in zip(targets, pruner.Z, strict=True):
             assert not z[~first[t.name]].any()
             assert not t.param[~first[t.name]].any()
+    # even if something writes into pruned positions between enforcements, Z stays inside
+    with torch.no_grad():
+        for t in targets:
+            t.param[~first[t.name]] = 5.0
+    pruner.update()
+    for t, z in zip(targets, pruner.Z, strict=True):
+        assert not z[~first[t.name]].any()
+    pruner.after_step()
     final = pruner.harden()
     for t in targets:
         assert not (final[t.name] & ~first[t.name]).any()

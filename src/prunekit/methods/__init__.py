@@ -53,9 +53,8 @@ def get(name: str, model: nn.Module, targets: Iterable[Target], **opts: Any) -> 
     valid = options(name)
     unknown = sorted(set(opts) - set(valid))
     if unknown:
-        raise ConfigError(
-            f"method {name!r} got unknown options {unknown}; valid options: {', '.join(valid)}"
-        )
+        accepted = f"valid options: {', '.join(valid)}" if valid else "it takes no options"
+        raise ConfigError(f"method {name!r} got unknown options {unknown}; {accepted}")
     return METHODS[name](model, targets, **opts)
 
 

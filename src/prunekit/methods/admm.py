@@ -230,7 +230,7 @@ class ADMM(PruningMethod):
             if self.rho_max is not None:
                 new = min(new, self.rho_max)
             if new != old and self.rescale_dual:
-                pass
+                self.U[i].mul_(old / new)
             self.rho[i] = new
 
     def _end_stage(self) -> None:

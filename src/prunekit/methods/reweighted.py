@@ -8,6 +8,9 @@ to zero; a large group's term is about ``lam`` whatever its size, so it is barel
 That approximates a penalty on the *number* of nonzero groups (each term tends to 0 or 1),
 which is what a sparsity constraint counts, with one hyper-parameter, ``lam``. The final
 :meth:`~prunekit.methods.base.PruningMethod.harden` makes the rate exact.
+
+The penalty's curvature on a group near zero is ``2 lam / eps``; plain SGD stays stable
+while ``lr * 2 lam / eps < 2``, so a small ``eps`` needs a small ``lam`` or learning rate.
 """
 
 from __future__ import annotations

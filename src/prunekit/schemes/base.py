@@ -191,7 +191,9 @@ class Scheme:
     def check(self, shape: Sequence[int], *, gates: int = 1) -> None:
         """Raise :class:`TargetError` if this scheme cannot apply to a weight of ``shape``."""
         if len(shape) < 2:
-            raise TargetError(f"scheme {self.name!r} needs a weight with >= 2 dims, got {tuple(shape)}")
+            raise TargetError(
+                f"scheme {self.name!r} needs a weight with >= 2 dims, got {tuple(shape)}"
+            )
 
     # ------------------------------------------------------- subclass hooks (2-D)
     def _mask_2d(self, m: Tensor, sparsity: float, shape: torch.Size) -> Tensor:

@@ -62,9 +62,7 @@ class Block(Scheme):
 
     name = "block"
 
-    def __init__(
-        self, *, block: Sequence[int] | None = None, axis: str = "col", **options
-    ) -> None:
+    def __init__(self, *, block: Sequence[int] | None = None, axis: str = "col", **options) -> None:
         super().__init__(**options)
         self.block = _parse_block(block)
         if axis not in ("col", "row"):

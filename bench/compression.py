@@ -1,0 +1,196 @@
+"""Accuracy vs compression for every method, from the same dense LeNet-5, same epoch budget.
+
+Every run goes through the product's own path (`run_recipe` on the default recipe with
+overrides), starting from the dense model that bench/dense_baseline.py trained, so the only
+difference between rows is the method (and scheme). Each run spends the same number of
+epochs after the dense model: pruning epochs + masked retraining epochs (`--budget`).
+
+Irregular: ADMM, reweighted, gradual magnitude and one-shot magnitude at 10x/20x/40x/70x
+(one global magnitude allocation across conv1..fc2 for everyone). Filter and block (BLK-REW
+8x4 conv / 16x16 linear blocks): ADMM, reweighted and gradual magnitude at 2x/4x/8x.
+
+Writes bench/results/compression.{json,md,png}; `ratio` is measured from the saved weights.
+
+    python bench/compression.py [--budget 8] [--only admm:irregular:40]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from common import RESULTS, header, machine, write_json  # noqa: E402
+from prunekit.io import atomic_write_bytes, atomic_write_text  # noqa: E402
+from prunekit.pipeline import run_recipe  # noqa: E402
+from prunekit.recipe import load_recipe  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+RECIPE = ROOT / "recipes/lenet5-fashion-admm.yaml"
+DENSE = ROOT / "runs/bench-dense/dense.pt"
+RUNS = ROOT / "runs/bench-compression"
+
+IRREGULAR_RATIOS = (10, 20, 40, 70)
+STRUCTURED_RATIOS = (2, 4, 8)
+
+# Method settings shared by every ratio: (options, pruning epochs as a fraction of budget)
+PRUNE_FRACTION = 0.5
+ADAM = {"optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0, "schedule": "constant"}
+
+
+def method_overrides(method: str, prune_epochs: int) -> dict[str, Any]:
+    if method == "admm":
+        return {"method": "admm", "rho": 3e-3, "rho_schedule": "geometric", "rho_growth": 2.0,
+                "update_every": 1}
+    if method == "reweighted":
+        return {"method": "reweighted", "lam": 2e-5, "eps": 1e-3, "reweight_every": 1}
+    if method == "gradual":
+        return {"method": "gradual", "start_epoch": 0, "end_epoch": prune_epochs}
+    if method == "magnitude":
+        return {"method": "magnitude"}
+    raise ValueError(method)
+
+
+def rule(scheme: str, ratio: float) -> dict[str, Any]:
+    sparsity = round(1.0 - 1.0 / ratio, 6)
+    if scheme == "irregular":
+        return {"layers": ["conv*", "fc*"], "scheme": "irregular", "sparsity": sparsity,
+                "allocation": "global"}
+    if scheme == "filter":  # the classifier's output layer keeps all its rows
+        return {"layers": ["conv*", "fc1"], "scheme": "filter", "sparsity": sparsity}
+    if scheme == "block":
+        return {"layers": ["conv2", "fc1"], "scheme": "block", "sparsity": sparsity}
+    raise ValueError(scheme)
+
+
+def run_one(method: str, scheme: str, ratio: float, budget: int) -> dict[str, Any]:
+    prune_epochs = budget if method == "gradual" else max(1, round(budget * PRUNE_FRACTION))
+    retrain_epochs = budget - prune_epochs if method != "gradual" else 0
+    if method == "magnitude":  # one-shot: prune at once, spend the whole budget retraining
+        prune_epochs, retrain_epochs = 0, budget
+    prune = method_overrides(method, prune_epochs)
+    prune["targets"] = [rule(scheme, ratio)]
+    prune["train"] = {**ADAM, "epochs": prune_epochs, "progress": False}
+    overrides = [
+        f"model.checkpoint={DENSE}",
+        "train.epochs=0",
+        "train.progress=false",
+        f"prune={json.dumps(prune)}",
+        "retrain=" + json.dumps({**ADAM, "lr": 5e-4, "schedule": "cosine",
+                                 "epochs": retrain_epochs, "progress": False}),
+    ]
+    out = RUNS / f"{method}-{scheme}-{ratio}x"
+    start = time.perf_counter()
+    report = run_recipe(load_recipe(RECIPE, overrides), out, resume=True, progress=False,
+                        echo=lambda *_: None)
+    seconds = time.perf_counter() - start
+    return {
+        "model": "lenet5",
+        "dataset": "fashion_mnist",
+        "method": method,
+        "scheme": scheme,
+        "target_ratio": ratio,
+        "ratio": report["compression_ratio_weights"],
+        "ratio_all_params": report["compression_ratio"],
+        "accuracy": report["accuracy"]["compressed"],
+        "dense_accuracy": report["accuracy"]["dense"],
+        "epochs": budget,
+        "prune_epochs": prune_epochs,
+        "retrain_epochs": retrain_epochs,
+        "seconds": seconds,
+        "seconds_per_epoch": _seconds_per_epoch(report),
+    }
+
+
+def _seconds_per_epoch(report: dict[str, Any]) -> dict[str, float]:
+    by_stage: dict[str, list[float]] = {}
+    for record in report.get("history") or []:
+        by_stage.setdefault(record["stage"], []).append(record["seconds"])
+    return {stage: sum(s) / len(s) for stage, s in by_stage.items()}
+
+
+def plan(only: list[str] | None) -> list[tuple[str, str, int]]:
+    runs = [(m, "irregular", r) for m in ("admm", "reweighted", "gradual", "magnitude")
+            for r in IRREGULAR_RATIOS]
+    runs += [(m, s, r) for s in ("filter", "block") for m in ("admm", "reweighted", "gradual")
+             for r in STRUCTURED_RATIOS]
+    if only:
+        wanted = {tuple(o.split(":")) for o in only}
+        runs = [r for r in runs if (r[0], r[1], str(r[2])) in wanted]
+    return runs
+
+
+def write_results(rows: list[dict[str, Any]], budget: int) -> None:
+    write_json("compression.json", rows)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for ax, scheme in zip(axes, ("irregular", "filter", "block")):
+        for method in ("admm", "reweighted", "gradual", "magnitude"):
+            pts = sorted((r["ratio"], 100 * r["accuracy"]) for r in rows
+                         if r["method"] == method and r["scheme"] == scheme)
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=method)
+        dense = [100 * r["dense_accuracy"] for r in rows if r["scheme"] == scheme]
+        if dense:
+            ax.axhline(dense[0], color="grey", linestyle="--", label="dense")
+        ax.set_xscale("log")
+        ax.set_xlabel("compression ratio of pruned weights (measured)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(f"LeNet-5 / Fashion-MNIST, {scheme}")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    atomic_write_bytes(RESULTS / "compression.png", buf.getvalue())
+
+    lines = ["| method | scheme | target | measured ratio | accuracy (%) | dense (%) | delta |"
+             " epochs (prune+retrain) | s/epoch prune | s/epoch retrain |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        spe = r["seconds_per_epoch"]
+        lines.append(
+            f"| {r['method']} | {r['scheme']} | {r['target_ratio']}x | {r['ratio']:.1f}x | "
+            f"{100 * r['accuracy']:.2f} | {100 * r['dense_accuracy']:.2f} | "
+            f"{100 * (r['accuracy'] - r['dense_accuracy']):+.2f} | "
+            f"{r['prune_epochs']}+{r['retrain_epochs']} | "
+            f"{spe.get('prune', float('nan')):.1f} | {spe.get('retrain', float('nan')):.1f} |"
+        )
+    atomic_write_text(
+        RESULTS / "compression.md",
+        header("Accuracy vs compression, LeNet-5 on Fashion-MNIST")
+        + f"\nSame dense model for every row; budget {budget} epochs after it for every "
+        "method. Ratio = weights of the pruned layers / nonzeros, measured from the saved "
+        "weights.\n\n" + "\n".join(lines) + "\n\n![accuracy vs ratio](compression.png)\n",
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--budget", type=int, default=8, help="epochs after the dense model")
+    parser.add_argument("--only", nargs="*", help="method:scheme:ratio items to run")
+    args = parser.parse_args()
+    if not DENSE.exists():
+        raise SystemExit(f"{DENSE} missing: run bench/dense_baseline.py first")
+    existing = RESULTS / "compression.json"
+    rows = json.loads(existing.read_text()) if existing.exists() else []
+    for method, scheme, ratio in plan(args.only):
+        rows = [r for r in rows if (r["method"], r["scheme"], r["target_ratio"])
+                != (method, scheme, ratio)]
+        row = run_one(method, scheme, ratio, args.budget)
+        rows.append(row)
+        print(json.dumps({k: row[k] for k in ("method", "scheme", "target_ratio", "ratio",
+                                              "accuracy")}), flush=True)
+        rows.sort(key=lambda r: (r["scheme"], r["method"], r["target_ratio"]))
+        write_results(rows, args.budget)
+    print(f"machine: {machine()['cpu']}")
+
+
+if __name__ == "__main__":
+    main()

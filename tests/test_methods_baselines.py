@@ -1,0 +1,221 @@
+"""Magnitude (one-shot, gradual) and group-lasso baselines (CPU, seconds)."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+from torch import nn
+
+from prunekit import masks as pmasks
+from prunekit import schemes
+from prunekit.errors import ConfigError
+from prunekit.methods import (
+    GradualMagnitude,
+    GroupLasso,
+    OneShotMagnitude,
+    available,
+    cubic_sparsity,
+    get,
+)
+from prunekit.targets import Target
+
+
+def make_target(model: nn.Module, name: str, sparsity: float, scheme: str = "irregular") -> Target:
+    param = dict(model.named_parameters())[name]
+    module_name = name.rpartition(".")[0]
+    return Target(name, module_name, param, schemes.get(scheme), sparsity, "Linear")
+
+
+def mlp(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(10, 20), nn.ReLU(), nn.Linear(20, 5))
+
+
+def kept(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {"0.weight": model[0].weight.detach() != 0, "2.weight": model[2].weight.detach() != 0}
+
+
+def train_step(model, pruner, opt, x, y) -> None:
+    (nn.functional.mse_loss(model(x), y) + pruner.penalty()).backward()
+    opt.step()
+    opt.zero_grad()
+    pruner.after_step()
+
+
+DATA = (torch.randn(32, 10, generator=torch.Generator().manual_seed(1)),
+        torch.randn(32, 5, generator=torch.Generator().manual_seed(2)))
+
+
+# -------------------------------------------------------------------------- one-shot
+def test_one_shot_prunes_at_start_to_the_exact_rate_and_keeps_it():
+    model = mlp()
+    targets = [make_target(model, "0.weight", 0.73), make_target(model, "2.weight", 0.4)]
+    pruner = OneShotMagnitude(model, targets)
+    assert not pruner.hardened
+    expected = {t.name: t.mask().clone() for t in targets}
+    masks = pruner.start()
+    for t in targets:
+        assert torch.equal(masks[t.name], expected[t.name])
+        assert int((t.param != 0).sum()) == t.param.numel() - round(t.sparsity * t.param.numel())
+    assert pruner.start() is masks  # once only
+    opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9, weight_decay=1e-3)
+    pruner.bind(opt)
+    for _ in range(5):
+        assert float(pruner.penalty()) == 0.0
+        train_step(model, pruner, opt, *DATA)
+    for t in targets:
+        assert torch.equal(t.param.detach() != 0, masks[t.name])
+
+
+def test_one_shot_prunes_on_its_first_hook_call_inside_an_existing_mask():
+    model = mlp()
+    previous = pmasks.harden(model, [make_target(model, "0.weight", 0.5)])
+    target = make_target(model, "0.weight", 0.8)
+    pruner = OneShotMagnitude(model, [target])
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    train_step(model, pruner, opt, *DATA)
+    assert pruner.hardened
+    assert int((model[0].weight != 0).sum()) == 40
+    assert not ((model[0].weight != 0) & ~previous["0.weight"]).any()
+
+
+# --------------------------------------------------------------------------- gradual
+def test_cubic_schedule_values():
+    # s_t = s_f + (s_i - s_f) (1 - (t - t0) / (n dt))^3 with s_i = 0.1, s_f = 0.9, t0 = 2, n dt = 4
+    values = [cubic_sparsity(t, 0.1, 0.9, 2, 6) for t in range(8)]
+    assert values == pytest.approx(
+        [0.1, 0.1, 0.1, 0.9 - 0.8 * 0.421875, 0.9 - 0.8 * 0.125, 0.9 - 0.8 * 0.015625, 0.9, 0.9]
+    )
+    assert all(b >= a for a, b in zip(values, values[1:], strict=False))
+
+
+def test_gradual_reaches_the_rate_at_end_epoch_and_never_revives_a_weight():
+    model = mlp()
+    targets = [make_target(model, "0.weight", 0.9), make_target(model, "2.weight", 0.6, "filter")]
+    pruner = GradualMagnitude(model, targets, start_epoch=1, end_epoch=5)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    pruner.bind(opt)
+    previous = kept(model)
+    fractions = []
+    for epoch in range(7):
+        for _ in range(3):
+            train_step(model, pruner, opt, *DATA)
+            now = kept(model)
+            for name in now:  # monotone: the kept set only shrinks
+                assert not (now[name] & ~previous[name]).any()
+            previous = now
+        pruner.end_epoch()
+        previous = kept(model)
+        fractions.append(1 - float(previous["0.weight"].float().mean()))
+        if epoch + 1 == 5:
+            assert int(previous["0.weight"].sum()) == 20
+            assert int((model[2].weight.detach().norm(dim=1) == 0).sum()) == 3
+    schedule = [pruner.sparsity_at(e)["0.weight"] for e in range(1, 8)]
+    assert fractions == pytest.approx([round(s * 200) / 200 for s in schedule])
+    assert [h["time"] for h in pruner.history] == [1, 2, 3, 4, 5]
+    masks = pruner.harden()
+    assert int(masks["0.weight"].sum()) == 20
+    assert torch.equal(masks["0.weight"], previous["0.weight"])
+
+
+def test_gradual_in_steps_prunes_every_frequency_steps_and_lands_on_end_epoch():
+    model = mlp()
+    target = make_target(model, "0.weight", 0.8)
+    pruner = GradualMagnitude(model, [target], start_epoch=0, end_epoch=2, initial_sparsity=0.2,
+                              steps_per_epoch=4, frequency=3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    assert int((model[0].weight == 0).sum()) == 0
+    for _ in range(10):
+        train_step(model, pruner, opt, *DATA)
+    times = [h["time"] for h in pruner.history]
+    assert times == [0, 0.75, 1.5, 2.0]
+    assert pruner.history[0]["rates"]["0.weight"] == pytest.approx(0.2)
+    assert int((model[0].weight == 0).sum()) == 160
+
+
+def test_gradual_resume_is_exact():
+    def setup():
+        model = mlp()
+        pruner = GradualMagnitude(model, [make_target(model, "0.weight", 0.8)], end_epoch=4)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        pruner.bind(opt)
+        return model, pruner, opt
+
+    def train(model, pruner, opt, epochs):
+        for _ in range(epochs):
+            train_step(model, pruner, opt, *DATA)
+            train_step(model, pruner, opt, *DATA)
+            pruner.end_epoch()
+
+    model, pruner, opt = setup()
+    train(model, pruner, opt, 2)
+    buffer = io.BytesIO()
+    torch.save({"m": model.state_dict(), "o": opt.state_dict(), "p": pruner.state_dict()}, buffer)
+    train(model, pruner, opt, 3)
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=True)
+    model2, pruner2, opt2 = setup()
+    model2.load_state_dict(saved["m"])
+    opt2.load_state_dict(saved["o"])
+    pruner2.load_state_dict(saved["p"])
+    train(model2, pruner2, opt2, 3)
+    assert pruner2.history == pruner.history
+    for a, b in zip(model.parameters(), model2.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_gradual_options_are_checked():
+    model = mlp()
+    targets = [make_target(model, "0.weight", 0.5)]
+    with pytest.raises(ConfigError, match="end_epoch"):
+        get("gradual", model, targets)
+    with pytest.raises(ConfigError, match="initial_sparsity"):
+        GradualMagnitude(model, targets, end_epoch=3, initial_sparsity=0.7)
+    with pytest.raises(ConfigError, match="end_epoch"):
+        GradualMagnitude(model, targets, start_epoch=4, end_epoch=2)
+    nm = Target("0.weight", "0", model[0].weight, schemes.get("nm"), None, "Linear")
+    with pytest.raises(ConfigError, match="explicit sparsity"):
+        GradualMagnitude(model, [nm], end_epoch=3)
+
+
+# ----------------------------------------------------------------------- group lasso
+def test_group_lasso_penalty_is_the_sum_of_unsquared_group_norms():
+    model = mlp()
+    with torch.no_grad():
+        model[2].weight[1] = 0.0  # a zero filter: the gradient there must stay finite
+    targets = [make_target(model, "0.weight", 0.5), make_target(model, "2.weight", 0.4, "filter")]
+    pruner = GroupLasso(model, targets, lam={"0": 0.01, "2": 0.2})
+    value = pruner.penalty()
+    w0, w2 = model[0].weight.detach(), model[2].weight.detach()
+    expected = 0.01 * float(w0.abs().sum()) + 0.2 * float(w2.norm(dim=1).sum())
+    assert value.dim() == 0
+    assert float(value.detach()) == pytest.approx(expected, rel=1e-5)
+    value.backward()
+    grad = model[2].weight.grad
+    assert torch.isfinite(grad).all()
+    norms = w2.norm(dim=1, keepdim=True)
+    torch.testing.assert_close(grad[norms[:, 0] > 0], (0.2 * w2 / norms)[norms[:, 0] > 0])
+    torch.testing.assert_close(model[0].weight.grad, 0.01 * w0.sign())
+    pruner.harden()
+    assert int((model[2].weight.detach().norm(dim=1) == 0).sum()) == 2
+    assert int((model[0].weight == 0).sum()) == 100
+
+
+# ---------------------------------------------------------------------------- get
+def test_get_knows_every_method_and_rejects_the_rest():
+    assert available() == sorted(
+        ["admm", "progressive_admm", "reweighted", "magnitude", "gradual", "group_lasso"]
+    )
+    model = mlp()
+    targets = [make_target(model, "0.weight", 0.5)]
+    assert isinstance(get("magnitude", model, targets), OneShotMagnitude)
+    assert isinstance(get("gradual", model, targets, end_epoch=3), GradualMagnitude)
+    assert isinstance(get("group_lasso", model, targets, lam=0.1), GroupLasso)
+    with pytest.raises(ConfigError, match="'magnitude'.*'lam'.*no options"):
+        get("magnitude", model, targets, lam=0.1)
+    with pytest.raises(ConfigError, match="unknown pruning method 'gmp'"):
+        get("gmp", model, targets)
+    with pytest.raises(ConfigError, match="not a parameter"):
+        get("magnitude", mlp(1), targets)

@@ -1,0 +1,236 @@
+"""Micro-structured unification: exact block assignment, the projection, errors."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from prunekit.errors import ConfigError
+from prunekit.schemes import count_to_prune, get, measured_sparsity
+from prunekit.schemes.unify import KEEP, PRUNE, UNIFY, Unify, assign_blocks
+
+FAST = settings(max_examples=50, deadline=None)
+
+
+def matrix(seed: int, rows: int, cols: int) -> torch.Tensor:
+    return torch.randn(rows, cols, generator=torch.Generator().manual_seed(seed))
+
+
+def blocks_of(m: torch.Tensor, block: tuple[int, int]) -> list[tuple[slice, slice]]:
+    """Block slices, row-major over the block grid (edge blocks are smaller)."""
+    r, c = block
+    return [
+        (slice(i, i + r), slice(j, j + c))
+        for i in range(0, m.shape[0], r)
+        for j in range(0, m.shape[1], c)
+    ]
+
+
+def counts(n_blocks: int, sparsity: float, unified: float) -> tuple[int, int]:
+    n_prune = count_to_prune(n_blocks, sparsity)
+    return n_prune, min(count_to_prune(n_blocks, unified), n_blocks - n_prune)
+
+
+def brute_force_assignment(p: list[float], u: list[float], n_prune: int, n_unify: int) -> float:
+    best = math.inf
+    for states in itertools.product((KEEP, UNIFY, PRUNE), repeat=len(p)):
+        if states.count(PRUNE) == n_prune and states.count(UNIFY) == n_unify:
+            cost = sum(
+                p[i] if s == PRUNE else u[i] if s == UNIFY else 0.0 for i, s in enumerate(states)
+            )
+            best = min(best, cost)
+    return best
+
+
+# ----------------------------------------------------------- exact assignment
+costs = st.lists(
+    st.tuples(st.integers(0, 4), st.integers(0, 4)).map(lambda t: (max(t), min(t))),
+    min_size=1,
+    max_size=7,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(costs=costs, data=st.data())
+def test_assignment_matches_brute_force_with_ties(costs, data):
+    p = torch.tensor([c[0] for c in costs], dtype=torch.float64)
+    u = torch.tensor([c[1] for c in costs], dtype=torch.float64)
+    n = len(costs)
+    n_prune = data.draw(st.integers(0, n))
+    n_unify = data.draw(st.integers(0, n - n_prune))
+    state = assign_blocks(p, u, n_prune, n_unify)
+    assert int((state == PRUNE).sum()) == n_prune and int((state == UNIFY).sum()) == n_unify
+    cost = float((p * (state == PRUNE) + u * (state == UNIFY)).sum())
+    assert cost == brute_force_assignment(p.tolist(), u.tolist(), n_prune, n_unify)
+
+
+@FAST
+@given(seed=st.integers(0, 10_000), n=st.integers(1, 8), data=st.data())
+def test_assignment_matches_brute_force_on_random_costs(seed, n, data):
+    g = torch.Generator().manual_seed(seed)
+    p = torch.rand(n, generator=g, dtype=torch.float64) * 3
+    u = p * torch.rand(n, generator=g, dtype=torch.float64)
+    n_prune = data.draw(st.integers(0, n))
+    n_unify = data.draw(st.integers(0, n - n_prune))
+    state = assign_blocks(p, u, n_prune, n_unify)
+    cost = float((p * (state == PRUNE) + u * (state == UNIFY)).sum())
+    best = brute_force_assignment(p.tolist(), u.tolist(), n_prune, n_unify)
+    assert cost == pytest.approx(best, rel=1e-12, abs=1e-12)
+
+
+# ----------------------------------------------------------------- projection
+shapes_and_blocks = st.sampled_from(
+    [((2, 8), (1, 4)), ((3, 6), (1, 3)), ((4, 4), (2, 2)), ((5, 7), (2, 3)), ((3, 5), (2, 4))]
+)
+
+
+def block_error(values: torch.Tensor, state: int) -> float:
+    v = values.double().reshape(-1)
+    if state == KEEP:
+        return 0.0
+    if state == PRUNE:
+        return float((v * v).sum())
+    return float(((v.abs() - v.abs().mean()) ** 2).sum())
+
+
+@FAST
+@given(
+    seed=st.integers(0, 10_000),
+    shape_block=shapes_and_blocks,
+    sparsity=st.floats(0.0, 0.7),
+    unified=st.floats(0.0, 0.6),
+)
+def test_projection_error_matches_brute_force(seed, shape_block, sparsity, unified):
+    shape, block = shape_block
+    unified = min(unified, 1.0 - sparsity)
+    w = matrix(seed, *shape)
+    p = Unify(block=block, unified=unified).project(w, sparsity)
+    slices = blocks_of(w, block)
+    n_prune, n_unify = counts(len(slices), sparsity, unified)
+    best = math.inf
+    for states in itertools.product((KEEP, UNIFY, PRUNE), repeat=len(slices)):
+        if states.count(PRUNE) == n_prune and states.count(UNIFY) == n_unify:
+            err = sum(block_error(w[s], k) for s, k in zip(slices, states, strict=True))
+            best = min(best, err)
+    err = float(((w.double() - p.double()) ** 2).sum())
+    assert err == pytest.approx(best, rel=1e-5, abs=1e-6)
+
+
+@FAST
+@given(
+    seed=st.integers(0, 10_000),
+    shape_block=shapes_and_blocks,
+    sparsity=st.floats(0.0, 0.9),
+    unified=st.floats(0.0, 0.9),
+)
+def test_every_block_is_kept_pruned_or_unified_with_its_signs(seed, shape_block, sparsity,
+                                                             unified):
+    shape, block = shape_block
+    unified = min(unified, 1.0 - sparsity)
+    w = matrix(seed, *shape)
+    scheme = Unify(block=block, unified=unified)
+    p = scheme.project(w, sparsity)
+    slices = blocks_of(w, block)
+    n_prune, n_unify = counts(len(slices), sparsity, unified)
+    zero = equal_magnitude = changed = 0
+    for s in slices:
+        original, out = w[s], p[s]
+        if (out == 0).all():
+            zero += 1
+        elif torch.equal(out, original) and not torch.allclose(out.abs(), out.abs().max()):
+            continue
+        else:  # unified: one shared magnitude, the original signs
+            assert torch.allclose(out.abs(), out.abs().max().expand_as(out), rtol=0, atol=0)
+            assert torch.allclose(out.abs().max(), original.abs().mean(), rtol=1e-6)
+            assert (torch.sign(out) == torch.sign(original)).all()
+            equal_magnitude += 1
+            changed += not torch.equal(out, original)
+    assert zero == n_prune
+    assert changed <= n_unify <= equal_magnitude
+    assert torch.equal(scheme.mask(w, sparsity), p != 0)
+
+
+@FAST
+@given(
+    seed=st.integers(0, 10_000),
+    shape_block=shapes_and_blocks,
+    sparsity=st.floats(0.0, 0.9),
+    unified=st.floats(0.0, 0.9),
+)
+def test_projection_is_idempotent(seed, shape_block, sparsity, unified):
+    shape, block = shape_block
+    scheme = Unify(block=block, unified=min(unified, 1.0 - sparsity))
+    p = scheme.project(matrix(seed, *shape), sparsity)
+    assert torch.equal(scheme.project(p, sparsity), p)
+
+
+@pytest.mark.parametrize("sparsity", [0.0, 0.1, 0.33, 0.5, 0.77, 0.95])
+def test_achieved_sparsity_is_within_half_a_block(sparsity):
+    w = torch.randn(8, 3, 3, 3, generator=torch.Generator().manual_seed(1))  # GEMM [8, 27]
+    scheme = get("unify", block=(2, 9), unified=0.04)
+    p = scheme.project(w, sparsity)
+    assert p.shape == w.shape
+    assert abs(measured_sparsity(p) - sparsity) <= 0.5 * 18 / w.numel() + 1e-9
+
+
+def test_unified_zero_prunes_the_lowest_energy_blocks():
+    w = matrix(5, 4, 8)
+    w[1, 4:] *= 1e-3
+    w[3, :4] *= 1e-3
+    p = get("unify").project(w, 0.25)  # 8 blocks of (1, 4): prune 2
+    assert (p[1, 4:] == 0).all() and (p[3, :4] == 0).all()
+    assert int((p == 0).sum()) == 8
+
+
+def test_zero_entries_of_a_unified_block_take_the_shared_magnitude():
+    w = torch.tensor([[0.0, -1.0, 2.0, 0.0, 5.0, -9.0, 1.0, 20.0]])
+    p = Unify(block=(1, 4), unified=0.5).project(w, 0.0)  # unify 1 of 2: the cheaper
+    assert torch.allclose(p[0, :4], torch.tensor([0.75, -0.75, 0.75, 0.75]))
+    assert torch.equal(p[0, 4:], w[0, 4:])
+
+
+# ------------------------------------------------------------- norms, storage
+def test_group_norms_are_block_norms_including_ragged_edges():
+    w = matrix(2, 5, 7)
+    w.requires_grad_(True)
+    norms = Unify(block=(2, 3)).group_norms(w)
+    expected = torch.stack([w.detach()[s].norm() for s in blocks_of(w, (2, 3))])
+    assert torch.allclose(norms, expected)
+    norms.sum().backward()
+    assert torch.isfinite(w.grad).all()
+
+
+def test_storage_counts_kept_unified_and_pruned_blocks():
+    w = matrix(3, 2, 12)  # six (1, 4) blocks
+    scheme = Unify(block=(1, 4), unified=1 / 3)
+    p = scheme.project(w, 1 / 3)  # 2 pruned, 2 unified, 2 kept
+    expected_bits = 2 * 4 * 8 + 2 * (8 + 4) + 6 * 2
+    assert scheme.storage_bytes(p, bits=8) == math.ceil(expected_bits / 8)
+
+
+# -------------------------------------------------------------------- errors
+def test_sparsity_plus_unified_above_one_is_a_config_error():
+    with pytest.raises(ConfigError, match="exceeds 1"):
+        get("unify", unified=0.6).project(matrix(0, 4, 8), 0.5)
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"block": (0, 4)}, "block"),
+        ({"block": 4}, "block"),
+        ({"block": (1, 2, 3)}, "block"),
+        ({"unified": 1.0}, "unified"),
+        ({"unified": -0.1}, "unified"),
+        ({"unified": "half"}, "unified"),
+        ({"blocks": (1, 4)}, "unknown options"),
+    ],
+)
+def test_bad_options_are_config_errors(options, message):
+    with pytest.raises(ConfigError, match=message):
+        get("unify", **options)
