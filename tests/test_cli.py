@@ -159,3 +159,16 @@ def test_resume_after_sigkill_gives_identical_model(tmp_path):
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+@pytest.mark.parametrize("recipe", sorted((ROOT / "recipes").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_shipped_recipe_runs_on_synthetic_data(recipe, tmp_path):
+    out = tmp_path / recipe.stem
+    code = main(["compress", str(recipe), "--out", str(out), "--no-progress",
+                 "--set", "data.name=synthetic", "--set", "data.options={n: 128, n_test: 64}",
+                 "--set", "train.epochs=1", "--set", "prune.train.epochs=1",
+                 "--set", "retrain.epochs=1"])
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    pruned = [layer for layer in report["layers"] if layer["scheme"] not in (None, "dense")]
+    assert pruned and all(layer["sparsity"] > 0.4 for layer in pruned)

@@ -67,6 +67,9 @@ def test_one_shot_prunes_at_start_to_the_exact_rate_and_keeps_it():
         train_step(model, pruner, opt, *DATA)
     for t in targets:
         assert torch.equal(t.param.detach() != 0, masks[t.name])
+    pruner.close()  # hand enforcement over: pruned weights are free to move again
+    train_step(model, pruner, opt, *DATA)
+    assert (model[0].weight[~masks["0.weight"]] != 0).any()
 
 
 def test_one_shot_prunes_on_its_first_hook_call_inside_an_existing_mask():

@@ -345,3 +345,11 @@ def test_from_spec_errors_name_the_problem(user_module, spec, kwargs, message):
 def test_from_spec_rejects_non_strings():
     with pytest.raises(ConfigError, match="model spec must be"):
         models.from_spec(None)
+
+
+@pytest.mark.parametrize("name", ["gru_classifier", "lstm_classifier"])
+def test_sequence_classifier_reads_a_one_channel_image_row_by_row(name):
+    model = models.get(name, input_shape=(1, 28, 28), hidden_size=8)
+    image = torch.randn(2, 1, 28, 28)
+    assert model.input_shape == (28, 28)
+    assert torch.equal(model(image), model(image.squeeze(1)))

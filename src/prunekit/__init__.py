@@ -1,3 +1,39 @@
-"""prunekit: compress PyTorch models with ADMM and reweighted-regularization pruning."""
+"""prunekit: compress PyTorch models with ADMM and reweighted-regularization pruning.
+
+The names most scripts need are importable from here; they load on first use so that
+``import prunekit`` stays cheap (the CLI starts without importing every module).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "ADMM": "methods",
+    "ProgressiveADMM": "methods",
+    "Reweighted": "methods",
+    "OneShotMagnitude": "methods",
+    "GradualMagnitude": "methods",
+    "GroupLasso": "methods",
+    "resolve": "targets",
+    "Target": "targets",
+    "harden": "masks",
+    "MaskEnforcer": "masks",
+    "masked_finetune": "masks",
+    "remove_masks": "masks",
+    "Trainer": "train",
+    "TrainConfig": "train",
+    "load_recipe": "recipe",
+    "run_recipe": "pipeline",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module 'prunekit' has no attribute {name!r}")

@@ -201,8 +201,10 @@ class Run:
             raise ConfigError(f"{self.recipe.where('prune', 'method')}: prune: {exc}") from exc
         config = stage_config(self.recipe, "prune", prune.get("train"))
         trainer = self.trainer(model, "prune", config, [method])
+        method.bind(trainer.optimizer)
         history = trainer.fit(resume=resume)
         masks = method.harden()
+        method.close()
         attach_masks(model, masks)
         method_history = [dict(h) for h in getattr(method, "history", [])]
         save_checkpoint({"state_dict": model.state_dict(), "history": history,

@@ -218,6 +218,14 @@ class PruningMethod:
             self._enforcer.bind(optimizer)
         return self
 
+    def close(self) -> None:
+        """Stop enforcing the live masks and take their gradient hooks off the weights (for
+        when another enforcer, e.g. masked retraining's, takes over). The weights keep
+        their zeros; :attr:`masks` stays readable."""
+        if self._enforcer is not None:
+            self._enforcer.close()
+            self._enforcer = None
+
     def progress(self) -> dict[str, float]:
         """Numbers for a progress bar: here the fraction of exact zeros in the targets."""
         return {"sparsity": zero_fraction(t.param for t in self.targets)}

@@ -58,6 +58,8 @@ class RNNClassifier(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         hint = "pass input_size= the number of features per time step"
+        if x.dim() == 4 and x.shape[1] == 1:  # a 1-channel image read row by row
+            x = x.squeeze(1)
         check_input(self.model_name, x, (None, self.input_shape[1]), hint)
         out, h = self.rnn(x)
         if self.pool == "mean":
@@ -83,6 +85,9 @@ def _classifier(
     if input_size is not None:
         input_size = positive_int(name, "input_size", input_size)
     if input_shape is not None:
+        if len(input_shape) == 3 and input_shape[0] == 1:
+            # a 1-channel image (1, H, W) is read as a sequence of H rows of W features
+            input_shape = tuple(input_shape[1:])
         seq_len, features = shape_tuple(name, "input_shape", input_shape, 2)
         if input_size is not None and input_size != features:
             raise ConfigError(

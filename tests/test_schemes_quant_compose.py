@@ -1,0 +1,216 @@
+"""Quantisation levels and step search; composite schemes."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from prunekit.errors import ConfigError, TargetError
+from prunekit.schemes import get, measured_sparsity
+from prunekit.schemes.compose import Composite
+from prunekit.schemes.quant import Quant, best_scale
+
+FAST = settings(max_examples=40, deadline=None)
+
+
+def sample(seed: int, *shape: int, zeros: float = 0.0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(*shape, generator=g) * (0.1 + 3 * torch.rand((), generator=g))
+    return torch.where(torch.rand(*shape, generator=g) < zeros, 0.0, w)
+
+
+def quant_error(w: torch.Tensor, s: float, bits: int) -> float:
+    """Squared error of rounding ``w`` to ``{0, ±s, ..., ±L s}`` (written out directly)."""
+    top = 2 ** (bits - 1) - 1
+    v = w.double()
+    levels = torch.arange(-top, top + 1, dtype=torch.float64) * s
+    nearest = levels[(v.reshape(-1, 1) - levels).abs().argmin(dim=1)]
+    return float(((v.reshape(-1) - nearest) ** 2).sum())
+
+
+# ---------------------------------------------------------------------- quant
+@FAST
+@given(seed=st.integers(0, 10_000), bits=st.integers(2, 8), zeros=st.floats(0.0, 0.5))
+def test_values_lie_on_levels_and_are_the_nearest_level(seed, bits, zeros):
+    w = sample(seed, 6, 7, zeros=zeros)
+    scheme = get("quant", bits=bits)
+    p = scheme.project(w)
+    levels = scheme.levels(w)
+    assert levels.numel() == 2 ** bits - 1
+    assert torch.isin(p, levels).all()
+    gap = (w.reshape(-1, 1) - levels).abs().min(dim=1).values
+    assert ((w - p).abs().reshape(-1) <= gap + 1e-6).all()
+    assert (p[w == 0] == 0).all()  # zero is a level: pruned weights stay pruned
+    mask = scheme.mask(w)
+    assert torch.equal(mask, p != 0) and not mask[w == 0].any()
+
+
+@FAST
+@given(seed=st.integers(0, 10_000), bits=st.integers(2, 5), n=st.integers(1, 40))
+def test_step_is_no_worse_than_a_dense_grid_search(seed, bits, n):
+    w = sample(seed, n)
+    scheme = Quant(bits=bits)
+    s = scheme.scale(w.reshape(1, -1))
+    s0 = float(w.abs().max()) / (2 ** (bits - 1) - 1)
+    grid = torch.linspace(0.05, 2.0, 1500, dtype=torch.float64) * s0
+    best_on_grid = min(quant_error(w, float(g), bits) for g in grid)
+    assert quant_error(w, s, bits) <= best_on_grid + 1e-9 * (1 + best_on_grid)
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 10_000), bits=st.integers(2, 8), n=st.integers(16, 256))
+def test_large_layer_search_is_no_worse_than_a_grid_search(seed, bits, n):
+    w = sample(seed, n)
+    s = best_scale(w, bits, budget=0)  # force the grid + refinement path
+    s0 = float(w.abs().max()) / (2 ** (bits - 1) - 1)
+    grid = torch.linspace(0.3, 1.2, 200, dtype=torch.float64) * s0
+    best_on_grid = min(quant_error(w, float(g), bits) for g in grid)
+    assert quant_error(w, s, bits) <= best_on_grid * (1 + 1e-9) + 1e-12
+
+
+@FAST
+@given(seed=st.integers(0, 10_000), bits=st.integers(2, 8), zeros=st.floats(0.0, 0.5))
+def test_quantisation_is_idempotent(seed, bits, zeros):
+    scheme = Quant(bits=bits)
+    p = scheme.project(sample(seed, 5, 9, zeros=zeros))
+    assert torch.equal(scheme.project(p), p)
+
+
+def test_exact_step_recovers_weights_already_on_levels():
+    w = torch.tensor([[-3.0, -1.0, 0.0, 2.0, 3.0, 1.0, 1.0, -2.0]]) * 0.37
+    scheme = Quant(bits=3)
+    assert scheme.scale(w) == pytest.approx(0.37)
+    assert torch.allclose(scheme.project(w), w)
+
+
+def test_each_gate_gets_its_own_step():
+    w = torch.cat([sample(1, 4, 6), 100 * sample(2, 4, 6)])
+    scheme = Quant(bits=4)
+    s_small, s_large = scheme.scales(w, gates=2)
+    assert s_large > 10 * s_small
+    p = scheme.project(w, gates=2)
+    assert torch.isin(p[:4], scheme.levels(w[:4])).all()
+    assert torch.isin(p[4:], scheme.levels(w[4:])).all()
+
+
+def test_storage_is_the_cheaper_of_dense_and_sparse():
+    scheme = Quant(bits=4)
+    dense = scheme.project(sample(0, 16, 32))
+    nnz = int((dense != 0).sum())
+    assert nnz > 0.9 * dense.numel()
+    assert scheme.storage_bytes(dense) == math.ceil((16 * 32 * 4 + 32) / 8)
+    sparse = torch.zeros(16, 32)
+    sparse[0, :3] = 1.0
+    assert scheme.storage_bytes(sparse) == math.ceil((3 * (4 + 5) + 17 * 32 + 32) / 8)
+
+
+def test_quant_takes_no_sparsity():
+    scheme = get("quant", bits=4)
+    assert scheme.natural_sparsity == 0.0
+    for rate in (0.5, 0.0):
+        with pytest.raises(ConfigError, match=r"irregular\+quant"):
+            scheme.project(sample(0, 4, 4), rate)
+
+
+@pytest.mark.parametrize("bits", [1, 9, 4.0, True, "4"])
+def test_bad_bits_are_config_errors(bits):
+    with pytest.raises(ConfigError, match="bits"):
+        get("quant", bits=bits)
+
+
+# ------------------------------------------------------------------ composite
+def test_composite_applies_parts_in_order():
+    w = sample(3, 8, 12)
+    scheme = get("irregular+quant", bits=4)
+    assert isinstance(scheme, Composite) and scheme.name == "irregular+quant"
+    expected = get("quant", bits=4).project(get("irregular").project(w, 0.8))
+    p = scheme.project(w, 0.8)
+    assert torch.equal(p, expected)
+    assert measured_sparsity(p) >= 0.8
+
+
+def test_rates_go_to_earlier_pruning_parts_and_the_request_to_the_last():
+    w = sample(4, 8, 6)
+    scheme = get("filter+irregular", rates=[0.25])
+    assert scheme.name == "filter+irregular"
+    p = scheme.project(w, 0.75)
+    assert torch.equal(p, get("irregular").project(get("filter").project(w, 0.25), 0.75))
+    assert int((p == 0).all(dim=1).sum()) >= 2
+    assert measured_sparsity(p) == pytest.approx(0.75)
+    assert scheme.group_norms(w).shape == (8 + 48,)
+
+
+def test_nested_irregular_rates_give_the_exact_projection():
+    w = sample(5, 10, 10)
+    p = get("irregular+irregular", rates=[0.3]).project(w, 0.6)
+    assert torch.equal(p, get("irregular").project(w, 0.6))
+
+
+def test_natural_rate_parts_take_theirs_when_unset():
+    w = sample(6, 4, 16)
+    scheme = get("nm+quant", n=2, m=4, bits=4)
+    assert scheme.natural_sparsity == pytest.approx(0.5)
+    p = scheme.project(w)
+    assert ((p.reshape(4, 4, 4) != 0).sum(dim=2) <= 2).all()
+    assert torch.isin(p, get("quant", bits=4).levels(get("nm").project(w))).all()
+
+
+def test_mask_is_the_nonzero_support_within_every_part_mask():
+    w = sample(7, 6, 10)
+    scheme = get("irregular+quant", bits=2)  # 2 bits: small survivors round to zero
+    p = scheme.project(w, 0.5)
+    mask = scheme.mask(w, 0.5)
+    assert torch.equal(mask, (p != 0) & get("irregular").mask(w, 0.5))
+    assert int(mask.sum()) < int(get("irregular").mask(w, 0.5).sum())
+
+
+def test_storage_uses_the_last_pruning_format_at_the_quant_width():
+    w = sample(8, 8, 16)
+    scheme = get("irregular+quant", bits=4)
+    p = scheme.project(w, 0.7)
+    assert scheme.storage_bytes(p) == get("irregular").storage_bytes(p, bits=4) + 4
+
+
+def test_options_are_routed_to_the_parts_that_accept_them():
+    scheme = get("pattern+quant", patterns=4, entries=3, bits=3)
+    pattern, quant = scheme.parts
+    assert (pattern.patterns, pattern.entries, quant.bits) == (4, 3, 3)
+    both = get("block+unify", block=(2, 2), unified=0.1)
+    assert both.parts[0].block == (2, 2) and both.parts[1].block == (2, 2)
+    assert both.parts[1].unified == pytest.approx(0.1)
+
+
+def test_pattern_composite_checks_every_part():
+    with pytest.raises(TargetError, match=r"\(10, 20\)"):
+        get("pattern+quant", bits=4).project(torch.randn(10, 20))
+    w = torch.randn(4, 4, 3, 3)
+    p = get("pattern+quant", bits=4).project(w)
+    assert measured_sparsity(p) >= 1 - 4 / 9
+
+
+@pytest.mark.parametrize(
+    "name, options, message",
+    [
+        ("irregular+quant", {"bitz": 4}, "bitz"),
+        ("irregular+nope", {}, "nope"),
+        ("irregular+", {}, "empty part"),
+        ("filter+irregular", {"rates": [0.2, 0.3]}, "takes 1 rate"),
+        ("filter+irregular", {"rates": [1.5]}, "rate of 'filter'"),
+        ("filter+irregular", {}, "needs a rate"),
+        ("filter+irregular", {"rates": 0.3}, "list"),
+    ],
+)
+def test_bad_composites_are_config_errors(name, options, message):
+    with pytest.raises(ConfigError, match=message):
+        get(name, **options)
+
+
+def test_a_composite_that_does_not_prune_takes_no_sparsity():
+    scheme = get("quant+quant", bits=4)
+    assert scheme.natural_sparsity == 0.0
+    with pytest.raises(ConfigError, match="does not prune"):
+        scheme.project(sample(0, 4, 4), 0.5)
