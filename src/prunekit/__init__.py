@@ -30,10 +30,15 @@ _EXPORTS = {
     "run_recipe": "pipeline",
 }
 
+_SUBMODULES = {"schemes", "targets", "masks", "methods", "train", "data", "models", "report",
+               "recipe", "pipeline", "errors", "io", "tables"}
+
 __all__ = ["__version__", *_EXPORTS]
 
 
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
         return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'prunekit' has no attribute {name!r}")
