@@ -27,7 +27,7 @@ fashion-mnist:
 	fi
 
 demo: install fashion-mnist
-	$(VENV)/bin/prunekit demo --out runs/demo
+	$(VENV)/bin/prunekit compress recipes/lenet5-fashion-admm.yaml --out runs/demo
 
 test: install
 	$(PY) -m pytest

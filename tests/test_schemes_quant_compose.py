@@ -58,7 +58,9 @@ def test_step_is_no_worse_than_a_dense_grid_search(seed, bits, n):
     s0 = float(w.abs().max()) / (2 ** (bits - 1) - 1)
     grid = torch.linspace(0.05, 2.0, 1500, dtype=torch.float64) * s0
     best_on_grid = min(quant_error(w, float(g), bits) for g in grid)
-    assert quant_error(w, s, bits) <= best_on_grid + 1e-9 * (1 + best_on_grid)
+    # the step is rounded to 25 - bits significant bits: allow that much (relative) slack
+    slack = 2.0 ** (bits - 23) * float((w.double() ** 2).sum())
+    assert quant_error(w, s, bits) <= best_on_grid + slack
 
 
 @settings(max_examples=15, deadline=None)
@@ -69,7 +71,8 @@ def test_large_layer_search_is_no_worse_than_a_grid_search(seed, bits, n):
     s0 = float(w.abs().max()) / (2 ** (bits - 1) - 1)
     grid = torch.linspace(0.3, 1.2, 200, dtype=torch.float64) * s0
     best_on_grid = min(quant_error(w, float(g), bits) for g in grid)
-    assert quant_error(w, s, bits) <= best_on_grid * (1 + 1e-9) + 1e-12
+    slack = 2.0 ** (bits - 23) * float((w.double() ** 2).sum())
+    assert quant_error(w, s, bits) <= best_on_grid + slack
 
 
 @FAST
@@ -101,7 +104,7 @@ def test_storage_is_the_cheaper_of_dense_and_sparse():
     scheme = Quant(bits=4)
     dense = scheme.project(sample(0, 16, 32))
     nnz = int((dense != 0).sum())
-    assert nnz > 0.9 * dense.numel()
+    assert nnz * (4 + 5) + 17 * 32 > 16 * 32 * 4  # CSR would cost more than dense 4-bit
     assert scheme.storage_bytes(dense) == math.ceil((16 * 32 * 4 + 32) / 8)
     sparse = torch.zeros(16, 32)
     sparse[0, :3] = 1.0
@@ -160,12 +163,12 @@ def test_natural_rate_parts_take_theirs_when_unset():
 
 
 def test_mask_is_the_nonzero_support_within_every_part_mask():
-    w = sample(7, 6, 10)
-    scheme = get("irregular+quant", bits=2)  # 2 bits: small survivors round to zero
-    p = scheme.project(w, 0.5)
-    mask = scheme.mask(w, 0.5)
-    assert torch.equal(mask, (p != 0) & get("irregular").mask(w, 0.5))
-    assert int(mask.sum()) < int(get("irregular").mask(w, 0.5).sum())
+    w = torch.tensor([[1.0, -1.1, 0.9, 1.0, 0.1, 0.01], [-1.0, 1.0, 0.95, -0.15, 1.05, -0.01]])
+    scheme = get("irregular+quant", bits=2)  # levels {0, ±s}: 0.1 and -0.15 round to zero
+    p = scheme.project(w, 1 / 6)
+    mask = scheme.mask(w, 1 / 6)
+    assert torch.equal(mask, (p != 0) & get("irregular").mask(w, 1 / 6))
+    assert torch.equal(mask, w.abs() > 0.5)
 
 
 def test_storage_uses_the_last_pruning_format_at_the_quant_width():
@@ -179,7 +182,7 @@ def test_options_are_routed_to_the_parts_that_accept_them():
     scheme = get("pattern+quant", patterns=4, entries=3, bits=3)
     pattern, quant = scheme.parts
     assert (pattern.patterns, pattern.entries, quant.bits) == (4, 3, 3)
-    both = get("block+unify", block=(2, 2), unified=0.1)
+    both = get("block+unify", block=(2, 2), unified=0.1, rates=[0.5])
     assert both.parts[0].block == (2, 2) and both.parts[1].block == (2, 2)
     assert both.parts[1].unified == pytest.approx(0.1)
 

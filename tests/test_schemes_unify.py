@@ -194,6 +194,18 @@ def test_zero_entries_of_a_unified_block_take_the_shared_magnitude():
     assert torch.equal(p[0, 4:], w[0, 4:])
 
 
+def test_states_report_the_assignment_the_projection_uses():
+    w = matrix(9, 4, 12)  # twelve (1, 4) blocks, row-major over a 4 x 3 grid
+    scheme = Unify(unified=0.25)
+    state = scheme.states(w, 0.5)
+    assert state.shape == (12,)
+    assert int((state == PRUNE).sum()) == 6 and int((state == UNIFY).sum()) == 3
+    blocks = scheme.project(w, 0.5).reshape(4, 3, 4)
+    assert torch.equal((blocks == 0).all(dim=2).reshape(-1), state == PRUNE)
+    same_magnitude = (blocks.abs() == blocks.abs()[..., :1]).all(dim=2).reshape(-1)
+    assert torch.equal(same_magnitude & (state != PRUNE), state == UNIFY)
+
+
 # ------------------------------------------------------------- norms, storage
 def test_group_norms_are_block_norms_including_ragged_edges():
     w = matrix(2, 5, 7)

@@ -10,7 +10,8 @@ at ``±L s``); the step ``s`` is the one of least squared error, found by
   ``L`` per weight): the error is a quadratic in ``s`` between consecutive *breakpoints*
   ``|w| / (q + 1/2)`` where a weight changes level, so sweeping the breakpoints in order and
   minimising each quadratic in closed form gives the global minimum over all ``s > 0``;
-  the projection is then the exact Euclidean projection onto the set;
+  the projection is then the exact Euclidean projection onto the set (up to rounding the
+  step to ``25 - b`` significant bits, see :func:`best_scale`);
 - otherwise by a fine geometric grid over ``[0.02, 2] x max|w| / L`` followed by Lloyd
   refinement (alternate "round to levels" and "best step for these levels", each of which
   can only lower the error) from the best grid points. Not guaranteed global, but never
@@ -24,6 +25,8 @@ Quantisation does not prune on its own: ``sparsity`` must be left unset (the nat
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -35,6 +38,7 @@ EXACT_BUDGET = 1 << 20
 _GRID = 1024
 _REFINE_FROM = 4
 _REFINE_STEPS = 50
+_TIE = 1e-10  # errors this close (relative to the energy) count as equal
 
 
 def max_level(bits: int) -> int:
@@ -74,7 +78,10 @@ def _exact_scale(a: Tensor, top: int, lo: float, hi: float) -> float:
     best = torch.minimum(torch.maximum(dot / sq.clamp(min=1), lower), upper)
     s = torch.where(sq > 0, best, upper)
     err = energy - 2 * s * dot + s * s * sq
-    return float(s[int(torch.argmin(err))])
+    # among (numerically) tied minima take the largest step: on weights already on a grid
+    # of levels that is the grid's own step, which keeps the projection idempotent
+    ties = torch.nonzero(err <= err.min() + _TIE * energy).flatten()
+    return float(s[int(ties[0])])
 
 
 class _SortedErrors:
@@ -103,10 +110,7 @@ def _grid_scale(a: Tensor, top: int, lo: float, hi: float) -> float:
     errors = _SortedErrors(a, top)
     s0 = float(a.max()) / top
     grid = torch.logspace(
-        torch.log10(torch.tensor(max(lo, 0.02 * s0))).item(),
-        torch.log10(torch.tensor(min(hi, 2.0 * s0))).item(),
-        _GRID,
-        dtype=torch.float64,
+        math.log10(max(lo, 0.02 * s0)), math.log10(min(hi, 2.0 * s0)), _GRID, dtype=torch.float64
     )
     err = errors.stats(grid)[0]
     best_s, best_err = float(grid[int(torch.argmin(err))]), float(err.min())
@@ -125,11 +129,28 @@ def _grid_scale(a: Tensor, top: int, lo: float, hi: float) -> float:
     return best_s
 
 
+def _error(a: Tensor, s: float, top: int) -> float:
+    """Squared error of rounding magnitudes ``a`` to the levels of step ``s``."""
+    return float(((a - s * torch.round(a / s).clamp(max=top)) ** 2).sum())
+
+
+def _representable(s: float, bits: int) -> list[float]:
+    """The two steps next to ``s`` with ``25 - bits`` significant bits, so that every
+    level ``q s`` (``|q| < 2^(bits-1)``) is exact in float32."""
+    mantissa, exponent = math.frexp(s)
+    keep = 25 - bits
+    x = mantissa * (1 << keep)
+    return [math.ldexp(math.floor(x), exponent - keep), math.ldexp(math.ceil(x), exponent - keep)]
+
+
 def best_scale(w: Tensor, bits: int, *, budget: int = EXACT_BUDGET) -> float:
     """Least-squares step ``s`` for quantising ``w`` to ``bits`` (0.0 for an all-zero ``w``).
 
     Exact (global over ``s > 0``) when at most ``budget`` level breakpoints need sweeping,
-    else grid search plus refinement; see the module docstring."""
+    else grid search plus refinement; see the module docstring. The step is then rounded to
+    ``25 - bits`` significant bits (the better neighbour, a relative change below
+    ``2^(bits-25)``) so that every level is an exact float32 number: quantised weights are
+    exact integer multiples of the step, and projecting them again changes nothing."""
     a = w.detach().reshape(-1).abs().double().cpu()
     a = a[a > 0]
     if a.numel() == 0:
@@ -138,8 +159,10 @@ def best_scale(w: Tensor, bits: int, *, budget: int = EXACT_BUDGET) -> float:
     lo, hi = _search_range(a, top)
     q0 = torch.clamp(torch.floor(a / hi + 0.5), 0, top)
     if float((top - q0).sum()) <= budget:
-        return _exact_scale(a, top, lo, hi)
-    return _grid_scale(a, top, lo, hi)
+        s = _exact_scale(a, top, lo, hi)
+    else:
+        s = _grid_scale(a, top, lo, hi)
+    return min(_representable(s, bits), key=lambda c: _error(a, c, top))
 
 
 def quantize(m: Tensor, s: float, bits: int) -> Tensor:
