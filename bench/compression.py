@@ -131,12 +131,12 @@ def plan(only: list[str] | None) -> list[tuple[str, str, int]]:
 def write_results(rows: list[dict[str, Any]], budget: int) -> None:
     write_json("compression.json", rows)
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    for ax, scheme in zip(axes, ("irregular", "filter", "block")):
+    for ax, scheme in zip(axes, ("irregular", "filter", "block"), strict=True):
         for method in ("admm", "reweighted", "gradual", "magnitude"):
             pts = sorted((r["ratio"], 100 * r["accuracy"]) for r in rows
                          if r["method"] == method and r["scheme"] == scheme)
             if pts:
-                ax.plot(*zip(*pts), marker="o", label=method)
+                ax.plot(*zip(*pts, strict=True), marker="o", label=method)
         dense = [100 * r["dense_accuracy"] for r in rows if r["scheme"] == scheme]
         if dense:
             ax.axhline(dense[0], color="grey", linestyle="--", label="dense")

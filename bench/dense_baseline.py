@@ -67,9 +67,8 @@ def main() -> None:
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
     atomic_write_bytes(RESULTS / "dense_baseline.png", buf.getvalue())
 
-    rows = "\n".join(
-        f"| {i} | {100 * a:.2f} | {s:.1f} |" for i, (a, s) in enumerate(zip(accuracy, seconds), 1)
-    )
+    pairs = enumerate(zip(accuracy, seconds, strict=True), 1)
+    rows = "\n".join(f"| {i} | {100 * a:.2f} | {s:.1f} |" for i, (a, s) in pairs)
     atomic_write_text(
         RESULTS / "dense_baseline.md",
         header("Dense LeNet-5 on Fashion-MNIST")

@@ -347,6 +347,52 @@ def test_nm_ties_keep_the_earlier_entry():
     assert torch.equal(schemes.get("nm").project(w), torch.tensor([[1.0, -1.0, 0.0, 0.0]]))
 
 
+# ------------------------------------------------------------ dtypes and odd shapes
+
+ALL = [
+    ("filter", {}, 0.5),
+    ("channel", {}, 0.5),
+    ("column", {}, 0.5),
+    ("block", {}, 0.5),
+    ("block", {"axis": "row"}, 0.5),
+    ("nm", {}, None),
+]
+
+
+@pytest.mark.parametrize(("name", "options", "sparsity"), ALL)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+def test_kept_weights_come_back_exactly_in_any_float_dtype(name, options, sparsity, dtype):
+    w = (torch.randn(16, 4, 3, 3, generator=torch.Generator().manual_seed(3)) * 1e-3).to(dtype)
+    w[0, 0, 0, 0] = 1 / 3  # not representable in float32 when float64
+    scheme = schemes.get(name, **options)
+    p = scheme.project(w, sparsity)
+    assert p.dtype == dtype
+    assert torch.equal(p, torch.where(scheme.mask(w, sparsity), w, 0.0))
+
+
+@pytest.mark.parametrize(("name", "options", "sparsity"), ALL)
+@pytest.mark.parametrize(
+    "w",
+    [
+        torch.zeros(0, 5),
+        torch.zeros(4, 0),
+        torch.zeros(0, 3, 3, 3),
+        torch.zeros(6, 8),  # all ties
+        torch.arange(60.0).reshape(6, 10).t(),  # not contiguous
+        torch.arange(96.0).reshape(4, 8, 3)[:, ::2],  # strided conv1d-like weight
+    ],
+    ids=["no-rows", "no-cols", "empty-conv", "zeros", "transposed", "strided"],
+)
+def test_degenerate_and_strided_weights(name, options, sparsity, w):
+    scheme = schemes.get(name, **options)
+    p = scheme.project(w, sparsity)
+    assert p.shape == w.shape
+    assert torch.equal(p, torch.where(scheme.mask(w, sparsity), w, 0.0))
+    assert torch.equal(scheme.project(p, sparsity), p)
+    assert scheme.group_norms(w).dim() == 1
+    assert scheme.storage_bytes(p) >= 0
+
+
 # ----------------------------------------------------------------------- storage
 
 

@@ -46,7 +46,8 @@ def report_saved_model(path: Path, out_dir: str | Path | None = None,
     example = torch.zeros(1, *saved["input_shape"])
     report = build_report(
         model, example, layers=layers_from_targets(targets),
-        accuracy_dense=saved["accuracy"]["dense"], accuracy_compressed=saved["accuracy"]["compressed"],
+        accuracy_dense=saved["accuracy"]["dense"],
+        accuracy_compressed=saved["accuracy"]["compressed"],
         method=recipe["prune"]["method"] if recipe["prune"] else None,
     )
     echo(format_report(report))

@@ -182,7 +182,8 @@ class Run:
         try:
             return resolve(model, rules)
         except ConfigError as exc:
-            raise ConfigError(f"{self.recipe.where('prune', 'targets')}: prune.targets: {exc}") from exc
+            where = self.recipe.where("prune", "targets")
+            raise ConfigError(f"{where}: prune.targets: {exc}") from exc
 
     def prune_stage(self, model: nn.Module, resume: bool) -> tuple[list[Target], str]:
         prune = self.recipe["prune"]

@@ -151,7 +151,9 @@ def load_recipe(
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: a recipe must be a mapping of sections, got {type(raw).__name__}")
+        raise ConfigError(
+            f"{source}: a recipe must be a mapping of sections, got {type(raw).__name__}"
+        )
     recipe = Recipe(raw, source, lines)
     _check_sections(recipe)
     for item in overrides or []:
@@ -165,7 +167,9 @@ def load_recipe(
 
 def _apply_override(data: dict, path: list[str], value: Any, text: str) -> None:
     if path[0] not in SECTIONS:
-        raise ConfigError(f"--set {text}: unknown section {path[0]!r}; sections: {', '.join(SECTIONS)}")
+        raise ConfigError(
+            f"--set {text}: unknown section {path[0]!r}; sections: {', '.join(SECTIONS)}"
+        )
     node = data
     for key in path[:-1]:
         if node.get(key) is None:
@@ -218,7 +222,9 @@ def _check_types(recipe: Recipe) -> None:
     _expect(recipe, d["model"]["kwargs"], (dict,), "a mapping", "model", "kwargs")
     _expect(recipe, d["model"]["checkpoint"], (str,), "a path", "model", "checkpoint")
     if not d["data"].get("name"):
-        raise recipe.error("is required (e.g. fashion_mnist, mnist, cifar10, synthetic)", "data", "name")
+        raise recipe.error(
+            "is required (e.g. fashion_mnist, mnist, cifar10, synthetic)", "data", "name"
+        )
     _expect(recipe, d["data"]["name"], (str,), "a string", "data", "name")
     _expect(recipe, d["data"]["root"], (str,), "a directory path", "data", "root")
     for key in ("batch_size", "test_batch_size", "limit_train", "limit_test"):

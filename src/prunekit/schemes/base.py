@@ -59,7 +59,7 @@ def gemm_view(w: Tensor) -> Tensor:
     """The 2-D GEMM matrix of a weight: dim 0 is the output, the rest is flattened."""
     if w.dim() == 1:
         return w.reshape(1, -1)
-    return w.reshape(w.shape[0], -1)
+    return w.reshape(w.shape[0], math.prod(w.shape[1:]))
 
 
 def split_gates(w: Tensor, gates: int) -> list[Tensor]:
@@ -67,6 +67,13 @@ def split_gates(w: Tensor, gates: int) -> list[Tensor]:
     if gates < 1 or w.shape[0] % gates:
         raise ConfigError(f"weight of shape {tuple(w.shape)} cannot be split into {gates} gates")
     return list(w.chunk(gates, dim=0)) if gates > 1 else [w]
+
+
+def _working(w: Tensor) -> Tensor:
+    """The GEMM matrix the hooks compute on: float64 stays float64, so kept weights come
+    back bit for bit; every other dtype (half, bfloat16, float32) is computed in float32."""
+    m = gemm_view(w.detach())
+    return m if m.dtype == torch.float64 else m.float()
 
 
 def _shares_storage(a: Tensor, b: Tensor) -> bool:
@@ -145,7 +152,7 @@ class Scheme:
         self.check(w.shape, gates=gates)
         with torch.no_grad():
             parts = [
-                self._project_2d(gemm_view(g.detach()).float(), s, g.shape).reshape(g.shape)
+                self._project_2d(_working(g), s, g.shape).reshape(g.shape)
                 for g in split_gates(w, gates)
             ]
             out = torch.cat(parts, dim=0) if len(parts) > 1 else parts[0]
@@ -159,7 +166,7 @@ class Scheme:
         self.check(w.shape, gates=gates)
         with torch.no_grad():
             parts = [
-                self._mask_2d(gemm_view(g.detach()).float(), s, g.shape).reshape(g.shape)
+                self._mask_2d(_working(g), s, g.shape).reshape(g.shape)
                 for g in split_gates(w, gates)
             ]
         return torch.cat(parts, dim=0) if len(parts) > 1 else parts[0]

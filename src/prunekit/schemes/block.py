@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import ConfigError
-from .base import Scheme, keep_largest_sized, kernel_positions
+from .base import Scheme, count_to_prune, keep_largest, keep_largest_sized, kernel_positions
 
 CONV_DEFAULT = (8, 4)
 OTHER_DEFAULT = (16, 16)
@@ -96,21 +96,35 @@ class Block(Scheme):
             sizes[0, -1] = n_cols - (nb - 1) * bc
         return padded.reshape(n_rows, nb, bc), 2, sizes
 
-    def _keep(self, m: Tensor, sparsity: float, shape: torch.Size) -> Tensor:
-        view, dim, sizes = self._segments(m, shape)
-        energy = (view * view).sum(dim=dim)
-        return keep_largest_sized(energy, sizes.expand(energy.shape), sparsity)
+    @staticmethod
+    def _keep(view: Tensor, dim: int, sizes: Tensor, sparsity: float) -> Tensor:
+        """Keep flag of every segment (the segment grid's shape)."""
+        # squared norms rank like norms; summing squares over the strided middle dim is
+        # faster than ``vector_norm`` there, while over the last dim the norm is faster
+        score = (view * view).sum(dim=1) if dim == 1 else torch.linalg.vector_norm(view, dim=2)
+        if sizes.numel() <= 1 or bool((sizes == sizes.reshape(-1)[0]).all()):
+            return keep_largest(score, count_to_prune(score.numel(), sparsity))
+        return keep_largest_sized(score, sizes.expand(score.shape), sparsity)
 
     # ------------------------------------------------------------------- hooks
+    @staticmethod
+    def _unblock(t: Tensor, dim: int, m: Tensor) -> Tensor:
+        """Inverse of :meth:`_segments` for a tensor of the view's shape: the matrix of
+        ``m``'s shape (a view of ``t`` when there was no padding)."""
+        a, b, c = t.shape
+        padded = t.reshape(a * b, c) if dim == 1 else t.reshape(a, b * c)
+        return padded[: m.shape[0], : m.shape[1]]
+
     def _mask_2d(self, m: Tensor, sparsity: float, shape: torch.Size) -> Tensor:
-        keep = self._keep(m, sparsity, shape)
-        n_rows, n_cols = m.shape
-        br, bc = self.block_shape(shape)
-        if self.axis == "col":
-            full = keep[:, None, :].expand(keep.shape[0], br, n_cols)
-            return full.reshape(-1, n_cols)[:n_rows].contiguous()
-        full = keep[:, :, None].expand(n_rows, keep.shape[1], bc)
-        return full.reshape(n_rows, -1)[:, :n_cols].contiguous()
+        view, dim, sizes = self._segments(m, shape)
+        keep = self._keep(view, dim, sizes, sparsity).unsqueeze(dim).expand(view.shape)
+        return self._unblock(keep, dim, m).contiguous()
+
+    def _project_2d(self, m: Tensor, sparsity: float, shape: torch.Size) -> Tensor:
+        # select on the block view directly: no full-size mask is built
+        view, dim, sizes = self._segments(m, shape)
+        keep = self._keep(view, dim, sizes, sparsity).unsqueeze(dim)
+        return self._unblock(torch.where(keep, view, 0.0), dim, m).contiguous()
 
     def _group_norms_2d(self, m: Tensor, shape: torch.Size) -> Tensor:
         view, dim, _ = self._segments(m, shape)

@@ -100,8 +100,8 @@ class NM(Scheme):
         score = m.abs()
         if runs * self.m != n_cols:
             score = F.pad(score, (0, runs * self.m - n_cols), value=-1.0)
-        keep = _keep_top_n(score.reshape(-1, self.m), self.n)
-        return keep.reshape(n_rows, -1)[:, :n_cols].contiguous()
+        keep = _keep_top_n(score.reshape(n_rows * runs, self.m), self.n)
+        return keep.reshape(n_rows, runs * self.m)[:, :n_cols].contiguous()
 
     def _group_norms_2d(self, m: Tensor, shape: torch.Size) -> Tensor:
         """Per-entry |w|: N:M selects single entries, within fixed runs."""

@@ -25,40 +25,31 @@ from .base import Scheme, count_to_prune, keep_largest, kernel_positions
 class _GroupScheme(Scheme):
     """Shared maths for schemes whose groups are equal-sized slices of the GEMM matrix.
 
-    A subclass says how to reduce the matrix to one squared norm per group
-    (``_group_energy``) and how to spread a per-group keep flag back over the matrix
-    (``_spread``); selection, projection and storage follow from those two.
+    A subclass says how to reduce the matrix to one L2 norm per group (``_group_norms_2d``,
+    differentiable: ``vector_norm`` has a zero, not NaN, gradient at 0, so groups already
+    pruned do not poison a group-lasso penalty) and how to spread one keep flag per group
+    back over the matrix (``_spread``); selection, projection and storage follow.
     """
 
-    def _group_energy(self, m: Tensor, shape: torch.Size) -> Tensor:
-        raise NotImplementedError
-
-    def _spread(self, keep: Tensor, m: Tensor, shape: torch.Size) -> Tensor:
-        """Broadcastable boolean of the matrix's shape from one flag per group."""
+    def _spread(self, keep: Tensor, shape: torch.Size) -> Tensor:
+        """Boolean broadcastable to the GEMM matrix, from one flag per group."""
         raise NotImplementedError
 
     def _keep(self, m: Tensor, sparsity: float, shape: torch.Size) -> Tensor:
-        energy = self._group_energy(m, shape)
-        return keep_largest(energy, count_to_prune(energy.numel(), sparsity))
+        norms = self._group_norms_2d(m, shape)
+        return self._spread(keep_largest(norms, count_to_prune(norms.numel(), sparsity)), shape)
 
     def _mask_2d(self, m: Tensor, sparsity: float, shape: torch.Size) -> Tensor:
-        keep = self._spread(self._keep(m, sparsity, shape), m, shape)
-        return keep.expand(m.shape).contiguous()
+        return self._keep(m, sparsity, shape).expand(m.shape).contiguous()
 
     def _project_2d(self, m: Tensor, sparsity: float, shape: torch.Size) -> Tensor:
-        return torch.where(self._spread(self._keep(m, sparsity, shape), m, shape), m, 0.0)
-
-    def _group_norms_2d(self, m: Tensor, shape: torch.Size) -> Tensor:
-        """Differentiable group norms (``vector_norm`` has a zero, not NaN, gradient at 0,
-        so groups already pruned do not poison a group-lasso penalty)."""
-        raise NotImplementedError
+        return torch.where(self._keep(m, sparsity, shape), m, 0.0)
 
     def _storage_bits_2d(self, m: Tensor, bits: int, shape: torch.Size) -> int:
         """Kept groups stored densely at ``bits`` per value, plus one bit per group."""
-        nonzeros = self._group_energy((m != 0).float(), shape)  # nonzeros per group
-        kept = int((nonzeros > 0).sum().item())
-        group_size = m.numel() // max(1, nonzeros.numel())
-        return kept * group_size * bits + nonzeros.numel()
+        nonzero = self._group_norms_2d((m != 0).float(), shape) > 0
+        group_size = m.numel() // max(1, nonzero.numel())
+        return int(nonzero.sum().item()) * group_size * bits + nonzero.numel()
 
 
 class Filter(_GroupScheme):
@@ -66,13 +57,10 @@ class Filter(_GroupScheme):
 
     name = "filter"
 
-    def _group_energy(self, m: Tensor, shape: torch.Size) -> Tensor:
-        return (m * m).sum(dim=1)
-
     def _group_norms_2d(self, m: Tensor, shape: torch.Size) -> Tensor:
         return torch.linalg.vector_norm(m, dim=1)
 
-    def _spread(self, keep: Tensor, m: Tensor, shape: torch.Size) -> Tensor:
+    def _spread(self, keep: Tensor, shape: torch.Size) -> Tensor:
         return keep[:, None]
 
 
@@ -89,14 +77,10 @@ class Channel(_GroupScheme):
         k = kernel_positions(shape)
         return m.reshape(m.shape[0], m.shape[1] // k, k)
 
-    def _group_energy(self, m: Tensor, shape: torch.Size) -> Tensor:
-        c = self._by_channel(m, shape)
-        return (c * c).sum(dim=(0, 2))
-
     def _group_norms_2d(self, m: Tensor, shape: torch.Size) -> Tensor:
         return torch.linalg.vector_norm(self._by_channel(m, shape), dim=(0, 2))
 
-    def _spread(self, keep: Tensor, m: Tensor, shape: torch.Size) -> Tensor:
+    def _spread(self, keep: Tensor, shape: torch.Size) -> Tensor:
         return keep.repeat_interleave(kernel_positions(shape))[None, :]
 
 
@@ -106,11 +90,8 @@ class Column(_GroupScheme):
 
     name = "column"
 
-    def _group_energy(self, m: Tensor, shape: torch.Size) -> Tensor:
-        return (m * m).sum(dim=0)
-
     def _group_norms_2d(self, m: Tensor, shape: torch.Size) -> Tensor:
         return torch.linalg.vector_norm(m, dim=0)
 
-    def _spread(self, keep: Tensor, m: Tensor, shape: torch.Size) -> Tensor:
+    def _spread(self, keep: Tensor, shape: torch.Size) -> Tensor:
         return keep[None, :]
