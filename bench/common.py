@@ -36,6 +36,7 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "date": _dt.date.today().isoformat(),
+        "load_average": ", ".join(f"{x:.1f}" for x in os.getloadavg()),
     }
 
 
@@ -55,4 +56,5 @@ def header(title: str) -> str:
         f"- machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} "
         f"({m['torch_threads']} threads), Python {m['python']}\n"
         f"- date: {m['date']}\n"
+        f"- load average when written (1/5/15 min): {m['load_average']}\n"
     )

@@ -13,6 +13,7 @@ edited by hand and "wrong type" without a line number is a guessing game.
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,22 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+class RecipeLoader(yaml.SafeLoader):
+    """Safe YAML, except that ``1e-3`` is a float (YAML 1.2) rather than the string YAML 1.1
+    makes of it: learning rates and penalties are written that way all the time."""
+
+
+RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def parse_yaml(text: str):
+    return yaml.load(text, Loader=RecipeLoader)  # noqa: S506 (a SafeLoader subclass)
+
+
 @dataclass
 class Recipe:
     """A validated recipe: plain nested dicts plus where each key came from."""
@@ -84,7 +101,7 @@ class Recipe:
 def _compose_with_lines(text: str, source: str) -> tuple[Any, dict[tuple[str, ...], int]]:
     """Parse YAML and record the 1-based line of every mapping key (by its key path)."""
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        node = yaml.compose(text, Loader=RecipeLoader)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{source}: not valid YAML: {exc}") from exc
     lines: dict[tuple[str, ...], int] = {}
@@ -103,7 +120,7 @@ def _compose_with_lines(text: str, source: str) -> tuple[Any, dict[tuple[str, ..
 
     if node is not None:
         walk(node, ())
-    return yaml.safe_load(text), lines
+    return parse_yaml(text), lines
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -115,7 +132,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not path:
         raise ConfigError(f"--set has an empty key: {text!r}")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = parse_yaml(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
         raise ConfigError(f"--set {key}: value {raw!r} is not valid YAML: {exc}") from exc
     return path, value
