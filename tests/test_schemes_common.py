@@ -8,8 +8,6 @@ shapes a scheme applies to (default: a 3x3 conv and a linear weight).
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 import torch
 from hypothesis import given, settings
@@ -48,12 +46,7 @@ NAMES = schemes.available()
 
 
 def build(name: str) -> tuple[schemes.Scheme, float | None]:
-    """The configured scheme, skipping only while its module has not been written."""
-    target = getattr(schemes, "_BUILTIN", {}).get(name)
-    if target is not None:
-        module = f"prunekit.schemes.{target.split(':')[0]}"
-        if importlib.util.find_spec(module) is None:
-            pytest.skip(f"{module} does not exist yet")
+    """The scheme with the options of ``SETTINGS`` (or the default setting)."""
     options, sparsity = SETTINGS.get(name, DEFAULT_SETTING)
     return schemes.get(name, **options), sparsity
 

@@ -251,7 +251,6 @@ def test_global_allocation_rejects_impossible_clamps():
 
 
 def test_global_allocation_of_groups_compares_rms():
-    pytest.importorskip("prunekit.schemes.structured")
     net = ThreeLinear()
     targets = resolve(net, [{"scheme": "filter", "sparsity": 0.5, "allocation": "global"}])
     harden(net, targets)
@@ -349,7 +348,6 @@ def test_scheme_that_does_not_fit_a_layer_names_it(model):
 
 
 def test_pattern_scheme_on_linear_is_rejected(model):
-    pytest.importorskip("prunekit.schemes.pattern")
     with pytest.raises(TargetError, match="layer 'head'"):
         resolve(model, [{"layers": "head", "scheme": "pattern", "sparsity": 0.5}])
 

@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
             recipe = load_recipe(args.recipe, args.overrides)
             run_recipe(recipe, args.out, resume=args.resume, progress=not args.no_progress)
         elif args.command == "report":
-            from .inspect import report_saved_model
+            from .saved_model import report_saved_model
 
             report_saved_model(Path(args.model), out_dir=args.out)
     except PrunekitError as exc:
