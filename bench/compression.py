@@ -77,7 +77,8 @@ def rule(scheme: str, ratio: float) -> dict[str, Any]:
     raise ValueError(scheme)
 
 
-def run_one(method: str, scheme: str, ratio: float, budget: int) -> dict[str, Any]:
+def run_one(method: str, scheme: str, ratio: float, budget: int,
+            runs: Path = RUNS) -> dict[str, Any]:
     prune_epochs = max(1, round(budget * PRUNE_FRACTION))
     retrain_epochs = budget - prune_epochs
     if method == "magnitude":  # one-shot: prune at once, spend the whole budget retraining
@@ -93,7 +94,7 @@ def run_one(method: str, scheme: str, ratio: float, budget: int) -> dict[str, An
         "retrain=" + json.dumps({**ADAM, "lr": 5e-4, "schedule": "cosine",
                                  "epochs": retrain_epochs, "progress": False}),
     ]
-    out = RUNS / f"{method}-{scheme}-{ratio}x"
+    out = runs / f"{method}-{scheme}-{ratio}x"
     start = time.perf_counter()
     report = run_recipe(load_recipe(RECIPE, overrides), out, resume=True, progress=False,
                         echo=lambda *_: None)
@@ -138,15 +139,20 @@ def plan(only: list[str] | None) -> list[tuple[str, str, int]]:
     return runs
 
 
-def write_results(rows: list[dict[str, Any]], budget: int) -> None:
+def write_results(rows: list[dict[str, Any]]) -> None:
     write_json("compression.json", rows)
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     for ax, scheme in zip(axes, ("irregular", "filter", "block"), strict=True):
-        for method in ("admm", "reweighted", "gradual", "magnitude"):
-            pts = sorted((r["ratio"], 100 * r["accuracy"]) for r in rows
-                         if r["method"] == method and r["scheme"] == scheme)
-            if pts:
-                ax.plot(*zip(*pts, strict=True), marker="o", label=method)
+        budgets = sorted({r["epochs"] for r in rows})
+        for epochs in budgets:
+            for method in ("admm", "reweighted", "gradual", "magnitude"):
+                pts = sorted((r["ratio"], 100 * r["accuracy"]) for r in rows
+                             if r["method"] == method and r["scheme"] == scheme
+                             and r["epochs"] == epochs)
+                label = method if len(budgets) == 1 else f"{method}, {epochs} epochs"
+                style = "-" if epochs == budgets[0] else ":"
+                if pts:
+                    ax.plot(*zip(*pts, strict=True), style, marker="o", label=label)
         dense = [100 * r["dense_accuracy"] for r in rows if r["scheme"] == scheme]
         if dense:
             ax.axhline(dense[0], color="grey", linestyle="--", label="dense")
@@ -159,6 +165,7 @@ def write_results(rows: list[dict[str, Any]], budget: int) -> None:
             ax.legend()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
     atomic_write_bytes(RESULTS / "compression.png", buf.getvalue())
 
     lines = ["| method | scheme | target | measured ratio | accuracy (%) | dense (%) | delta |"
@@ -176,11 +183,11 @@ def write_results(rows: list[dict[str, Any]], budget: int) -> None:
     atomic_write_text(
         RESULTS / "compression.md",
         header("Accuracy vs compression, LeNet-5 on Fashion-MNIST")
-        + f"\nSame dense model for every row; budget {budget} epochs after it for every "
-        "method (ADMM, reweighted, gradual: half pruning, half masked retraining with the "
-        "same settings; one-shot: the whole budget retraining). Ratio = weights of "
-        "the pruned layers / their nonzeros, measured from the saved weights. Runs went two "
-        "at a time, one torch thread each, so s/epoch is per process.\n\n"
+        + "\nSame dense model for every row; every method gets the same number of epochs "
+        "after it (column `epochs`; ADMM, reweighted, gradual: half pruning, half masked "
+        "retraining with the same settings; one-shot: the whole budget retraining). "
+        "Ratio = weights of the pruned layers / their nonzeros, measured from the saved "
+        "weights. Runs went two at a time, one torch thread each, so s/epoch is per process.\n\n"
         + "\n".join(lines)
         + "\n\n![accuracy vs ratio](compression.png)\n",
     )
@@ -190,6 +197,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--budget", type=int, default=6, help="epochs after the dense model")
     parser.add_argument("--workers", type=int, default=2, help="runs in parallel")
+    parser.add_argument("--runs", type=Path, default=RUNS,
+                        help="run directories (one per budget: finished runs are reused)")
     parser.add_argument("--only", nargs="*", help="method:scheme:ratio items to run")
     args = parser.parse_args()
     if not DENSE.exists():
@@ -199,16 +208,17 @@ def main() -> None:
     todo = plan(args.only)
     with ProcessPoolExecutor(args.workers, initializer=torch.set_num_threads,
                              initargs=(1,)) as pool:
-        futures = [pool.submit(run_one, m, s, r, args.budget) for m, s, r in todo]
+        futures = [pool.submit(run_one, m, s, r, args.budget, args.runs) for m, s, r in todo]
         for future in as_completed(futures):
             row = future.result()
-            key = (row["method"], row["scheme"], row["target_ratio"])
-            rows = [r for r in rows if (r["method"], r["scheme"], r["target_ratio"]) != key]
+            key = (row["method"], row["scheme"], row["target_ratio"], row["epochs"])
+            rows = [r for r in rows
+                    if (r["method"], r["scheme"], r["target_ratio"], r["epochs"]) != key]
             rows.append(row)
             print(json.dumps({k: row[k] for k in ("method", "scheme", "target_ratio", "ratio",
                                                   "accuracy")}), flush=True)
-            rows.sort(key=lambda r: (r["scheme"], r["method"], r["target_ratio"]))
-            write_results(rows, args.budget)
+            rows.sort(key=lambda r: (r["epochs"], r["scheme"], r["method"], r["target_ratio"]))
+            write_results(rows)
     print(f"machine: {machine()['cpu']}")
 
 
