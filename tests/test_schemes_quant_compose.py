@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from prunekit.errors import ConfigError, TargetError
-from prunekit.schemes import get, measured_sparsity
+from prunekit.errors import ConfigError, PrunekitError, TargetError
+from prunekit.schemes import get, measured_sparsity, quant
 from prunekit.schemes.compose import Composite
-from prunekit.schemes.quant import Quant, best_scale
+from prunekit.schemes.quant import Quant, best_scale, quantize
 
 FAST = settings(max_examples=40, deadline=None)
 
@@ -67,7 +68,7 @@ def test_step_is_no_worse_than_a_dense_grid_search(seed, bits, n):
 @given(seed=st.integers(0, 10_000), bits=st.integers(2, 8), n=st.integers(16, 256))
 def test_large_layer_search_is_no_worse_than_a_grid_search(seed, bits, n):
     w = sample(seed, n)
-    s = best_scale(w, bits, budget=0)  # force the grid + refinement path
+    s = best_scale(w, bits, budget=0)  # force the proven-window path
     s0 = float(w.abs().max()) / (2 ** (bits - 1) - 1)
     grid = torch.linspace(0.3, 1.2, 200, dtype=torch.float64) * s0
     best_on_grid = min(quant_error(w, float(g), bits) for g in grid)
@@ -81,6 +82,129 @@ def test_quantisation_is_idempotent(seed, bits, zeros):
     scheme = Quant(bits=bits)
     p = scheme.project(sample(seed, 5, 9, zeros=zeros))
     assert torch.equal(scheme.project(p), p)
+
+
+def spread_out(seed: int, n: int, kind: str) -> torch.Tensor:
+    """Weights of a few shapes the window's bounds must hold for."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(n, generator=g)
+    if kind == "sparse":
+        w = torch.where(torch.rand(n, generator=g) < 0.9, 0.0, w)
+    elif kind == "heavy":
+        w = w**3
+    elif kind == "outlier":
+        w[0] = 1e3
+    elif kind == "two scales":
+        w = torch.where(torch.rand(n, generator=g) < 0.5, 0.01 * w, 10 * w)
+    return w
+
+
+# the histogram and breakpoint bins made coarse, so that small inputs take every branch
+COARSE = {"_HALF_BINS": 1 << 7, "_REFINE_BINS": 1 << 5}
+
+
+@pytest.mark.parametrize("constants", [{}, COARSE], ids=["default", "coarse bins"])
+@settings(max_examples=25, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    bits=st.integers(2, 8),
+    n=st.integers(50, 1500),
+    kind=st.sampled_from(["normal", "sparse", "heavy", "outlier", "two scales"]),
+)
+def test_window_search_finds_the_same_least_error_as_the_full_sweep(
+    constants, seed, bits, n, kind
+):
+    w = spread_out(seed, n, kind)
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in constants.items():
+            patch.setattr(quant, name, value)
+        s_window = best_scale(w, bits, budget=0)
+    s_full = best_scale(w, bits, budget=1 << 40)
+    energy = float((w.double() ** 2).sum())
+    assert quant_error(w, s_window, bits) == pytest.approx(
+        quant_error(w, s_full, bits), rel=0, abs=1e-9 * energy
+    )
+
+
+@pytest.mark.parametrize("constants", [{}, COARSE], ids=["default", "coarse bins"])
+@settings(max_examples=20, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    bits=st.integers(2, 6),
+    kind=st.sampled_from(["normal", "sparse", "heavy", "outlier", "two scales"]),
+)
+def test_histogram_bounds_hold_for_every_step(constants, seed, bits, kind):
+    """The window is only as sound as these bounds: compared with the error written out."""
+    w = spread_out(seed, 400, kind)
+    top = 2 ** (bits - 1) - 1
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in constants.items():
+            patch.setattr(quant, name, value)
+        x = w.numpy()
+        amax = float(w.abs().max())
+        histogram = quant._histogram(x, amax, top)[0]
+    g = torch.Generator().manual_seed(seed)
+    s0 = amax / top
+    edges = torch.sort(s0 * 2 ** (4 * torch.rand(12, generator=g) - 3)).values.double()
+    s1, s2 = edges[0::2].numpy(), edges[1::2].numpy()
+    lower = histogram.lower(s1, s2)
+    slack = 1e-9 * float((w.double() ** 2).sum())
+    for lo, hi, bound in zip(s1, s2, lower, strict=True):
+        inside = torch.linspace(float(lo), float(hi), 200, dtype=torch.float64)
+        assert bound <= min(quant_error(w, float(s), bits) for s in inside) + slack
+    steps = edges.numpy()
+    for s, bound in zip(steps, histogram.upper(steps), strict=True):
+        assert bound >= quant_error(w, float(s), bits) - slack
+    assert histogram.lower(np.zeros(1), steps[:1])[0] <= quant_error(w, float(steps[0]), bits)
+
+
+@pytest.mark.parametrize("constants", [{}, COARSE], ids=["default", "coarse bins"])
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_window_projection_is_the_rounding_at_its_step_and_idempotent(
+    monkeypatch, constants, bits
+):
+    monkeypatch.setattr(quant, "EXACT_BUDGET", 0)  # every matrix takes the window path
+    for name, value in constants.items():
+        monkeypatch.setattr(quant, name, value)
+    scheme = Quant(bits=bits)
+    for seed, kind in enumerate(["normal", "sparse", "heavy", "two scales"]):
+        w = spread_out(seed, 6000, kind).reshape(60, 100)
+        p = scheme.project(w)
+        assert torch.equal(p, quantize(w, scheme.scale(w), bits))
+        assert torch.equal(scheme.project(p), p)
+        w64 = w.double()
+        assert torch.equal(scheme.project(w64), quantize(w64, scheme.scale(w64), bits))
+
+
+def test_large_matrices_take_the_window_and_match_the_full_sweep():
+    w = torch.randn(300, 1000, generator=torch.Generator().manual_seed(3))
+    assert w.numel() * 7 > quant.EXACT_BUDGET
+    s = Quant(bits=4).scale(w)
+    s_full = best_scale(w, 4, budget=1 << 40)
+    energy = float((w.double() ** 2).sum())
+    assert abs(quant_error(w, s, 4) - quant_error(w, s_full, 4)) <= 1e-9 * energy
+
+
+@pytest.mark.parametrize("scale", [1e-40, 1e-36, 1e37])
+def test_window_handles_weights_near_the_ends_of_float32(monkeypatch, scale):
+    g = torch.Generator().manual_seed(0)
+    w = (torch.randn(40, 50, generator=g, dtype=torch.float64) * scale).float()
+    monkeypatch.setattr(quant, "EXACT_BUDGET", 0)
+    scheme = Quant(bits=4)
+    p = scheme.project(w)
+    assert torch.isfinite(p).all()
+    assert torch.equal(p, quantize(w, scheme.scale(w), 4))
+    energy = float((w.double() ** 2).sum())
+    s_full = best_scale(w, 4, budget=1 << 40)
+    assert abs(quant_error(w, scheme.scale(w), 4) - quant_error(w, s_full, 4)) <= 1e-9 * energy
+
+
+@pytest.mark.parametrize("bad", [math.inf, -math.inf, math.nan])
+def test_non_finite_weights_are_named(bad):
+    w = torch.ones(4, 8)
+    w[1, 2] = bad
+    with pytest.raises(PrunekitError, match="finite"):
+        get("quant", bits=4).project(w)
 
 
 def test_exact_step_recovers_weights_already_on_levels():

@@ -5,13 +5,14 @@ from __future__ import annotations
 import itertools
 import math
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from prunekit.errors import ConfigError
-from prunekit.schemes import count_to_prune, get, measured_sparsity
+from prunekit.schemes import count_to_prune, get, measured_sparsity, unify
 from prunekit.schemes.unify import KEEP, PRUNE, UNIFY, Unify, assign_blocks
 
 FAST = settings(max_examples=50, deadline=None)
@@ -81,6 +82,143 @@ def test_assignment_matches_brute_force_on_random_costs(seed, n, data):
     cost = float((p * (state == PRUNE) + u * (state == UNIFY)).sum())
     best = brute_force_assignment(p.tolist(), u.tolist(), n_prune, n_unify)
     assert cost == pytest.approx(best, rel=1e-12, abs=1e-12)
+
+
+# prices fix blocks even in tiny problems, so that brute force can check the reduction
+TINY = {"_BASE": 1, "_SAMPLE": 4, "_COARSE": 2}
+
+
+def total_cost(p: torch.Tensor, u: torch.Tensor, state: torch.Tensor) -> float:
+    return float((p * (state == PRUNE) + u * (state == UNIFY)).sum())
+
+
+@settings(max_examples=150, deadline=None)
+@given(costs=costs, data=st.data())
+def test_reduction_by_prices_is_optimal_or_declines_with_ties(costs, data):
+    p = torch.tensor([c[0] for c in costs], dtype=torch.float64)
+    u = torch.tensor([c[1] for c in costs], dtype=torch.float64)
+    n = len(costs)
+    n_prune = data.draw(st.integers(1, n))
+    n_unify = data.draw(st.integers(0, n - n_prune))
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in TINY.items():
+            patch.setattr(unify, name, value)
+        state = unify._reduced_assign(p.numpy(), u.numpy(), n_prune, n_unify, unify._WIDTH)
+        full = assign_blocks(p, u, n_prune, n_unify)
+    best = brute_force_assignment(p.tolist(), u.tolist(), n_prune, n_unify)
+    assert total_cost(p, u, full) == best
+    if state is not None:  # it may decline (then the full sweep runs), never be wrong
+        state = torch.from_numpy(state)
+        assert int((state == PRUNE).sum()) == n_prune
+        assert int((state == UNIFY).sum()) == n_unify
+        assert total_cost(p, u, state) == best
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    costs=costs,
+    box=st.tuples(*[st.floats(-1.0, 6.0)] * 4).map(
+        lambda b: (min(b[:2]), max(b[:2]), min(b[2:]), max(b[2:]))
+    ),
+    data=st.data(),
+)
+def test_fixing_by_any_box_of_prices_is_optimal_or_declined(costs, box, data):
+    """Prices from samples can be wrong; the certificate must catch every wrong box."""
+    p = torch.tensor([c[0] for c in costs], dtype=torch.float64)
+    u = torch.tensor([c[1] for c in costs], dtype=torch.float64)
+    n = len(costs)
+    n_prune = data.draw(st.integers(1, n))
+    n_unify = data.draw(st.integers(1, n - n_prune)) if n > n_prune else 0
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in TINY.items():
+            patch.setattr(unify, name, value)
+        patch.setattr(unify, "_box", lambda *args: box)
+        state = unify._reduced_assign(p.numpy(), u.numpy(), n_prune, n_unify, unify._WIDTH)
+    if state is not None:
+        state = torch.from_numpy(state)
+        assert int((state == PRUNE).sum()) == n_prune
+        assert int((state == UNIFY).sum()) == n_unify
+        assert total_cost(p, u, state) == brute_force_assignment(
+            p.tolist(), u.tolist(), n_prune, n_unify
+        )
+
+
+def optimal_prices(p, u, state) -> tuple[float, float]:
+    """Prices under which every block's state is one of its cheapest (LP duality says an
+    optimal assignment has them): pruned blocks need ``p <= alpha_P`` and
+    ``d <= alpha_P - alpha_U``, unified ones ``u <= alpha_U`` and ``d >= alpha_P - alpha_U``,
+    kept ones ``p >= alpha_P`` and ``u >= alpha_U``."""
+    d = p - u
+    pruned, unified, kept = state == PRUNE, state == UNIFY, state == KEEP
+    p_range = (p[pruned].max(), p[kept].min())
+    u_range = (u[unified].max(), u[kept].min())
+    low = max(d[pruned].max(), p_range[0] - u_range[1])
+    high = min(d[unified].min(), p_range[1] - u_range[0])
+    assert low <= high
+    diff = (low + high) / 2
+    alpha_p = (max(p_range[0], u_range[0] + diff) + min(p_range[1], u_range[1] + diff)) / 2
+    return float(alpha_p), float(alpha_p - diff)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_certificate_accepts_optimal_prices_and_rejects_everything_else(seed):
+    p, u = (c.numpy() for c in block_costs(seed, 60, "normal"))
+    d = p - u
+    state = unify._cut_assign(p, u, 20, 15)
+    alpha_p, alpha_u = optimal_prices(p, u, state)
+    around = (alpha_p - 1e-3, alpha_p + 1e-3, alpha_u - 1e-3, alpha_u + 1e-3)
+    assert unify._certified(p, u, d, state, 20, 15, around)
+    # the same solution, but the box misses its prices: nothing is proven
+    shifted = (around[0] + 0.5, around[1] + 0.5, around[2], around[3])
+    assert not unify._certified(p, u, d, state, 20, 15, shifted)
+    # a worse solution (a kept block pruned instead of a pruned one) has no such prices
+    worse = state.copy()
+    worse[np.flatnonzero(state == PRUNE)[0]] = KEEP
+    worse[np.flatnonzero(state == KEEP)[0]] = PRUNE
+    assert not unify._certified(p, u, d, worse, 20, 15, around)
+    # a box that meets those prices only on its edge: no margin, so nothing is proven
+    edge = float(p[state == PRUNE].max())  # no price of pruning below this works
+    touching = (edge - 1.0, edge, alpha_u - 1e-3, alpha_u + 1e-3)
+    assert not unify._certified(p, u, d, state, 20, 15, touching)
+    assert unify._certified(p, u, d, state, 20, 15, (edge - 1.0, alpha_p + 1e-3, *around[2:]))
+
+
+def block_costs(seed: int, n: int, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pruning and unification errors of ``n`` random (1, 4) blocks of a few kinds."""
+    w = torch.randn(n, 4, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    if kind == "zeros":
+        w[::3] = 0.0
+    elif kind == "ties":
+        w = torch.round(2 * w) / 2
+    elif kind == "uniform":
+        w[::2, 1:] = w[::2, :1]  # every other block has one magnitude: u = 0
+    elif kind == "wide":
+        w = w * torch.exp(3 * torch.randn(n, 1, generator=torch.Generator().manual_seed(seed)))
+    p = (w * w).sum(dim=1)
+    return p, p - w.abs().sum(dim=1) ** 2 / 4
+
+
+@pytest.mark.parametrize("kind", ["normal", "zeros", "ties", "uniform", "wide"])
+@pytest.mark.parametrize("rates", [(0.5, 0.3), (0.05, 0.9), (0.9, 0.05), (0.5, 0.5)])
+def test_large_assignments_match_the_plain_cut_sweep(kind, rates):
+    n = 4 * unify._BASE + 123
+    p, u = block_costs(7, n, kind)
+    n_prune = round(rates[0] * n)
+    n_unify = min(round(rates[1] * n), n - n_prune)
+    state = assign_blocks(p, u, n_prune, n_unify)
+    reference = torch.from_numpy(unify._cut_assign(p.numpy(), u.numpy(), n_prune, n_unify))
+    assert int((state == PRUNE).sum()) == n_prune and int((state == UNIFY).sum()) == n_unify
+    assert total_cost(p, u, state) == pytest.approx(total_cost(p, u, reference), rel=1e-12)
+
+
+def test_prices_fix_most_blocks_of_a_large_problem():
+    p, u = block_costs(3, 100_000, "normal")
+    state = unify._reduced_assign(p.numpy(), u.numpy(), 50_000, 30_000, unify._WIDTH)
+    assert state is not None  # certified, so the slow sweep over every block was not needed
+    reference = unify._cut_assign(p.numpy(), u.numpy(), 50_000, 30_000)
+    assert total_cost(p, u, torch.from_numpy(state)) == pytest.approx(
+        total_cost(p, u, torch.from_numpy(reference)), rel=1e-12
+    )
 
 
 # ----------------------------------------------------------------- projection
@@ -192,6 +330,14 @@ def test_zero_entries_of_a_unified_block_take_the_shared_magnitude():
     p = Unify(block=(1, 4), unified=0.5).project(w, 0.0)  # unify 1 of 2: the cheaper
     assert torch.allclose(p[0, :4], torch.tensor([0.75, -0.75, 0.75, 0.75]))
     assert torch.equal(p[0, 4:], w[0, 4:])
+
+
+def test_signed_zeros_in_unified_blocks_take_plus_and_pruned_blocks_are_plus_zero():
+    w = torch.tensor([[-0.0, -1.0, 2.0, 0.0, 5.0, -9.0, 1.0, 20.0, -1e-3, -2e-3, 1e-3, -1e-3]])
+    p = Unify(block=(1, 4), unified=1 / 3).project(w, 1 / 3)  # prune 1, unify 1 of 3
+    assert torch.equal(p[0, :4], torch.tensor([0.75, -0.75, 0.75, 0.75]))
+    assert torch.equal(p[0, 4:8], w[0, 4:8])
+    assert (p[0, 8:] == 0).all() and not torch.signbit(p[0, 8:]).any()
 
 
 def test_states_report_the_assignment_the_projection_uses():
