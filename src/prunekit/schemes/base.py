@@ -45,6 +45,16 @@ def measured_sparsity(w: Tensor) -> float:
     return 0.0 if w.numel() == 0 else float((w == 0).sum().item()) / w.numel()
 
 
+def parse_block_shape(block: object) -> tuple[int, int]:
+    """Validate a ``(rows, cols)`` block option (YAML gives a list, Python a tuple)."""
+    ok = isinstance(block, (tuple, list)) and len(block) == 2
+    if ok:
+        ok = all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in block)
+    if not ok:
+        raise ConfigError(f"block must be two positive integers (rows, cols), got {block!r}")
+    return int(block[0]), int(block[1])
+
+
 def index_bits(n: int) -> int:
     """Bits needed to address one of ``n`` positions."""
     return max(1, math.ceil(math.log2(max(n, 2))))

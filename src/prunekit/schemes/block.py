@@ -40,21 +40,21 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import ConfigError
-from .base import Scheme, count_to_prune, keep_largest, keep_largest_sized, kernel_positions
+from .base import (
+    Scheme,
+    count_to_prune,
+    keep_largest,
+    keep_largest_sized,
+    kernel_positions,
+    parse_block_shape,
+)
 
 CONV_DEFAULT = (8, 4)
 OTHER_DEFAULT = (16, 16)
 
 
 def _parse_block(block: object) -> tuple[int, int] | None:
-    if block is None:
-        return None
-    ok = isinstance(block, (tuple, list)) and len(block) == 2
-    if ok:
-        ok = all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in block)
-    if not ok:
-        raise ConfigError(f"block must be two positive integers (rows, cols), got {block!r}")
-    return int(block[0]), int(block[1])
+    return None if block is None else parse_block_shape(block)
 
 
 class Block(Scheme):

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import ConfigError
-from .base import Scheme, check_sparsity, count_to_prune, keep_largest
+from .base import Scheme, check_sparsity, count_to_prune, keep_largest, parse_block_shape
 
 KEEP, UNIFY, PRUNE = 0, 1, 2
 
@@ -363,15 +363,6 @@ def _assign_costs(p: np.ndarray, u: np.ndarray, n_prune: int, n_unify: int) -> n
 
 
 # ------------------------------------------------------------------------- scheme
-def _parse_block(block: object) -> tuple[int, int]:
-    ok = isinstance(block, (tuple, list)) and len(block) == 2
-    if ok:
-        ok = all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in block)
-    if not ok:
-        raise ConfigError(f"block must be two positive integers (rows, cols), got {block!r}")
-    return int(block[0]), int(block[1])
-
-
 class Unify(Scheme):
     """Micro-block pruning plus weight unification. See the module docstring."""
 
@@ -381,7 +372,7 @@ class Unify(Scheme):
         self, *, block: Sequence[int] = (1, 4), unified: float = 0.0, **options
     ) -> None:
         super().__init__(**options)
-        self.block = _parse_block(block)
+        self.block = parse_block_shape(block)
         self.unified = check_sparsity(unified, "unified")
 
     # ---------------------------------------------------------------- blocks
