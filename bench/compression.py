@@ -34,7 +34,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from common import RESULTS, header, machine, write_json  # noqa: E402
+from common import RESULTS, command, header, machine, write_json  # noqa: E402
 from prunekit.io import atomic_write_bytes, atomic_write_text  # noqa: E402
 from prunekit.pipeline import run_recipe  # noqa: E402
 from prunekit.recipe import load_recipe  # noqa: E402
@@ -45,6 +45,8 @@ DENSE = ROOT / "runs/bench-dense/dense.pt"
 RUNS = ROOT / "runs/bench-compression"
 
 IRREGULAR_RATIOS = (10, 20, 40, 70)
+COLORS = {"admm": "tab:blue", "reweighted": "tab:orange", "gradual": "tab:green",
+          "magnitude": "tab:red"}
 STRUCTURED_RATIOS = (2, 4, 8)
 
 # Method settings shared by every ratio: (options, pruning epochs as a fraction of budget)
@@ -114,6 +116,7 @@ def run_one(method: str, scheme: str, ratio: float, budget: int,
         "retrain_epochs": retrain_epochs,
         "seconds": seconds,
         "seconds_per_epoch": _seconds_per_epoch(report),
+        "command": command(),
     }
 
 
@@ -152,7 +155,8 @@ def write_results(rows: list[dict[str, Any]]) -> None:
                 label = method if len(budgets) == 1 else f"{method}, {epochs} epochs"
                 style = "-" if epochs == budgets[0] else ":"
                 if pts:
-                    ax.plot(*zip(*pts, strict=True), style, marker="o", label=label)
+                    ax.plot(*zip(*pts, strict=True), style, marker="o", label=label,
+                            color=COLORS[method])
         dense = [100 * r["dense_accuracy"] for r in rows if r["scheme"] == scheme]
         if dense:
             ax.axhline(dense[0], color="grey", linestyle="--", label="dense")
@@ -189,7 +193,9 @@ def write_results(rows: list[dict[str, Any]]) -> None:
         "Ratio = weights of the pruned layers / their nonzeros, measured from the saved "
         "weights. Runs went two at a time, one torch thread each, so s/epoch is per process.\n\n"
         + "\n".join(lines)
-        + "\n\n![accuracy vs ratio](compression.png)\n",
+        + "\n\nThe rows were measured by:\n\n"
+        + "".join(f"- `{c}`\n" for c in dict.fromkeys(r.get("command", "?") for r in rows))
+        + "\n![accuracy vs ratio](compression.png)\n",
     )
 
 
@@ -197,10 +203,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--budget", type=int, default=6, help="epochs after the dense model")
     parser.add_argument("--workers", type=int, default=2, help="runs in parallel")
+    parser.add_argument("--replot", action="store_true",
+                        help="only redraw the table and plot from compression.json")
     parser.add_argument("--runs", type=Path, default=RUNS,
                         help="run directories (one per budget: finished runs are reused)")
     parser.add_argument("--only", nargs="*", help="method:scheme:ratio items to run")
     args = parser.parse_args()
+    if args.replot:
+        write_results(json.loads((RESULTS / "compression.json").read_text()))
+        return
     if not DENSE.exists():
         raise SystemExit(f"{DENSE} missing: run bench/dense_baseline.py first")
     existing = RESULTS / "compression.json"
