@@ -98,10 +98,7 @@ class Run:
         kwargs = dict(m.get("kwargs") or {})
         if ":" not in m["name"]:  # zoo models learn the data's shape and classes
             kwargs.setdefault("num_classes", self.info.num_classes)
-            if len(self.info.input_shape) == 3:
-                kwargs.setdefault("input_shape", tuple(self.info.input_shape))
-            else:
-                kwargs.setdefault("input_shape", tuple(self.info.input_shape))
+            kwargs.setdefault("input_shape", tuple(self.info.input_shape))
         torch.manual_seed(self.recipe["seed"])
         return models.from_spec(m["name"], **kwargs)
 
@@ -123,7 +120,7 @@ class Run:
         self.build_data()
         model = self.build_model()
 
-        dense_state, dense_hist = self.dense_stage(model, resume)
+        self.dense_stage(model, resume)
         weights_before = {n: p.detach().clone() for n, p in model.named_parameters()}
         acc_dense = evaluate(model, self.test_loader)["accuracy"]
         self.echo(f"dense accuracy: {acc_dense:.4f}")
@@ -150,14 +147,14 @@ class Run:
                      weights_after=weights_after)
         return report
 
-    def dense_stage(self, model: nn.Module, resume: bool) -> tuple[dict, list]:
+    def dense_stage(self, model: nn.Module, resume: bool) -> None:
         m = self.recipe["model"]
         path = self.out / "dense.pt"
         if resume and path.exists():
             saved = load_checkpoint(path)
-            model.load_state_dict(saved["state_dict"])
+            load_masked_state_dict(model, saved["state_dict"])
             self.history += saved["history"]
-            return saved["state_dict"], saved["history"]
+            return
         history: list[dict[str, Any]] = []
         if m.get("checkpoint"):
             state = load_checkpoint(m["checkpoint"])
@@ -175,7 +172,6 @@ class Run:
                 history = self.trainer(model, "pretrain", config, []).fit(resume=resume)
         save_checkpoint({"state_dict": model.state_dict(), "history": history}, path)
         self.history += history
-        return model.state_dict(), history
 
     def make_targets(self, model: nn.Module) -> list[Target]:
         rules = self.recipe["prune"]["targets"]
