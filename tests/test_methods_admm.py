@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from method_state import restore, snapshot
 from prunekit import masks as pmasks
 from prunekit import schemes
 from prunekit.errors import ConfigError
@@ -456,15 +457,9 @@ def test_progressive_resume_mid_run_is_exact():
 
     model, pruner, opt = setup()
     run_epochs(model, pruner, opt, 3)
-    buffer = io.BytesIO()
-    torch.save({"m": model.state_dict(), "o": opt.state_dict(), "p": pruner.state_dict()}, buffer)
+    saved = snapshot(model, opt, pruner)
     run_epochs(model, pruner, opt, 2)
-    buffer.seek(0)
-    saved = torch.load(buffer, weights_only=True)
-    model2, pruner2, opt2 = setup()
-    model2.load_state_dict(saved["m"])
-    opt2.load_state_dict(saved["o"])
-    pruner2.load_state_dict(saved["p"])
+    model2, pruner2, opt2 = restore(saved, setup)
     assert pruner2.round == 1 and pruner2.masks is not None
     run_epochs(model2, pruner2, opt2, 2)
     assert pruner2.history == pruner.history

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import io
-
 import pytest
 import torch
 from torch import nn
 
+from method_state import restore, snapshot
 from prunekit import schemes
 from prunekit.errors import ConfigError
 from prunekit.methods import Reweighted, get
@@ -174,15 +173,9 @@ def test_state_dict_resume_is_exact():
 
     model, pruner, opt = setup()
     train(model, pruner, opt, 2)
-    buffer = io.BytesIO()
-    torch.save({"m": model.state_dict(), "o": opt.state_dict(), "p": pruner.state_dict()}, buffer)
+    saved = snapshot(model, opt, pruner)
     train(model, pruner, opt, 2)
-    buffer.seek(0)
-    saved = torch.load(buffer, weights_only=True)
-    model2, pruner2, opt2 = setup()
-    model2.load_state_dict(saved["m"])
-    opt2.load_state_dict(saved["o"])
-    pruner2.load_state_dict(saved["p"])
+    model2, pruner2, opt2 = restore(saved, setup)
     train(model2, pruner2, opt2, 2)
     assert torch.equal(pruner2.alphas[0], pruner.alphas[0])
     assert torch.equal(model2.weight, model.weight)
