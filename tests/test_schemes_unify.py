@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from prunekit.errors import ConfigError
-from prunekit.schemes import count_to_prune, get, measured_sparsity, unify
+from prunekit.schemes import get, measured_sparsity, unify
 from prunekit.schemes.unify import KEEP, PRUNE, UNIFY, Unify, assign_blocks
 
 FAST = settings(max_examples=50, deadline=None)
@@ -32,9 +32,41 @@ def blocks_of(m: torch.Tensor, block: tuple[int, int]) -> list[tuple[slice, slic
     ]
 
 
-def counts(n_blocks: int, sparsity: float, unified: float) -> tuple[int, int]:
-    n_prune = count_to_prune(n_blocks, sparsity)
-    return n_prune, min(count_to_prune(n_blocks, unified), n_blocks - n_prune)
+def nearest_class_counts(classes: list[int], sizes: list[int], rate: float) -> list[int]:
+    """Reference: of all per-class counts within one block of ``rate * n`` in every class,
+    the one whose weight total is nearest ``rate * numel`` (a tie: the larger total)."""
+    target = rate * sum(n * z for n, z in zip(classes, sizes, strict=True))
+    options = [
+        [a for a in range(n + 1) if abs(a - rate * n) < 1] for n in classes
+    ]
+    best = None
+    for combo in itertools.product(*options):
+        total = sum(a * z for a, z in zip(combo, sizes, strict=True))
+        key = (round(abs(total - target), 9), -total)
+        if best is None or key < best[0]:
+            best = (key, list(combo))
+    return best[1]
+
+
+def class_plan(w: torch.Tensor, block: tuple[int, int], sparsity: float, unified: float):
+    """``(class of every block, pruned per class, unified per class)``: blocks of one size
+    form a class, each class takes the rates on its own (see the module docstring)."""
+    sizes = [w[s].numel() for s in blocks_of(w, block)]
+    values = sorted(set(sizes), reverse=True)
+    classes = [sizes.count(z) for z in values]
+    n_prune = nearest_class_counts(classes, values, sparsity)
+    if sum(n_prune) == len(sizes):  # a rate below 1 keeps a block of the largest class
+        n_prune[classes.index(max(classes))] -= 1
+    n_unify = [min(u, n - p) for u, n, p in zip(
+        nearest_class_counts(classes, values, unified), classes, n_prune, strict=True)]
+    return [values.index(z) for z in sizes], n_prune, n_unify
+
+
+def per_class(states, owner: list[int], state: int, n_classes: int) -> list[int]:
+    out = [0] * n_classes
+    for s, k in zip(states, owner, strict=True):
+        out[k] += s == state
+    return out
 
 
 def brute_force_assignment(p: list[float], u: list[float], n_prune: int, n_unify: int) -> float:
@@ -223,7 +255,8 @@ def test_prices_fix_most_blocks_of_a_large_problem():
 
 # ----------------------------------------------------------------- projection
 shapes_and_blocks = st.sampled_from(
-    [((2, 8), (1, 4)), ((3, 6), (1, 3)), ((4, 4), (2, 2)), ((5, 7), (2, 3)), ((3, 5), (2, 4))]
+    [((2, 8), (1, 4)), ((3, 6), (1, 3)), ((4, 4), (2, 2)), ((5, 7), (2, 3)), ((3, 5), (2, 4)),
+     ((2, 9), (1, 4)), ((3, 9), (1, 4))]  # the last two: a depthwise 3x3 GEMM row [.., 9]
 )
 
 
@@ -249,10 +282,11 @@ def test_projection_error_matches_brute_force(seed, shape_block, sparsity, unifi
     w = matrix(seed, *shape)
     p = Unify(block=block, unified=unified).project(w, sparsity)
     slices = blocks_of(w, block)
-    n_prune, n_unify = counts(len(slices), sparsity, unified)
+    owner, n_prune, n_unify = class_plan(w, block, sparsity, unified)
     best = math.inf
     for states in itertools.product((KEEP, UNIFY, PRUNE), repeat=len(slices)):
-        if states.count(PRUNE) == n_prune and states.count(UNIFY) == n_unify:
+        if (per_class(states, owner, PRUNE, len(n_prune)) == n_prune
+                and per_class(states, owner, UNIFY, len(n_unify)) == n_unify):
             err = sum(block_error(w[s], k) for s, k in zip(slices, states, strict=True))
             best = min(best, err)
     err = float(((w.double() - p.double()) ** 2).sum())
@@ -274,7 +308,8 @@ def test_every_block_is_kept_pruned_or_unified_with_its_signs(seed, shape_block,
     scheme = Unify(block=block, unified=unified)
     p = scheme.project(w, sparsity)
     slices = blocks_of(w, block)
-    n_prune, n_unify = counts(len(slices), sparsity, unified)
+    _, pruned, unifying = class_plan(w, block, sparsity, unified)
+    n_prune, n_unify = sum(pruned), sum(unifying)
     zero = equal_magnitude = changed = 0
     for s in slices:
         original, out = w[s], p[s]
@@ -314,6 +349,50 @@ def test_achieved_sparsity_is_within_half_a_block(sparsity):
     p = scheme.project(w, sparsity)
     assert p.shape == w.shape
     assert abs(measured_sparsity(p) - sparsity) <= 0.5 * 18 / w.numel() + 1e-9
+
+
+@FAST
+@given(
+    seed=st.integers(0, 10_000),
+    rows=st.integers(1, 40),
+    cols=st.integers(1, 23),
+    block=st.tuples(st.integers(1, 3), st.integers(1, 5)),
+    sparsity=st.floats(0.0, 0.95),
+    unified=st.floats(0.0, 0.9),
+)
+def test_rates_are_met_in_weights_on_ragged_layers(seed, rows, cols, block, sparsity, unified):
+    unified = min(unified, 1.0 - sparsity)
+    w = matrix(seed, rows, cols)
+    scheme = Unify(block=block, unified=unified)
+    state = scheme.states(w, sparsity)
+    sizes = torch.tensor([w[s].numel() for s in blocks_of(w, block)])
+    pruned = int(sizes[state == PRUNE].sum())
+    full = block[0] * block[1]
+    assert int((state != PRUNE).sum()) >= 1  # never the whole layer
+    if int((state != PRUNE).sum()) > 1:
+        assert abs(pruned - sparsity * w.numel()) <= full / 2 + 1e-9
+    unified_weights = int(sizes[state == UNIFY].sum())
+    if unified + sparsity < 0.9:  # away from the cap that keeps blocks from being both
+        assert abs(unified_weights - unified * w.numel()) <= full / 2 + 1e-9
+    assert measured_sparsity(scheme.project(w, sparsity)) * w.numel() >= pruned
+
+
+def test_depthwise_gemm_meets_the_rate_and_does_not_prune_edge_blocks_first():
+    """The issue's case: a depthwise [32, 1, 3, 3] weight is the GEMM [32, 9]; 1x4 blocks
+    are 4, 4 and a 1-weight edge block per row. Counting blocks pruned 111 of 288."""
+    w = torch.randn(32, 1, 3, 3, generator=torch.Generator().manual_seed(0))
+    p = get("unify").project(w, 0.5)
+    assert int((p == 0).sum()) == 144
+    edge = p.reshape(32, 9)[:, 8]
+    assert int((edge == 0).sum()) == 16  # the edge class is pruned at the rate, no more
+
+
+def test_a_rate_below_one_never_prunes_every_block():
+    w = matrix(4, 1, 4)  # one block
+    assert torch.equal(get("unify").project(w, 0.9), w)
+    w = matrix(4, 2, 5)  # a full block and an edge block per row
+    p = get("unify").project(w, 0.95)
+    assert bool((p != 0).any())
 
 
 def test_unified_zero_prunes_the_lowest_energy_blocks():

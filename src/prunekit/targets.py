@@ -22,6 +22,16 @@ A rule is a dict::
   may be left out for schemes that fix their own rate (N:M).
 - ``allocation``: ``"uniform"`` (every selected layer gets the rate) or ``"global"`` (see
   :func:`allocate_global`), with optional per-layer clamps ``min_sparsity``/``max_sparsity``.
+  A scheme with one fixed rate (``nm``) cannot take allocated rates and is refused.
+
+Everything is checked when the rules are resolved, before any weight changes: every target's
+scheme against its weight's shape and its rate (:func:`check_fit`), and ``channel`` on a
+grouped or depthwise conv is refused (its weight's columns are different input channels in
+each group; on a depthwise conv the scheme would zero the whole layer). Errors name the rule
+index and the layer. ``nn.MultiheadAttention`` is a layer type like the others: its packed
+``in_proj_weight`` is three gates (q, k, v, each pruned at the rate on its own), or its
+separate ``q/k/v_proj_weight``; its ``out_proj`` is a ``Linear`` of its own. The list
+:func:`resolve` returns carries a ``summary`` of the weights the rules leave out, and why.
 
 Rules apply in order and a later rule replaces an earlier one for the same layer, so a
 general rule followed by specific ones gives per-layer overrides. A layer no rule selects is
@@ -46,6 +56,7 @@ from torch import Tensor, nn
 from . import schemes, tables
 from .errors import ConfigError, PrunekitError, TargetError
 from .schemes import Scheme, measured_sparsity
+from .schemes.base import keep_largest
 
 
 @dataclass(eq=False)
@@ -97,10 +108,13 @@ SUPPORTED_TYPES: dict[str, type[nn.Module]] = {
     "RNN": nn.RNN,
     "LSTM": nn.LSTM,
     "GRU": nn.GRU,
+    "MultiheadAttention": nn.MultiheadAttention,
     "Embedding": nn.Embedding,
 }
 #: Gate matrices stacked in each recurrent input/hidden weight.
 RNN_GATES = {"RNN": 1, "LSTM": 4, "GRU": 3}
+#: ``nn.MultiheadAttention.in_proj_weight`` stacks the q, k and v projections along dim 0.
+QKV_GATES = 3
 RULE_KEYS = ("layers", "types", "exclude", "scheme", "sparsity", "allocation",
              "min_sparsity", "max_sparsity")
 ALLOCATIONS = ("uniform", "global")
@@ -122,11 +136,22 @@ def layer_type(module: nn.Module) -> str | None:
 def layer_weights(module: nn.Module) -> list[tuple[str, int]]:
     """``(attribute, gates)`` of every prunable weight of a supported layer: ``weight`` for
     conv/linear/embedding, every ``weight_ih_l*``/``weight_hh_l*`` (and ``_reverse``) for
-    recurrent layers, plus LSTM projection weights ``weight_hr_l*`` (one matrix, no gates)."""
+    recurrent layers, plus LSTM projection weights ``weight_hr_l*`` (one matrix, no gates).
+
+    ``nn.MultiheadAttention`` holds its q, k, v projections either stacked in
+    ``in_proj_weight`` (``[3E, E]``: three gates, each pruned at the rate on its own, like
+    an LSTM's) or, when ``kdim``/``vdim`` differ from the embedding size, as
+    ``q_proj_weight``, ``k_proj_weight``, ``v_proj_weight``. Its ``out_proj`` is a
+    ``Linear`` submodule, selected (and counted) as a layer of its own."""
     kind = layer_type(module)
     if kind is None:
         return []
     own = module._parameters
+    if kind == "MultiheadAttention":
+        if isinstance(own.get("in_proj_weight"), nn.Parameter):
+            return [("in_proj_weight", QKV_GATES)]
+        return [(a, 1) for a in ("q_proj_weight", "k_proj_weight", "v_proj_weight")
+                if isinstance(own.get(a), nn.Parameter)]
     if kind not in RNN_GATES:
         return [("weight", 1)] if isinstance(own.get("weight"), nn.Parameter) else []
     found = []
@@ -151,8 +176,13 @@ def resolve(
     rules: Sequence[Mapping[str, Any]] | Mapping[str, Any],
     *,
     default_scheme: str = "irregular",
-) -> list[Target]:
-    """Turn ``rules`` (see the module docstring) into targets, in model parameter order."""
+) -> Targets:
+    """Turn ``rules`` (see the module docstring) into targets, in model parameter order.
+
+    Every target's scheme and rate are checked against its weight here (:func:`check_fit`),
+    so any rule that cannot be met is a :class:`TargetError` naming the rule and the layer
+    before a method touches a weight. The returned list's ``summary`` says which weights the
+    rules leave out and why (:class:`ResolveSummary`)."""
     if isinstance(rules, Mapping):
         rules = [rules]
     if isinstance(rules, (str, bytes)) or not isinstance(rules, Sequence):
@@ -164,9 +194,11 @@ def resolve(
         for target in rule_targets:
             if remove:
                 chosen.pop(target.name, None)
+                ctx.notes[target.module_name] = f"removed by rule {index} (exclude: true)"
             else:
                 chosen[target.name] = target
-    return [chosen[name] for name in ctx.param_order if name in chosen]
+    found = [chosen[name] for name in ctx.param_order if name in chosen]
+    return Targets(found, _summary(ctx, found))
 
 
 class _Model:
@@ -182,6 +214,8 @@ class _Model:
         self.param_names = {id(p): n for n, p in model.named_parameters()}
         self.param_order = list(self.param_names.values())
         self.wrapped = isinstance(model, _WRAPPERS)
+        #: why a layer is left out, when a rule decided so (excluded, not in a table, ...)
+        self.notes: dict[str, str] = {}
 
     def aliases(self, name: str) -> tuple[str, ...]:
         if self.wrapped and name.startswith("module."):
@@ -220,7 +254,9 @@ def _resolve_rule(
     names = _select(ctx, index, _as_list(rule.get("layers", "*"), "layers", index), types)
     remove = rule.get("exclude") is True
     if not remove and rule.get("exclude") not in (None, False):
-        names = _exclude(ctx, index, _as_list(rule["exclude"], "exclude", index), names)
+        kept = _exclude(ctx, index, _as_list(rule["exclude"], "exclude", index), names)
+        ctx.notes.update({n: f"excluded by rule {index}" for n in names if n not in kept})
+        names = kept
     if not names:
         raise TargetError(f"rule {index} selects no layer once 'exclude' is applied")
     scheme = _rule_scheme(rule, index, default_scheme)
@@ -234,7 +270,12 @@ def _resolve_rule(
         for key in ("min_sparsity", "max_sparsity"):
             if key in rule:
                 raise TargetError(f"rule {index}: {key!r} applies only with allocation: global")
+    else:
+        _refuse_fixed_rate(index, scheme)
+    _refuse_grouped_channel(ctx, index, scheme, names)
     rates = _rule_rates(ctx, index, rule, names, scheme, allocation)
+    ctx.notes.update({n: f"not in the sparsity table of rule {index}"
+                      for n in names if n not in rates})
     found = _targets(ctx, index, scheme, rates, check=True)
     if allocation == "global":
         allocate_global(
@@ -245,6 +286,55 @@ def _resolve_rule(
             where=f"rule {index}",
         )
     return found, False
+
+
+def _scheme_name(scheme: Scheme) -> str:
+    return str(getattr(scheme, "name", type(scheme).__name__))
+
+
+def _rate_parts(scheme: Scheme, rate: float | None) -> list[tuple[Scheme, float | None]]:
+    """``(part, the rate it is given)`` for a composite scheme, else ``[(scheme, rate)]``."""
+    parts = getattr(scheme, "parts", None)
+    if not parts or not hasattr(scheme, "part_rates"):
+        return [(scheme, rate)]
+    return list(zip(parts, scheme.part_rates(rate), strict=True))
+
+
+def _refuse_fixed_rate(index: int, scheme: Scheme) -> None:
+    """Global allocation hands every layer its own rate; a scheme with one fixed rate (N:M)
+    can take none of them, so the combination is refused before anything is ranked."""
+    marker = object()
+    try:
+        receiving = [p for p, r in _rate_parts(scheme, marker) if r is marker]  # type: ignore[arg-type]
+    except PrunekitError:
+        receiving = [scheme]
+    fixed = [p for p in receiving if getattr(p, "fixed_rate", False)]
+    if fixed:
+        raise TargetError(
+            f"rule {index}: scheme {_scheme_name(scheme)!r} cannot use allocation: global: "
+            f"{_scheme_name(fixed[0])!r} has one fixed rate "
+            f"({getattr(fixed[0], 'natural_sparsity', None)}), so there is no per-layer rate "
+            f"to allocate; use allocation: uniform and leave 'sparsity' unset"
+        )
+
+
+def _refuse_grouped_channel(ctx: _Model, index: int, scheme: Scheme, names: list[str]) -> None:
+    """Channel pruning of a grouped or depthwise conv is refused, naming every such layer:
+    its weight's column ``j`` is a different input channel in each group, so the scheme
+    would cut position ``j`` of every group (of a depthwise conv: the whole layer)."""
+    if not any(_scheme_name(p) == "channel" for p, _ in _rate_parts(scheme, None)):
+        return
+    grouped = [n for n in names if getattr(ctx.layers[n], "groups", 1) > 1]
+    if grouped:
+        listed = ", ".join(f"{n} (groups={ctx.layers[n].groups})" for n in grouped)
+        raise TargetError(
+            f"rule {index}: scheme 'channel' does not fit grouped or depthwise convs: "
+            f"{listed}. In such a conv each group reads its own input channels, so a "
+            f"channel of the weight [out, in/groups, kh, kw] is a different input in every "
+            f"group, and on a depthwise conv pruning it zeroes the whole layer. Prune the "
+            f"filters of the layer that feeds it (scheme 'filter') or leave these layers "
+            f"out with exclude: {grouped}"
+        )
 
 
 def _rule_types(rule: Mapping[str, Any], index: int) -> list[str] | None:
@@ -415,16 +505,32 @@ def _targets(
             name = ctx.param_names[id(param)]
             if check:
                 try:
-                    scheme.check(tuple(param.shape), gates=gates)
+                    check_fit(scheme, tuple(param.shape), rate, gates=gates)
                 except PrunekitError as exc:
                     raise TargetError(
-                        f"rule {index}: scheme {getattr(scheme, 'name', scheme)!r} does not fit "
-                        f"layer {layer!r} ({kind}, weight {name} of shape "
+                        f"rule {index}: scheme {_scheme_name(scheme)!r} at sparsity {rate} does "
+                        f"not fit layer {layer!r} ({kind}, weight {name} of shape "
                         f"{tuple(param.shape)}): {exc}"
                     ) from None
             out.append(Target(name, layer, param, scheme,
                               None if rate is None else float(rate), kind, gates))
     return out
+
+
+def check_fit(scheme: Scheme, shape: tuple[int, ...], rate: float | None, *,
+              gates: int = 1) -> None:
+    """Raise a :class:`PrunekitError` if ``scheme`` cannot give a weight of ``shape`` the
+    rate ``rate``: the shape check, then each pruning part's rate check (``check_rate``
+    where a scheme has one, e.g. pattern's minimum rate or N:M's fixed one; otherwise its
+    plain rate validation). Costs no projection, so :func:`resolve` runs it on every target
+    and a bad rate in the last rule is an error before any weight is touched."""
+    scheme.check(shape, gates=gates)
+    for part, part_rate in _rate_parts(scheme, rate):
+        check_rate = getattr(part, "check_rate", None)
+        if check_rate is not None:
+            check_rate(shape, part_rate, gates=gates)
+        elif part is scheme or getattr(part, "prunes", True):
+            part._rate(part_rate)
 
 
 # ------------------------------------------------------------------ allocation
@@ -438,14 +544,21 @@ def allocate_global(
 ) -> None:
     """Set every target's rate from one threshold over all their groups (in place).
 
-    Every target's groups (single weights for ``irregular``) are scored by their L2 norm
-    divided by sqrt(group size), so a group is compared by its root-mean-square weight and
-    schemes whose groups differ in size across layers compete fairly. The lowest-scoring
-    groups are pruned across all targets until the pruned weights make up ``sparsity`` of
-    all their weights (to the nearest group; for single weights exactly). Each target's
-    rate stays within ``[min_sparsity, max_sparsity]`` and always keeps at least one group,
-    so no layer is cut off entirely. Layers with small weights thus get high rates. For
-    recurrent weights the resulting rate is then applied to each gate alike.
+    Every target is a sequence of *steps* in the scheme's own units: a step prunes one group
+    (a single weight for ``irregular``, a kernel for ``pattern``) and, for weights that stack
+    gates (LSTM, GRU, attention q/k/v), the weakest remaining group of *every* gate at once,
+    because each gate is pruned at the target's rate on its own. A step is scored by the
+    root-mean-square of its weights (L2 norm over sqrt(size)), so groups of different sizes
+    in different layers compete fairly. The lowest-scoring steps are taken across all targets
+    until the weights they prune, plus what the schemes prune at rate 0 (pattern: all but
+    ``entries`` of every kernel), are nearest to ``sparsity`` of all the weights: to the
+    nearest step, so for ungated single weights exactly. Every target's rate is then ``k``
+    steps out of ``n`` (mapped to weights by the scheme's ``rate_of_groups`` when it has
+    one), which each gate rounds back to exactly ``k`` groups, so the plan is what the
+    projection prunes. Each rate stays within ``[min_sparsity, max_sparsity]`` and always
+    keeps at least one step, so no layer is cut off entirely: layers with small weights get
+    high rates. When all steps have one size (``irregular``) the threshold is found by one
+    selection (``kthvalue``) over the concatenated scores, not a sort.
     """
     sparsity = _check_rate(sparsity, f"{where}: sparsity")
     if min_sparsity > max_sparsity:
@@ -453,26 +566,61 @@ def allocate_global(
                           f"{max_sparsity}")
     if not targets:
         return
-    units = [_Unit(t, min_sparsity, max_sparsity) for t in targets]
+    units = [_Unit(t, min_sparsity, max_sparsity, where) for t in targets]
+    need = _budget(units, sparsity, min_sparsity, max_sparsity, where)
+    if len({u.step for u in units}) == 1:
+        extra = _take_equal_steps(units, need)
+    else:
+        extra = _take_sorted_steps(units, need)
+    for unit, more in zip(units, extra, strict=True):
+        unit.target.sparsity = unit.rate((unit.low + more) / unit.steps)
+
+
+def _budget(units: Sequence[_Unit], sparsity: float, min_sparsity: float, max_sparsity: float,
+            where: str) -> float:
+    """Weights the optional steps must prune, after what every target prunes anyway."""
     total = sum(u.numel for u in units)
     budget = sparsity * total
-    forced = sum(u.low * u.size for u in units)
-    ceiling = sum(u.high * u.size for u in units)
-    if forced > budget + max(u.size for u in units):
+    slack = max(u.step for u in units)
+    base = sum(u.base for u in units)
+    forced = sum(u.base + u.low * u.step for u in units)
+    ceiling = sum(u.base + u.high * u.step for u in units)
+    if base > budget + slack:
+        raise TargetError(f"{where}: the schemes prune {base / total:.4f} of the selected "
+                          f"weights at their lowest rate, more than the requested {sparsity}")
+    if forced > budget + slack:
         raise TargetError(f"{where}: min_sparsity {min_sparsity} prunes {forced / total:.4f} "
                           f"of the selected weights, more than the requested {sparsity}")
-    if ceiling < budget - max(u.size for u in units):
+    if ceiling < budget - slack:
         raise TargetError(f"{where}: max_sparsity {max_sparsity} (and keeping one group per "
                           f"layer) allows at most {ceiling / total:.4f} of the selected "
                           f"weights to be pruned, less than the requested {sparsity}")
-    scores = torch.cat([u.candidates for u in units])
-    owner = torch.cat([torch.full((len(u.candidates),), i) for i, u in enumerate(units)])
-    sizes = torch.tensor([u.size for u in units], dtype=torch.float64)[owner]
+    return budget - forced
+
+
+def _take_equal_steps(units: Sequence[_Unit], need: float) -> list[int]:
+    """Optional steps each unit takes when all steps have one size: the ``k`` lowest scores
+    of all candidates (``k`` nearest ``need / step``, a tie taking fewer), by one
+    ``kthvalue`` over the concatenation; ties go to the earlier unit and position."""
+    step = units[0].step
+    pool = torch.cat([u.candidates for u in units])
+    count = sum(u.high - u.low for u in units)
+    whole = math.floor(need / step) if need > 0 else 0
+    take = min(count, max(0, whole + (need / step - whole > 0.5)))
+    pruned = ~keep_largest(pool, take)
+    return [int(part.sum()) for part in pruned.split([u.candidates.numel() for u in units])]
+
+
+def _take_sorted_steps(units: Sequence[_Unit], need: float) -> list[int]:
+    """Optional steps each unit takes when step sizes differ: candidates in order of
+    increasing score (ties: earlier unit and position), up to the prefix whose pruned
+    weights are nearest ``need``."""
+    scores = torch.cat([u.ranked() for u in units])
+    owner = torch.cat([torch.full((u.high - u.low,), i) for i, u in enumerate(units)])
+    sizes = torch.tensor([u.step for u in units], dtype=torch.float64)[owner]
     order = torch.argsort(scores, stable=True)
-    taken = _nearest_prefix(torch.cumsum(sizes[order], 0), budget - forced)
-    extra = torch.bincount(owner[order[:taken]], minlength=len(units))
-    for unit, more in zip(units, extra.tolist(), strict=True):
-        unit.target.sparsity = (unit.low + more) / unit.groups
+    taken = _nearest_prefix(torch.cumsum(sizes[order], 0), need)
+    return torch.bincount(owner[order[:taken]], minlength=len(units)).tolist()
 
 
 def _nearest_prefix(cumulative: Tensor, need: float) -> int:
@@ -487,26 +635,62 @@ def _nearest_prefix(cumulative: Tensor, need: float) -> int:
 
 
 class _Unit:
-    """One target's groups in global allocation: those it must prune (``low``), may prune
-    (``candidates``, ascending score) and the most it may prune (``high``)."""
+    """One target in global allocation (see :func:`allocate_global`): ``steps`` steps of
+    ``step`` weights each on top of ``base`` weights pruned at rate 0; it must take the
+    ``low`` weakest steps and may take up to ``high``. ``candidates`` scores the steps it
+    may take, in position order, ``+inf`` for the others."""
 
-    def __init__(self, target: Target, min_sparsity: float, max_sparsity: float) -> None:
+    def __init__(self, target: Target, min_sparsity: float, max_sparsity: float,
+                 where: str) -> None:
         try:
             with torch.no_grad():
-                norms = target.group_norms(target.param.detach()).detach().double().reshape(-1)
+                norms = target.group_norms(target.param.detach()).detach().reshape(-1)
         except NotImplementedError:
-            raise TargetError(f"scheme {target.scheme_name!r} has no groups to rank, so it "
-                              f"cannot use allocation: global (layer {target.module_name!r})"
-                              ) from None
+            raise TargetError(f"{where}: scheme {target.scheme_name!r} has no groups to rank, "
+                              f"so it cannot use allocation: global (layer "
+                              f"{target.module_name!r})") from None
         self.target = target
-        self.groups = max(1, norms.numel())
         self.numel = target.numel
-        self.size = self.numel / self.groups
-        self.low = min(self.groups - 1, math.ceil(min_sparsity * self.groups - 1e-9))
-        self.high = max(self.low, min(self.groups - 1, math.floor(max_sparsity * self.groups
-                                                                  + 1e-9)))
-        scores = torch.sort(norms / math.sqrt(self.size)).values
-        self.candidates = scores[self.low:self.high]
+        gates = target.gates if norms.numel() % max(1, target.gates) == 0 else 1
+        self.steps = max(1, norms.numel() // gates)
+        self.rate = getattr(target.scheme, "rate_of_groups", lambda fraction: fraction)
+        self.base = self.rate(0.0) * self.numel
+        self.step = (self.rate(1.0) * self.numel - self.base) / self.steps
+        self.low = min(self.steps - 1, math.ceil(self._fraction(min_sparsity) * self.steps - 1e-9))
+        self.high = max(self.low, min(self.steps - 1,
+                                      math.floor(self._fraction(max_sparsity) * self.steps + 1e-9)))
+        # float32 ranks float32 weights exactly (|w|) and is twice as fast to select on
+        self.scores = self._step_scores(norms if norms.dtype == torch.float64 else norms.float(),
+                                        gates)
+        self.candidates = self._candidates()
+
+    def _fraction(self, sparsity: float) -> float:
+        """The fraction of steps that prunes ``sparsity`` of this target (clipped to [0, 1])."""
+        r0, r1 = self.rate(0.0), self.rate(1.0)
+        return min(1.0, max(0.0, (sparsity - r0) / (r1 - r0))) if r1 > r0 else 0.0
+
+    def _step_scores(self, norms: Tensor, gates: int) -> Tensor:
+        """RMS weight of every step. With gates, step ``j`` holds the ``j``-th weakest group
+        of every gate (the scores come out sorted); otherwise one group, in position order."""
+        group_size = self.numel / norms.numel() if norms.numel() else 1.0
+        if gates == 1:
+            return norms / math.sqrt(group_size)
+        weakest = torch.sort(norms.reshape(gates, self.steps), dim=1).values
+        return torch.sqrt((weakest * weakest).sum(dim=0) / (gates * group_size))
+
+    def _candidates(self) -> Tensor:
+        """Scores of the steps ranked ``low .. high - 1`` (stable), ``+inf`` elsewhere."""
+        scores = self.scores
+        if self.low == 0 and self.high == self.steps - 1:  # the default: all but the strongest
+            flat = scores.reshape(-1)
+            strongest = int(torch.nonzero(flat == flat.max()).max())  # of ties, the later
+            return flat.index_fill(0, torch.tensor([strongest]), math.inf)
+        optional = keep_largest(scores, self.low) & ~keep_largest(scores, self.high)
+        return torch.where(optional, scores, math.inf)
+
+    def ranked(self) -> Tensor:
+        """The optional steps' scores in increasing order (ties: earlier position)."""
+        return torch.sort(self.scores, stable=True).values[self.low:self.high]
 
 
 # ----------------------------------------------------------------------- report
@@ -529,13 +713,105 @@ def sparsity_report(targets: Sequence[Target]) -> list[dict[str, Any]]:
     return rows
 
 
+# ---------------------------------------------------------------------- summary
+@dataclass(frozen=True)
+class LeftOut:
+    """A weight no target covers: its parameter name, size and why it was left out."""
+
+    name: str
+    numel: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class ResolveSummary:
+    """How much of a model's weights (parameters with >= 2 dims: biases and norm scales are
+    never pruned) the resolved targets cover, and every weight left out with the reason, so
+    a wildcard that silently misses a kind of layer shows up. Nothing is printed: call
+    :meth:`describe` for a readable text."""
+
+    weights: int
+    targeted: int
+    left_out: tuple[LeftOut, ...]
+
+    @property
+    def left_out_params(self) -> int:
+        return sum(item.numel for item in self.left_out)
+
+    def describe(self, limit: int = 20) -> str:
+        """A few lines: coverage, then the left-out weights grouped by reason."""
+        share = self.targeted / self.weights if self.weights else 1.0
+        lines = [f"targets cover {self.targeted:,} of {self.weights:,} weight parameters "
+                 f"({share:.1%}); {self.left_out_params:,} left out"]
+        by_reason: dict[str, list[LeftOut]] = {}
+        for item in self.left_out:
+            by_reason.setdefault(item.reason, []).append(item)
+        for reason, items in by_reason.items():
+            names = ", ".join(i.name for i in items[:limit])
+            more = f" and {len(items) - limit} more" if len(items) > limit else ""
+            lines.append(f"  {sum(i.numel for i in items):,} params ({names}{more}): {reason}")
+        return "\n".join(lines)
+
+
+class Targets(list):
+    """What :func:`resolve` returns: the list of :class:`Target` (in model parameter order)
+    with ``summary``, a :class:`ResolveSummary` of the weights the rules leave out."""
+
+    def __init__(self, targets: Sequence[Target], summary: ResolveSummary) -> None:
+        super().__init__(targets)
+        self.summary = summary
+
+
+def _summary(ctx: _Model, targets: Sequence[Target]) -> ResolveSummary:
+    covered = {t.name for t in targets}
+    owners: dict[str, tuple[str, nn.Module, str]] = {}
+    for module_name, module in ctx.modules.items():
+        for attr, param in module._parameters.items():
+            name = ctx.param_names.get(id(param)) if param is not None else None
+            if name is not None and name not in owners:
+                owners[name] = (module_name, module, attr)
+    weights = targeted = 0
+    left: list[LeftOut] = []
+    for name, (module_name, module, attr) in owners.items():
+        param = module._parameters[attr]
+        if param is None or param.dim() < 2:
+            continue
+        weights += param.numel()
+        if name in covered:
+            targeted += param.numel()
+        else:
+            left.append(LeftOut(name, param.numel(), _why_left_out(ctx, module_name, module,
+                                                                   attr)))
+    return ResolveSummary(weights, targeted, tuple(left))
+
+
+def _why_left_out(ctx: _Model, module_name: str, module: nn.Module, attr: str) -> str:
+    kind = layer_type(module)
+    if kind is None:
+        return (f"{type(module).__name__} is not a supported layer type (supported: "
+                f"{', '.join(SUPPORTED_TYPES)})")
+    if attr not in dict(layer_weights(module)):
+        return f"{attr!r} of a {kind} is not a prunable weight"
+    if module_name in ctx.notes:
+        return ctx.notes[module_name]
+    if kind == "Embedding":
+        return ("Embedding layers are pruned only when named exactly or selected with "
+                "types: [Embedding]")
+    return "no rule selects this layer"
+
+
 __all__ = [
     "ALLOCATIONS",
+    "QKV_GATES",
     "RNN_GATES",
     "RULE_KEYS",
     "SUPPORTED_TYPES",
+    "LeftOut",
+    "ResolveSummary",
     "Target",
+    "Targets",
     "allocate_global",
+    "check_fit",
     "layer_type",
     "layer_weights",
     "prunable_layers",

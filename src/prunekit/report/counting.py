@@ -10,10 +10,13 @@ weight is used per sample (its *positions*): the output length (Conv1d) or ``H_o
 (Conv2d), the input's spatial size for a transposed conv, the rows per sample for a Linear
 (1 for ``[B, F]``, ``T`` for ``[B, T, F]``), and the sequence length ``T`` for a recurrent
 module, whose ``weight_ih``/``weight_hh`` of every layer and direction are applied once per
-time step. A layer's MACs are then ``nonzeros x positions``; a grouped or depthwise conv needs
-no special case because its weight is already ``[out, in/groups, kh, kw]``. Weights of
-modules the forward pass does not reach through one of these types (embeddings, custom
-functional code) report 0 positions and so 0 MACs.
+time step. ``nn.MultiheadAttention`` counts its query tokens per sample for the q/k/v
+projections and for its ``out_proj`` (exact for self-attention; with a key/value sequence
+of another length the k/v projections run that many times instead). A layer's MACs are
+then ``nonzeros x positions``; a grouped or depthwise conv needs no special case because
+its weight is already ``[out, in/groups, kh, kw]``. Weights of modules the forward pass
+does not reach through one of these types (embeddings, custom functional code) report 0
+positions and so 0 MACs.
 """
 
 from __future__ import annotations
@@ -165,6 +168,10 @@ def _positions_of_call(module: nn.Module, args: tuple, kwargs: dict, output: Any
         return _sequence_length(module, x)
     if isinstance(module, nn.RNNCellBase):
         return 1
+    if isinstance(module, nn.MultiheadAttention):  # query tokens per sample
+        if not isinstance(x, Tensor) or x.dim() < 2:
+            return 0
+        return x.shape[0] if x.dim() == 2 else x.shape[1 if module.batch_first else 0]
     if isinstance(module, _CONV_T):
         if not isinstance(x, Tensor):
             return 0
@@ -243,7 +250,7 @@ def layer_positions(model: nn.Module, example_input: Any, *,
     if batch < 1:
         raise ConfigError(f"batch size must be >= 1, got {batch}")
 
-    counted = (*_CONV, *_CONV_T, nn.Linear, nn.RNNBase, nn.RNNCellBase)
+    counted = (*_CONV, *_CONV_T, nn.Linear, nn.RNNBase, nn.RNNCellBase, nn.MultiheadAttention)
     positions: dict[str, int] = {}
     handles = []
     for name, module in model.named_modules():
@@ -251,8 +258,13 @@ def layer_positions(model: nn.Module, example_input: Any, *,
             continue
 
         def hook(mod, args, kwargs, output, _name=name):
-            positions[_name] = positions.get(_name, 0) + _positions_of_call(
-                mod, args, kwargs, output, batch)
+            calls = _positions_of_call(mod, args, kwargs, output, batch)
+            # attention applies its out_proj with F.linear, so that Linear's own hook never
+            # fires: it runs once per query token, like the q/k/v projections
+            names = [_name, f"{_name}.out_proj" if _name else "out_proj"] \
+                if isinstance(mod, nn.MultiheadAttention) else [_name]
+            for key in names:
+                positions[key] = positions.get(key, 0) + calls
 
         handles.append(module.register_forward_hook(hook, with_kwargs=True))
     try:

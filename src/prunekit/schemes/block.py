@@ -27,6 +27,9 @@ sparsity is within half a segment of the request. The kept segments are always t
 largest norm, so the result is the exact projection onto "keep at most that many
 segments".
 
+A rate below 1 never prunes every segment: where rounding would prune them all, the
+segment of largest norm is kept (see :func:`~prunekit.schemes.structured.groups_to_prune`).
+
 ``group_norms`` lists one norm per segment, in row-major order of the segment grid:
 ``[block_row, column]`` for ``axis="col"`` and ``[row, block_column]`` for ``axis="row"``.
 """
@@ -40,14 +43,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import ConfigError
-from .base import (
-    Scheme,
-    count_to_prune,
-    keep_largest,
-    keep_largest_sized,
-    kernel_positions,
-    parse_block_shape,
-)
+from .base import Scheme, keep_largest, keep_largest_sized, kernel_positions, parse_block_shape
+from .structured import groups_to_prune
 
 CONV_DEFAULT = (8, 4)
 OTHER_DEFAULT = (16, 16)
@@ -103,8 +100,12 @@ class Block(Scheme):
         # faster than ``vector_norm`` there, while over the last dim the norm is faster
         score = (view * view).sum(dim=1) if dim == 1 else torch.linalg.vector_norm(view, dim=2)
         if sizes.numel() <= 1 or bool((sizes == sizes.reshape(-1)[0]).all()):
-            return keep_largest(score, count_to_prune(score.numel(), sparsity))
-        return keep_largest_sized(score, sizes.expand(score.shape), sparsity)
+            return keep_largest(score, groups_to_prune(score.numel(), sparsity))
+        keep = keep_largest_sized(score, sizes.expand(score.shape), sparsity)
+        if not bool(keep.any()):  # a rate below 1 keeps at least the strongest segment
+            flat = score.reshape(-1)  # of equal norms the later is kept, as keep_largest does
+            keep.view(-1)[int(torch.nonzero(flat == flat.max()).max())] = True
+        return keep
 
     # ------------------------------------------------------------------- hooks
     @staticmethod

@@ -6,7 +6,9 @@ set, so keeping the n largest |w| of every run is the exact Euclidean projection
 broken by position (the earlier entry is kept).
 
 The rate is fixed by the pattern: ``natural_sparsity = 1 - n/m``, and ``sparsity=None``
-means that rate. Asking for any other rate is an error, because no N:M pattern can meet it.
+means that rate. Asking for any other rate is an error, because no N:M pattern can meet it
+(:meth:`NM.check_rate` says so before anything is projected), and for the same reason the
+scheme cannot take rates from global allocation (``fixed_rate``).
 
 When the GEMM width is not a multiple of ``m``, the trailing run of ``L < m`` columns keeps
 ``min(n, L)`` entries (it is a shorter run under the same "at most n" rule), so the achieved
@@ -22,6 +24,7 @@ stores ``min(n, L)`` slots and ``ceil(log2(C(L, min(n, L))))`` index bits.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -80,6 +83,14 @@ class NM(Scheme):
         if self.n > self.m:
             raise ConfigError(f"n must not exceed m in N:M sparsity, got n={n}, m={m}")
         self.natural_sparsity = 1.0 - self.n / self.m
+
+    #: the only rate is ``natural_sparsity``: no allocation can hand out another one
+    fixed_rate = True
+
+    def check_rate(self, shape: Sequence[int], sparsity: float | None, *, gates: int = 1) -> None:
+        """Raise unless ``sparsity`` is unset or the pattern's own ``1 - n/m``."""
+        self.check(shape, gates=gates)
+        self._rate(sparsity)
 
     def _rate(self, sparsity: float | None) -> float:
         if sparsity is None:

@@ -24,7 +24,11 @@ Rates. Patterns alone give sparsity ``1 - entries/9`` (``natural_sparsity``, use
 sparsity is left unset); a request below that is an error. A request ``s`` above it removes
 ``r = count_to_prune(N, (s - p0) / (1 - p0))`` kernels with ``p0 = 1 - entries/9``: the
 nearest whole kernel, so the achieved sparsity is within half a kernel of ``s`` (more if the
-kept patterns hold zeros of their own).
+kept patterns hold zeros of their own). A rate below 1 always keeps at least one kernel.
+:meth:`Pattern.check_rate` says whether a rate fits before anything is projected, and
+:meth:`Pattern.rate_of_groups` maps a fraction of kernels removed to the weight sparsity it
+gives, so global allocation can rank kernels (its groups) and hand out rates this scheme
+can meet.
 
 Speed: everything is a handful of whole-tensor operations on the ``[9, N]`` table of
 kernel magnitudes (pairwise rank counting for top shapes, ``bincount`` of 9-bit codes, one
@@ -40,7 +44,8 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError, TargetError
-from .base import Scheme, count_to_prune, keep_largest
+from .base import Scheme, keep_largest
+from .structured import groups_to_prune
 
 KERNEL = 9  # weights in a 3x3 kernel
 _BIT_VALUES = torch.tensor([1 << i for i in range(KERNEL)], dtype=torch.int64)
@@ -155,6 +160,19 @@ class Pattern(Scheme):
                 f"{tuple(shape)}"
             )
 
+    def check_rate(self, shape: Sequence[int], sparsity: float | None, *, gates: int = 1) -> None:
+        """Raise if this scheme cannot give a weight of ``shape`` the rate ``sparsity``: it
+        must be a 3x3 conv and the rate at least the patterns' own ``1 - entries/9``."""
+        self.check(shape, gates=gates)
+        if sparsity is not None:
+            self._min_rate(sparsity)
+
+    def rate_of_groups(self, fraction: float) -> float:
+        """Sparsity of a layer whose kernels keep their patterns and ``fraction`` of them are
+        removed by connectivity pruning (``fraction = k / N`` gives exactly ``k`` kernels)."""
+        p0 = self.natural_sparsity
+        return p0 + (1.0 - p0) * fraction
+
     def library_for(self, w: Tensor) -> Tensor:
         """The library used for conv weight ``w``, as ``[K, 3, 3]`` booleans."""
         self.check(w.shape)
@@ -189,7 +207,7 @@ class Pattern(Scheme):
         mags = m.reshape(-1, KERNEL).abs().t().contiguous()  # [9, N]
         lib = self._library(mags)
         kept_energy, best = (lib.to(mags.dtype) @ (mags * mags)).max(dim=0)
-        keep = keep_largest(kept_energy, count_to_prune(best.numel(), removed_fraction))
+        keep = keep_largest(kept_energy, groups_to_prune(best.numel(), removed_fraction))
         return (lib[best] & keep[:, None]).reshape(m.shape)
 
     def _group_norms_2d(self, m: Tensor, shape: torch.Size) -> Tensor:

@@ -9,6 +9,11 @@ Rounding: a sparsity ``s`` over ``n`` groups prunes ``count_to_prune(n, s)`` gro
 nearest whole number of groups (half rounds up), so the achieved sparsity is within half a
 group of ``s``. Ties in norm are broken by position: the earlier group is pruned first.
 
+A rate below 1 never prunes every group (:func:`groups_to_prune`): where the nearest whole
+number would be all of them (a layer or gate of few groups, e.g. a depthwise conv's single
+input channel per filter) the group of largest norm is kept, so no layer is silently cut
+off from its input. The achieved sparsity is then below the request, and measured.
+
 Pruned groups shrink the layer physically (filters: fewer outputs; channels: fewer inputs;
 columns: fewer GEMM columns), so their storage is the kept groups densely plus a bitmap of
 which groups were kept.
@@ -20,6 +25,13 @@ import torch
 from torch import Tensor
 
 from .base import Scheme, count_to_prune, keep_largest, kernel_positions
+
+
+def groups_to_prune(n_groups: int, sparsity: float) -> int:
+    """:func:`count_to_prune`, except that a rate below 1 always keeps one group: rounding
+    to whole groups must not zero a whole weight (or gate) that the user asked to keep a
+    fraction of. Schemes call this for every count of prunable units they take."""
+    return max(0, min(count_to_prune(n_groups, sparsity), n_groups - 1))
 
 
 class _GroupScheme(Scheme):
@@ -37,7 +49,7 @@ class _GroupScheme(Scheme):
 
     def _keep(self, m: Tensor, sparsity: float, shape: torch.Size) -> Tensor:
         norms = self._group_norms_2d(m, shape)
-        return self._spread(keep_largest(norms, count_to_prune(norms.numel(), sparsity)), shape)
+        return self._spread(keep_largest(norms, groups_to_prune(norms.numel(), sparsity)), shape)
 
     def _mask_2d(self, m: Tensor, sparsity: float, shape: torch.Size) -> Tensor:
         return self._keep(m, sparsity, shape).expand(m.shape).contiguous()
@@ -68,7 +80,14 @@ class Channel(_GroupScheme):
     """Input-channel pruning: a group is one input channel, i.e. for a conv GEMM matrix
     ``[out, in*kh*kw]`` the ``kh*kw`` columns of that channel over all rows (for a linear
     or RNN weight, one column). Pruning a channel lets the previous layer drop the filter
-    that produces it."""
+    that produces it.
+
+    A grouped conv's weight ``[out, in/groups, kh, kw]`` does not say which group a row
+    reads, so its column ``j`` is a *different* input channel in every group: pruning it
+    would cut position ``j`` of every group, and on a depthwise conv (one column per
+    filter) the whole layer. :func:`prunekit.targets.resolve` therefore refuses ``channel``
+    on convs with ``groups > 1`` (prune the producing layer's filters instead); used
+    directly on such a weight, the scheme still never prunes its last channel."""
 
     name = "channel"
 

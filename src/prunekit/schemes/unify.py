@@ -11,20 +11,28 @@ block-column hold smaller blocks. Every block ends in one of three states:
   ``+s`` (either sign is equally near), so a unified block is all nonzero unless ``s = 0``;
 - **pruned**: all zero (error ``p = sum w^2 >= u``).
 
-``sparsity`` is the fraction of blocks pruned and ``unified`` the fraction unified, each
-rounded to the nearest whole block with :func:`count_to_prune` (``n_unify`` is then capped
-so that the two never exceed the number of blocks). With no ragged edge every block has the
-same size and these are exactly the fractions of weights; with ragged edges the smaller edge
-blocks make the weight fractions differ slightly, and the achieved sparsity is measured.
+Rates count *weights*. ``sparsity`` is the fraction of the weights pruned and ``unified``
+the fraction unified. Blocks fall into *size classes* (with no ragged edge there is one;
+otherwise the full blocks, the narrower blocks of the last block-column, the shorter ones
+of the last block-row and the corner block, merged where their sizes agree). Every class
+gets the rate on its own, rounded to whole blocks so that the layer's total is nearest the
+request (:func:`class_counts`): the pruned weights are within half a full block of
+``sparsity * numel``, and the tiny edge blocks, cheapest to prune, cannot fill the quota in
+place of full ones (counting blocks would undershoot the rate in weights). ``unified`` is
+rounded the same way, then capped so no class unifies more blocks than it has left. With one
+class this is ``count_to_prune(n_blocks, rate)`` blocks of each. A rate below 1 never prunes
+every block: if the counts would, the largest class keeps one more block.
 
 The projection picks, among all assignments with exactly those numbers of pruned and unified
-blocks, one of least total error — exactly, by :func:`assign_blocks`. ``mask()`` is the
-nonzero support of the projection (pruned blocks are False).
+blocks in every class, one of least total error — exactly: the classes do not interact, and
+each is solved by :func:`assign_blocks`. ``mask()`` is the nonzero support of the projection
+(pruned blocks are False).
 """
 
 from __future__ import annotations
 
 import heapq
+import itertools
 import math
 from collections.abc import Sequence
 
@@ -34,7 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import ConfigError
-from .base import Scheme, check_sparsity, count_to_prune, keep_largest, parse_block_shape
+from .base import Scheme, check_sparsity, keep_largest, parse_block_shape
 
 KEEP, UNIFY, PRUNE = 0, 1, 2
 
@@ -362,6 +370,37 @@ def _assign_costs(p: np.ndarray, u: np.ndarray, n_prune: int, n_unify: int) -> n
     return state
 
 
+# ------------------------------------------------------------------- class counts
+def class_counts(classes: Sequence[int], sizes: Sequence[float], rate: float) -> list[int]:
+    """Blocks to take from each size class (``classes[k]`` blocks of ``sizes[k]`` weights)
+    for ``rate`` of all weights: every class rounds ``rate * classes[k]`` down or up, and of
+    those choices the one whose weight total is nearest ``rate * sum(classes * sizes)`` wins
+    (on a tie, the larger total, as :func:`count_to_prune` rounds half up). Moving from "all
+    down" to "all up" one class at a time changes the total by one block per step, so the
+    best choice is within half a block (of the largest size) of the request."""
+    exact = [rate * n for n in classes]
+    low = [min(n, math.floor(x)) for n, x in zip(classes, exact, strict=True)]
+    target = math.fsum(x * z for x, z in zip(exact, sizes, strict=True))
+    scale = 1e-9 * max(1.0, math.fsum(n * z for n, z in zip(classes, sizes, strict=True)))
+    best: tuple[float, float] | None = None
+    chosen = low
+    for up in itertools.product((0, 1), repeat=len(classes)):
+        counts = [min(n, lo + u) for n, lo, u in zip(classes, low, up, strict=True)]
+        total = math.fsum(c * z for c, z in zip(counts, sizes, strict=True))
+        key = (round(abs(total - target) / scale), -total)
+        if best is None or key < best:
+            best, chosen = key, counts
+    return chosen
+
+
+def _keep_one_block(n_prune: list[int], classes: Sequence[int]) -> list[int]:
+    """``n_prune`` with one block of the largest class kept when it would prune them all."""
+    if sum(n_prune) < sum(classes) or not classes:
+        return n_prune
+    largest = max(range(len(classes)), key=lambda k: classes[k])
+    return [c - (k == largest) for k, c in enumerate(n_prune)]
+
+
 # ------------------------------------------------------------------------- scheme
 class Unify(Scheme):
     """Micro-block pruning plus weight unification. See the module docstring."""
@@ -415,24 +454,51 @@ class Unify(Scheme):
         blocks = np.ascontiguousarray(self._blocks(m).cpu().numpy())
         return torch.from_numpy(self._assign(blocks, self._sizes(m), check_sparsity(sparsity))[0])
 
+    def check_rate(self, shape: Sequence[int], sparsity: float | None, *, gates: int = 1) -> None:
+        """Raise if ``sparsity`` plus ``unified`` exceeds 1 (no block is both)."""
+        self.check(shape, gates=gates)
+        self._check_total(self._rate(sparsity))
+
+    def _check_total(self, sparsity: float) -> None:
+        if sparsity + self.unified > 1.0 + 1e-9:
+            raise ConfigError(
+                f"unify: sparsity {sparsity:g} plus unified {self.unified:g} exceeds 1"
+            )
+
+    def counts(self, sizes: np.ndarray, sparsity: float) -> list[tuple[np.ndarray, int, int]]:
+        """``(block indices, n_prune, n_unify)`` of every size class of blocks with real
+        sizes ``sizes`` (see the module docstring), largest blocks first."""
+        self._check_total(sparsity)
+        members = [np.flatnonzero(sizes == z) for z in np.unique(sizes)[::-1]]
+        classes = [m.size for m in members]
+        values = [float(z) for z in np.unique(sizes)[::-1]]
+        n_prune = _keep_one_block(class_counts(classes, values, sparsity), classes)
+        n_unify = [
+            min(u, n - p)
+            for u, n, p in zip(class_counts(classes, values, self.unified), classes, n_prune,
+                               strict=True)
+        ]
+        return list(zip(members, n_prune, n_unify, strict=True))
+
     def _assign(
         self, blocks: np.ndarray, sizes: np.ndarray, sparsity: float
     ) -> tuple[np.ndarray, np.ndarray]:
         """Block states and the unified magnitude ``mean |w|`` of every block (float64
         maths whatever the dtype of ``blocks``; numpy, one thread)."""
-        if sparsity + self.unified > 1.0 + 1e-9:
-            raise ConfigError(
-                f"unify: sparsity {sparsity:g} plus unified {self.unified:g} exceeds 1"
-            )
-        n = blocks.shape[0]
-        n_prune = count_to_prune(n, sparsity)
-        n_unify = min(count_to_prune(n, self.unified), n - n_prune)
+        plan = self.counts(sizes, sparsity)
         b64 = blocks.astype(np.float64)  # a copy, also for float64 blocks
         energy = np.einsum("ij,ij->i", b64, b64)
         total = np.einsum("ij->i", np.abs(b64, out=b64))
         magnitude = total / sizes
         unify_cost = energy - total * magnitude
-        return _assign_costs(energy, unify_cost, n_prune, n_unify), magnitude
+        if len(plan) == 1:
+            _, n_prune, n_unify = plan[0]
+            return _assign_costs(energy, unify_cost, n_prune, n_unify), magnitude
+        state = np.full(blocks.shape[0], KEEP, dtype=np.int8)
+        for members, n_prune, n_unify in plan:  # classes do not interact: solve each
+            state[members] = _assign_costs(energy[members], unify_cost[members], n_prune,
+                                           n_unify)
+        return state, magnitude
 
     # ----------------------------------------------------------------- hooks
     def _project_2d(self, m: Tensor, sparsity: float, shape: torch.Size) -> Tensor:
