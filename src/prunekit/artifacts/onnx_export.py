@@ -1,0 +1,298 @@
+"""ONNX export of a compressed model (the optional ``onnx`` extra).
+
+:func:`export_onnx` writes one ``.onnx`` file that runs in any ONNX runtime:
+
+- float layers (pruned or not) keep their dense float32 weights, zeros included: ONNX has
+  no sparse weight format that runtimes execute, so sparsity only shows as zeros;
+- a quantized conv or linear weight (a :class:`~prunekit.constraints.Levels` constraint
+  whose levels fit int8) becomes QDQ: an int8 initializer of its integer level multiples,
+  a float32 scale (one per tensor, or one per output channel on axis 0: the levels' own
+  step per GEMM row), an int8 zero point of zeros and a ``DequantizeLinear`` node whose
+  output takes the weight's place for every consumer. Uniform levels of 2..8 bits always
+  fit; power-of-two levels fit while their largest multiple ``2^(L-1)`` is at most 127
+  (``bits <= 4``). A layer is only rewritten when the dequantized int8 values equal the
+  model's weight exactly, so the QDQ graph computes what the PyTorch model computes;
+- everything else stays float: levels that do not fit int8, weights not exactly on their
+  levels (retraining not finished), and recurrent (GRU/LSTM) weights: the exporter slices
+  the stacked torch gates and concatenates them in ONNX's order (z, r, h for ONNX GRU
+  against torch's r, z, n), so no initializer feeds the ``GRU`` node directly and runtimes
+  have no QDQ pattern for it. Biases and norms are float too.
+
+The graph comes from torch's dynamo exporter (``torch.onnx.export(..., dynamo=True)``, which
+needs ``onnxscript``) with ``optimize=False``. Both alternatives lose the weights that the
+rewrite needs: the legacy TorchScript exporter (deprecated, to be removed) folds BatchNorm
+into the preceding conv in eval mode and names the folded tensors ``onnx::Conv_<n>``, and
+the dynamo exporter's optimizer folds BatchNorm too while keeping the name ``conv1.weight``
+for a tensor that is no longer the quantized weight. Unoptimized, every parameter is an
+initializer named after it; the rewrite still checks each value and falls back to a
+search by value, so a renamed initializer is found and a changed one is never quantized.
+Runtimes fold BatchNorm themselves when they load the model.
+
+The file's metadata (``metadata_props``) lists the QDQ weights (``prunekit.qdq``) and, for
+every quantized weight kept float, why (``prunekit.float``), as JSON.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import json
+import logging
+import os
+import warnings
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..constraints import Frozen, Levels
+from ..errors import ConfigError, DataError
+from ..io import atomic_write_bytes
+from ..schemes.quant import magnitudes, max_level
+from .model_file import load
+
+MISSING_EXTRA = "ONNX export needs the onnx extra: pip install prunekit[onnx]"
+#: the first opset whose DequantizeLinear takes a per-axis scale
+MIN_OPSET = 13
+INT8_MAX = 127
+QDQ_MODULES = (nn.Linear, nn.modules.conv._ConvNd)
+#: the logger that warns once per torchvision op when torchvision is not installed
+_REGISTRY_LOGGER = "torch.onnx._internal.exporter._registration"
+#: warnings torch's exporter raises about its own internals, which a user cannot act on
+_EXPORTER_NOISE = (
+    (r".*LeafSpec.*", FutureWarning),
+    (r"The tensor attributes self\.\w+\._flat_weights", UserWarning),  # nn.GRU / nn.LSTM
+)
+
+
+@dataclass
+class _Quantized:
+    """One weight as QDQ: ``ints`` (int8, the weight's shape) times ``scale`` (float32, one
+    value or one per dim-0 row) is exactly ``weight`` (float32)."""
+
+    name: str
+    ints: np.ndarray
+    scale: np.ndarray
+    weight: np.ndarray
+
+
+def export_onnx(model: nn.Module, constraints: Mapping[str, Frozen] | None,
+                example_input: Tensor | tuple[Tensor, ...], path: str | os.PathLike, *,
+                opset: int | None = None) -> Path:
+    """Write ``model`` as an ONNX file at ``path`` (atomically) and return the path.
+
+    ``constraints`` (parameter name to frozen constraint, as :func:`prunekit.artifacts.load`
+    returns them) says which weights are quantized; ``example_input`` (batch included) fixes
+    the graph's input shape (static: batch included); ``opset`` defaults to the exporter's
+    (18 with torch 2.13), and one it cannot write (it down-converts only so far) is a
+    :class:`ConfigError` rather than a file of another opset."""
+    onnx = _require_onnx()
+    if opset is not None and (isinstance(opset, bool) or not isinstance(opset, int)
+                              or opset < MIN_OPSET):
+        raise ConfigError(f"ONNX export needs opset {MIN_OPSET} or later (per-axis "
+                          f"DequantizeLinear), got {opset!r}")
+    chosen, kept_float = _plan(model, dict(constraints or {}))
+    proto = _torch_export(model, example_input, opset)
+    for q in chosen:
+        reason = _replace_with_qdq(onnx, proto.graph, q)
+        if reason is not None:
+            kept_float[q.name] = reason
+    done = [q.name for q in chosen if q.name not in kept_float]
+    _set_metadata(onnx, proto, done, kept_float)
+    onnx.checker.check_model(proto)
+    return atomic_write_bytes(path, proto.SerializeToString())
+
+
+def export_saved_model(path: str | os.PathLike, out: str | os.PathLike,
+                       opset: int | None = None) -> Path:
+    """``prunekit export``: the ``.pkz`` file at ``path`` as ONNX at ``out``, for one sample
+    of the input shape the file records (batch 1)."""
+    _require_onnx()  # before the (slower) load, so a missing extra is the first error
+    loaded = load(path)
+    shape = loaded.spec.get("input_shape")
+    if not isinstance(shape, list) or not shape:
+        raise DataError(f"{path} does not record the model's input shape")
+    return export_onnx(loaded.model, loaded.constraints, torch.zeros(1, *shape), out,
+                       opset=opset)
+
+
+# ------------------------------------------------------------------ what to quantize
+def _require_onnx() -> Any:
+    """The ``onnx`` module, imported only here so the core never needs it; torch's dynamo
+    exporter also imports ``onnxscript``, so a missing one is the same clear error."""
+    try:
+        import onnx  # noqa: PLC0415
+        import onnxscript  # noqa: F401, PLC0415
+    except ImportError:
+        raise ConfigError(MISSING_EXTRA) from None
+    return onnx
+
+
+def _plan(model: nn.Module, constraints: dict[str, Frozen]
+          ) -> tuple[list[_Quantized], dict[str, str]]:
+    """The weights to export as QDQ, and every other quantized weight with the reason it
+    stays float."""
+    params = dict(model.named_parameters())
+    chosen: list[_Quantized] = []
+    kept_float: dict[str, str] = {}
+    for name, frozen in constraints.items():
+        if not isinstance(frozen, Levels):
+            continue
+        if name not in params:
+            raise ConfigError(f"constraint for {name!r}, which the model does not have")
+        module_name, _, attr = name.rpartition(".")
+        module = model.get_submodule(module_name)
+        if attr != "weight" or not isinstance(module, QDQ_MODULES):
+            kept_float[name] = _not_qdq_reason(module)
+            continue
+        quantized = _as_int8(name, frozen, params[name].detach())
+        if isinstance(quantized, str):
+            kept_float[name] = quantized
+        else:
+            chosen.append(quantized)
+    return chosen, kept_float
+
+
+def _not_qdq_reason(module: nn.Module) -> str:
+    if isinstance(module, nn.RNNBase):
+        return (f"{type(module).__name__} weights stay float: the exporter slices the stacked "
+                f"torch gates and reorders them for ONNX (GRU: z, r, h against torch's r, z, n)")
+    return f"{type(module).__name__} weights stay float (only conv and linear weights are QDQ)"
+
+
+def _as_int8(name: str, levels: Levels, w: Tensor) -> _Quantized | str:
+    """``w`` as int8 multiples of float32 row steps, or why it cannot be (exactly)."""
+    w = w.cpu().float()
+    codes = levels.codes(w)
+    if levels.level_set == "uniform":
+        ints = codes
+    else:
+        top = 1 << (max_level(levels.bits) - 1)
+        if top > INT8_MAX:
+            return (f"{levels.bits}-bit pow2 levels reach {top} times the step, more than "
+                    f"int8 holds")
+        ints = magnitudes(levels.bits, "pow2").long()[codes.abs()] * codes.sign()
+    scale = levels.scale.cpu()
+    rows_used = (ints.reshape(ints.shape[0], -1) != 0).any(dim=1)
+    # an unused row may have step 0; any step dequantizes its zeros exactly
+    scale = torch.where(rows_used | (scale > 0), scale, torch.ones_like(scale))
+    scale32 = scale.float()
+    if not torch.equal(scale32.double(), scale) or not bool((scale32 > 0).all()):
+        return "its steps are not positive float32 numbers"
+    view = scale32.reshape(-1, *([1] * (w.dim() - 1)))
+    if not torch.equal(ints.float() * view, w):
+        return "the weight is not exactly on its levels (retraining not finished?)"
+    per_tensor = bool((scale32 == scale32[0]).all())
+    return _Quantized(name, ints.to(torch.int8).numpy(),
+                      (scale32[:1].reshape(()) if per_tensor else scale32).numpy(), w.numpy())
+
+
+# ------------------------------------------------------------------ the graph
+def _torch_export(model: nn.Module, example_input: Tensor | tuple[Tensor, ...],
+                  opset: int | None) -> Any:
+    """The unoptimized dynamo export (see the module docstring for why) as a ModelProto,
+    in eval mode (the model's mode is restored afterwards)."""
+    if "optimize" not in inspect.signature(torch.onnx.export).parameters:
+        raise ConfigError(f"ONNX export needs a torch whose exporter takes optimize= "
+                          f"(2.6 or later), this is {torch.__version__}")
+    args = example_input if isinstance(example_input, tuple) else (example_input,)
+    options = {} if opset is None else {"opset_version": opset}
+    was_training = model.training
+    model.eval()
+    try:
+        with _quiet_exporter():
+            program = torch.onnx.export(model, args, dynamo=True, optimize=False,
+                                        verbose=False, **options)
+    except torch.onnx.OnnxExporterError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"torch could not export the model to ONNX: {first}") from exc
+    finally:
+        model.train(was_training)
+    proto = program.model_proto
+    got = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    if opset is not None and got != opset:  # torch's down-conversion may fail and keep going
+        raise ConfigError(f"torch's exporter could not write opset {opset} (it wrote {got}); "
+                          f"ask for {got} or leave --opset out")
+    return proto
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """Silence what torch's exporter says about its own internals (deprecations inside
+    torch, ``nn.GRU``'s flat weights, torchvision ops it skips): nothing a user can act on."""
+    registry_log = logging.getLogger(_REGISTRY_LOGGER)
+    level = registry_log.level
+    registry_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            for message, category in _EXPORTER_NOISE:
+                warnings.filterwarnings("ignore", message, category)
+            yield
+    finally:
+        registry_log.setLevel(level)
+
+
+def _find_initializer(onnx: Any, graph: Any, q: _Quantized) -> Any | None:
+    """The initializer holding exactly ``q.weight``: the one named after the parameter when
+    its value is right, else the first one of equal value."""
+    from onnx import numpy_helper  # noqa: PLC0415
+
+    def holds(init: Any) -> bool:
+        return (tuple(init.dims) == q.weight.shape
+                and init.data_type == onnx.TensorProto.FLOAT
+                and np.array_equal(numpy_helper.to_array(init), q.weight))
+
+    named = [init for init in graph.initializer if init.name == q.name]
+    if named and holds(named[0]):
+        return named[0]
+    return next((init for init in graph.initializer if holds(init)), None)
+
+
+def _replace_with_qdq(onnx: Any, graph: Any, q: _Quantized) -> str | None:
+    """Swap the weight's initializer for int8 + scale + zero point and a DequantizeLinear
+    whose output keeps the initializer's name, so every consumer reads it unchanged.
+    Returns why the weight stays float, or None."""
+    from onnx import helper, numpy_helper  # noqa: PLC0415
+
+    init = _find_initializer(onnx, graph, q)
+    if init is None:
+        return "no initializer of the exported graph holds this weight"
+    if any(i.name == init.name for i in graph.input):
+        return "the exported graph takes this weight as an input"
+    target = init.name
+    base = _fresh_name(graph, q.name)
+    zero_point = np.zeros(q.scale.shape, dtype=np.int8)
+    graph.initializer.remove(init)
+    graph.initializer.extend([
+        numpy_helper.from_array(q.ints, f"{base}.int8"),
+        numpy_helper.from_array(q.scale, f"{base}.scale"),
+        numpy_helper.from_array(zero_point, f"{base}.zero_point"),
+    ])
+    attrs = {} if q.scale.ndim == 0 else {"axis": 0}
+    node = helper.make_node("DequantizeLinear",
+                            [f"{base}.int8", f"{base}.scale", f"{base}.zero_point"], [target],
+                            name=f"{base}.dequantize", **attrs)
+    graph.node.insert(0, node)
+    return None
+
+
+def _fresh_name(graph: Any, name: str) -> str:
+    """``name`` with a suffix no tensor or node of ``graph`` uses yet (with its suffixes)."""
+    used = {i.name for i in graph.initializer} | {n.name for n in graph.node}
+    used |= {out for n in graph.node for out in n.output}
+    base, k = f"{name}.q", 0
+    while any(f"{base}.{part}" in used for part in ("int8", "scale", "zero_point", "dequantize")):
+        k += 1
+        base = f"{name}.q{k}"
+    return base
+
+
+def _set_metadata(onnx: Any, proto: Any, done: list[str], kept_float: dict[str, str]) -> None:
+    """Record which weights are QDQ and why the other quantized ones are float."""
+    entries = {"prunekit.qdq": json.dumps(done), "prunekit.float": json.dumps(kept_float)}
+    onnx.helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props},
+                                        **entries})
