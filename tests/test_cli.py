@@ -11,10 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
+from prunekit import artifacts
 from prunekit.cli import main
-from prunekit.io import load_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_RECIPE = ROOT / "recipes" / "lenet5-fashion-admm.yaml"
@@ -59,9 +58,10 @@ def test_compress_writes_a_complete_run_directory(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["compress", str(write_recipe(tmp_path)), "--out", str(out),
                  "--no-progress"]) == 0
-    for name in ("report.json", "report.md", "recipe.yaml", "model.pt", "sparsity.png",
-                 "training.png", "weights.png"):
+    for name in ("report.json", "report.md", "recipe.yaml", "model.pkz", "sparsity.png",
+                 "training.png", "weights.png", "dense.pt", "pruned.pt", "retrained.pt"):
         assert (out / name).is_file(), name
+    assert not (out / "model.pt").exists() and not (out / "quantized.pt").exists()
     report = json.loads((out / "report.json").read_text())
     for key in ("dense", "compressed"):
         assert 0.0 <= report["accuracy"][key] <= 1.0
@@ -69,10 +69,11 @@ def test_compress_writes_a_complete_run_directory(tmp_path, capsys):
     weights = {layer["name"]: layer for layer in report["layers"]}
     for name in ("conv1.weight", "conv2.weight", "fc1.weight", "fc2.weight"):
         assert weights[name]["sparsity"] == pytest.approx(0.9, abs=0.005)
-    saved = load_checkpoint(out / "model.pt")
-    nonzero = sum(int((v != 0).sum()) for k, v in saved["state_dict"].items()
-                  if not k.endswith("_mask"))
+    loaded = artifacts.load(out / "model.pkz")
+    nonzero = sum(int((p != 0).sum()) for p in loaded.model.parameters())
     assert report["params"]["nonzero"] == nonzero
+    assert report["bytes"]["compressed"] == os.path.getsize(out / "model.pkz")
+    assert sum(report["bytes"]["parts"].values()) == report["bytes"]["compressed"]
     assert report["compression_ratio"] == pytest.approx(report["params"]["total"] / nonzero)
     assert report["macs"]["compressed"] < report["macs"]["dense"]
     assert report["bytes"]["compressed"] < report["bytes"]["dense"]
@@ -81,7 +82,7 @@ def test_compress_writes_a_complete_run_directory(tmp_path, capsys):
     assert "results:" in capsys.readouterr().out
 
     # `prunekit report` recomputes the same figures from the saved model
-    assert main(["report", str(out / "model.pt"), "--out", str(tmp_path / "again")]) == 0
+    assert main(["report", str(out / "model.pkz"), "--out", str(tmp_path / "again")]) == 0
     again = json.loads((tmp_path / "again" / "report.json").read_text())
     assert again["params"] == report["params"]
     assert again["bytes"] == report["bytes"]
@@ -130,10 +131,6 @@ def test_missing_data_is_a_clear_error(tmp_path, capsys, monkeypatch):
     assert "kmnist" in err and str(tmp_path / "empty") in err
 
 
-def _state(path: Path) -> dict[str, torch.Tensor]:
-    return load_checkpoint(path)["state_dict"]
-
-
 def test_resume_after_sigkill_gives_identical_model(tmp_path):
     recipe = write_recipe(tmp_path, prune_epochs=6)
     straight = tmp_path / "straight"
@@ -151,14 +148,11 @@ def test_resume_after_sigkill_gives_identical_model(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-    assert not (killed / "model.pt").exists()
+    assert not (killed / "model.pkz").exists()
 
     assert main(["compress", str(recipe), "--out", str(killed), "--no-progress",
                  "--resume"]) == 0
-    a, b = _state(straight / "model.pt"), _state(killed / "model.pt")
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
+    assert (straight / "model.pkz").read_bytes() == (killed / "model.pkz").read_bytes()
 
 
 @pytest.mark.parametrize("recipe", sorted((ROOT / "recipes").glob("*.yaml")), ids=lambda p: p.stem)
@@ -172,3 +166,101 @@ def test_every_shipped_recipe_runs_on_synthetic_data(recipe, tmp_path):
     report = json.loads((out / "report.json").read_text())
     pruned = [layer for layer in report["layers"] if layer["scheme"] not in (None, "dense")]
     assert pruned and all(layer["sparsity"] > 0.4 for layer in pruned)
+
+
+# ------------------------------------------------------------ joint prune + quantize
+JOINT = """\
+name: joint
+seed: 1
+model: {name: lenet5}
+data: {name: synthetic, batch_size: 64, test_batch_size: 128, options: {n: 128, n_test: 64}}
+train: {epochs: 1, lr: 0.05, progress: false}
+prune:
+  method: admm
+  rho: 0.01
+  train: {epochs: 1, optimizer: adam, lr: 0.001, schedule: constant}
+  targets:
+    - layers: ["conv*", "fc*"]
+      sparsity: 0.8
+retrain:
+  epochs: 1
+  optimizer: adam
+  lr: 0.0005
+quantize:
+  method: admm
+  bits: {conv1: 7, conv2: 6, fc1: 4, fc2: 6}
+  rho: 0.01
+  train: {epochs: 1, optimizer: adam, lr: 0.0005, schedule: constant}
+  retrain:
+    mode: progressive
+    fix_fraction: 0.5
+    epochs: 2
+    optimizer: adam
+    lr: 0.0002
+"""
+JOINT_BITS = {"conv1.weight": 7, "conv2.weight": 6, "fc1.weight": 4, "fc2.weight": 6}
+STAGE_FILES = ("dense.pt", "pruned.pt", "retrained.pt", "quantized.pt", "qretrained.pt",
+               "model.pkz", "report.json")
+
+
+@pytest.fixture(scope="module")
+def joint_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("joint")
+    recipe = root / "joint.yaml"
+    recipe.write_text(JOINT)
+    out = root / "run"
+    assert main(["compress", str(recipe), "--out", str(out), "--no-progress"]) == 0
+    return recipe, out
+
+
+def test_joint_recipe_writes_every_stage_and_the_report_is_the_file(joint_run):
+    _, out = joint_run
+    for name in STAGE_FILES:
+        assert (out / name).is_file(), name
+    report = json.loads((out / "report.json").read_text())
+    assert report["bytes"]["compressed"] == os.path.getsize(out / "model.pkz")
+    assert sum(report["bytes"]["parts"].values()) == report["bytes"]["compressed"]
+    layers = {layer["name"]: layer for layer in report["layers"]}
+    assert {n: layers[n]["bits"] for n in JOINT_BITS} == JOINT_BITS
+    for name in JOINT_BITS:
+        assert layers[name]["sparsity"] == pytest.approx(0.8, abs=0.01)
+    stages = {r["stage"] for r in report["history"]}
+    assert {"pretrain", "prune", "retrain", "quantize", "qretrain"} <= stages
+
+    loaded = artifacts.load(out / "model.pkz")
+    p = dict(loaded.model.named_parameters())
+    for name, bits in JOINT_BITS.items():
+        c = loaded.constraints[name]
+        assert (c.kind, c.bits) == ("levels", bits)
+        assert p[name].detach().abs().unique().numel() <= 2 ** (bits - 1)
+        assert not p[name].detach()[~c.mask].any()
+
+
+def test_joint_resume_after_the_last_stages_were_lost_is_byte_identical(joint_run):
+    recipe, out = joint_run
+    original = (out / "model.pkz").read_bytes()
+    for name in ("report.json", "model.pkz", "qretrained.pt"):
+        (out / name).unlink()
+    assert main(["compress", str(recipe), "--out", str(out), "--no-progress",
+                 "--resume"]) == 0
+    assert (out / "model.pkz").read_bytes() == original
+
+
+@pytest.mark.parametrize("old,new,message", [
+    ("  rho: 0.01\n  train: {epochs: 1, optimizer: adam, lr: 0.0005",
+     "  rhoo: 0.01\n  train: {epochs: 1, optimizer: adam, lr: 0.0005",
+     "quantize.rhoo: unknown key"),
+    ("    mode: progressive", "    mode: sometimes",
+     "quantize.retrain.mode: must be one of"),
+], ids=["unknown-key", "bad-mode"])
+def test_bad_quantize_section_fails_before_any_training(tmp_path, capsys, old, new, message):
+    assert JOINT.count(old) == 1
+    text = JOINT.replace(old, new)
+    line = text[:text.index(new.split("\n")[0])].count("\n") + 1
+    path = tmp_path / "joint.yaml"
+    path.write_text(text)
+    out = tmp_path / "run"
+    assert main(["compress", str(path), "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"joint.yaml:{line}: {message}" in err and "Traceback" not in err
+    assert not (out / "dense.pt").exists() and not (out / "ckpt").exists()

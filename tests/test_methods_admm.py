@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from method_state import restore, snapshot
-from prunekit import masks as pmasks
 from prunekit import schemes
+from prunekit.constraints import harden
 from prunekit.errors import ConfigError
 from prunekit.methods import ADMM, ProgressiveADMM, get
 from prunekit.targets import Target
@@ -129,7 +129,7 @@ def test_admm_beats_one_shot_magnitude_on_a_hard_instance():
     model = nn.Linear(x.shape[1], 1, bias=False)
     with torch.no_grad():
         model.weight.copy_(torch.linalg.lstsq(x, y.unsqueeze(1)).solution.T)
-    pmasks.harden(model, [make_target(model, "weight", 1 - 5 / x.shape[1])])
+    harden(model, [make_target(model, "weight", 1 - 5 / x.shape[1])])
     support = set(torch.nonzero(model.weight[0]).flatten().tolist())
     assert support != set(torch.nonzero(w_true).flatten().tolist())
 
@@ -263,16 +263,9 @@ def test_stage_callbacks_and_learning_rate_reset_flag():
 
 
 # --------------------------------------------------------- an already pruned model
-@pytest.mark.parametrize("attach", [False, True])
-def test_pruning_an_already_pruned_model_never_revives_a_weight(attach):
+def test_pruning_an_already_pruned_model_never_revives_a_weight():
     model = mlp()
-    first = pmasks.harden(model, mlp_targets(model, 0.5))
-    if attach:
-        pmasks.attach_masks(model, first)
-        with torch.no_grad():  # a weight drifted off its attached mask: the mask still rules
-            model[0].weight[~first["0.weight"]] = 0.0
-            pruned_at = torch.nonzero(~first["0.weight"])[0]
-            model[0].weight[tuple(pruned_at)] = 0.7
+    first = harden(model, mlp_targets(model, 0.5))
     targets = mlp_targets(model, 0.8)
     pruner = ADMM(model, targets, rho=0.5, update_unit="step")
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)

@@ -7,13 +7,15 @@ import torch
 from torch import nn
 
 from method_state import restore, snapshot
-from prunekit import masks as pmasks
 from prunekit import schemes
+from prunekit.constraints import harden
 from prunekit.errors import ConfigError
 from prunekit.methods import (
     GradualMagnitude,
     GroupLasso,
     OneShotMagnitude,
+    PostTrainingRounding,
+    StraightThrough,
     available,
     cubic_sparsity,
     get,
@@ -73,7 +75,7 @@ def test_one_shot_prunes_at_start_to_the_exact_rate_and_keeps_it():
 
 def test_one_shot_prunes_on_its_first_hook_call_inside_an_existing_mask():
     model = mlp()
-    previous = pmasks.harden(model, [make_target(model, "0.weight", 0.5)])
+    previous = harden(model, [make_target(model, "0.weight", 0.5)])
     target = make_target(model, "0.weight", 0.8)
     pruner = OneShotMagnitude(model, [target])
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -202,13 +204,16 @@ def test_group_lasso_penalty_is_the_sum_of_unsquared_group_norms():
 # ---------------------------------------------------------------------------- get
 def test_get_knows_every_method_and_rejects_the_rest():
     assert available() == sorted(
-        ["admm", "progressive_admm", "reweighted", "magnitude", "gradual", "group_lasso"]
+        ["admm", "progressive_admm", "reweighted", "magnitude", "gradual", "group_lasso",
+         "ptq", "ste"]
     )
     model = mlp()
     targets = [make_target(model, "0.weight", 0.5)]
     assert isinstance(get("magnitude", model, targets), OneShotMagnitude)
     assert isinstance(get("gradual", model, targets, end_epoch=3), GradualMagnitude)
     assert isinstance(get("group_lasso", model, targets, lam=0.1), GroupLasso)
+    assert isinstance(get("ptq", model, targets), PostTrainingRounding)
+    assert isinstance(get("ste", model, targets), StraightThrough)
     with pytest.raises(ConfigError, match="'magnitude'.*'lam'.*no options"):
         get("magnitude", model, targets, lam=0.1)
     with pytest.raises(ConfigError, match="unknown pruning method 'gmp'"):

@@ -3,24 +3,22 @@
 from __future__ import annotations
 
 import json
-import math
 
 import pytest
 import torch
 from torch import nn
 
+from prunekit import artifacts
+from prunekit.constraints import Levels, Support
 from prunekit.errors import ConfigError, TargetError
 from prunekit.report import (
     build_report,
     format_report,
     layer_positions,
-    layers_from_targets,
     plots,
     summarize,
     write_report,
 )
-from prunekit.schemes import get
-from prunekit.targets import Target
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 H, W = 6, 7  # input height and width (not square, so H/W mix-ups show)
@@ -87,10 +85,13 @@ def example(batch: int = 2) -> torch.Tensor:
     return torch.randn(batch, 2, H, W)
 
 
-def irregular_layers(bits=None) -> dict:
-    scheme = get("irregular")
-    return {"conv.weight": (scheme, 1, bits), "c1d.weight": (scheme, 1, bits),
-            "gru.weight_hh_l0": (scheme, 3, bits), "fc.weight": (scheme, 1, bits)}
+IRREGULAR = ("conv.weight", "c1d.weight", "gru.weight_hh_l0", "fc.weight")
+
+
+def irregular_constraints(net: nn.Module, names=IRREGULAR) -> dict:
+    """Support constraints that keep the nonzeros the weights already have."""
+    params = dict(net.named_parameters())
+    return {n: Support(params[n].detach() != 0, {"scheme": "irregular"}) for n in names}
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +101,7 @@ def net() -> Net:
 
 @pytest.fixture(scope="module")
 def summary(net):
-    return summarize(net, example(), layers=irregular_layers())
+    return summarize(net, example(), irregular_constraints(net))
 
 
 def rows(summary) -> dict:
@@ -193,7 +194,7 @@ def test_totals_and_compression_ratio(net, summary):
     assert summary.params_total == total
     assert summary.params_nonzero == total - zeros
     assert summary.compression_ratio == pytest.approx(total / (total - zeros))
-    targeted = irregular_layers()
+    targeted = IRREGULAR
     params = dict(net.named_parameters())
     w_total = sum(params[n].numel() for n in targeted)
     w_zero = sum(ZEROED[n] for n in targeted)
@@ -205,65 +206,66 @@ def test_dense_model_bytes_equal_and_ratio_one():
     net = make_net(sparse=False)
     summ = summarize(net, example())
     total = sum(p.numel() for p in net.parameters())
-    assert summ.bytes_dense == summ.bytes_compressed == 4 * total
+    assert summ.bytes_dense == 4 * total
+    # the file of a model without constraints: every tensor raw in "rest" (buffers too)
+    assert summ.bytes_compressed == len(artifacts.pack(net))
+    assert set(k for k, v in summ.bytes_parts.items() if v) == {"rest", "manifest", "header"}
     assert summ.compression_ratio == summ.compression_ratio_weights == 1.0
     assert summ.macs_compressed == summ.macs_dense
     assert all(r.scheme == "dense" for r in summ.layers)
 
 
-def test_sparse_bytes_use_csr_storage_and_bits(net, summary):
+def test_bytes_are_those_of_the_model_file(net, summary):
     by_name = rows(summary)
+    constraints = irregular_constraints(net)
+    data = artifacts.pack(net, constraints)
     assert summary.bytes_dense == 4 * summary.params_total
-    assert summary.bytes_compressed < summary.bytes_dense
-    # c1d keeps 24 of 432: CSR is 24 x (32-bit value + 6-bit column of 54) + 9 row pointers
-    assert by_name["c1d.weight"].bytes == math.ceil((24 * (32 + 6) + 9 * 32) / 8)
-    assert by_name["c1d.weight"].storage == "irregular"
-    # fc keeps 26 of 30: CSR would be bigger than dense, so it stays dense
-    assert by_name["fc.weight"].bytes == 4 * 30 and by_name["fc.weight"].storage == "dense"
-    # untargeted but sparse: the cheaper of dense and CSR; dense weights: 4 bytes each
-    assert by_name["dw.weight"].scheme == "irregular"
-    assert by_name["dw.weight"].bytes == min(4 * 36, get("irregular").storage_bytes(
-        net.dw.weight))
-    assert by_name["gc.weight"].bytes == 4 * 12 and by_name["gc.weight"].scheme == "dense"
-    at8 = rows(summarize(net, example(), layers=irregular_layers(bits=8)))
-    assert at8["c1d.weight"].bits == 8
-    assert at8["c1d.weight"].bytes == math.ceil((24 * (8 + 6) + 9 * 32) / 8)
-    assert at8["gc.weight"].bytes == 4 * 12  # untargeted weights keep the default 32 bits
+    assert summary.bytes_compressed == len(data) < summary.bytes_dense
+    assert sum(summary.bytes_parts.values()) == summary.bytes_compressed
+    stored = artifacts.storage(data)["layers"]
+    for name in IRREGULAR:  # compressed weights: their parts in the file
+        row = by_name[name]
+        assert row.parts == stored[name]["parts"] and row.bytes == sum(row.parts.values())
+        assert row.storage == stored[name]["encoding"] != "dense"
+        assert row.scheme == "irregular" and row.bits == 32
+    # c1d keeps 24 of 432: its index is far smaller than the values of a dense layer
+    assert by_name["c1d.weight"].bytes < 4 * 432
+    # a weight without a constraint is stored raw, whatever zeros it holds
+    for name in ("dw.weight", "gc.weight"):
+        row = by_name[name]
+        assert (row.scheme, row.storage, row.parts) == ("dense", "dense", {})
+        assert row.bytes == 4 * row.params
 
 
-def test_mask_buffer_is_applied():
-    net = make_net(sparse=False)
-    mask = torch.ones_like(net.head.weight)
-    mask[1] = 0
-    net.head.register_buffer("weight_mask", mask)
-    row = rows(summarize(net, example()))["head.weight"]
-    assert row.nonzeros == 3 and row.macs == 3
-
-
-def test_layers_from_targets_matches_tuples(net, summary):
-    scheme = get("irregular")
-    targets = [
-        Target(name, name.rsplit(".", 1)[0], dict(net.named_parameters())[name], scheme, 0.5,
-               "x", gates)
-        for name, (_, gates, _) in irregular_layers().items()
-    ]
-    layers = layers_from_targets(targets)
-    assert set(layers) == set(irregular_layers())
-    again = summarize(net, example(), layers=layers)
+def test_summary_with_storage_reads_the_given_file(net, summary):
+    data = artifacts.pack(net, irregular_constraints(net))
+    again = summarize(net, example(), irregular_constraints(net), artifacts.storage(data))
+    assert again.bytes_compressed == summary.bytes_compressed
     assert [r.bytes for r in again.layers] == [r.bytes for r in summary.layers]
 
 
-def test_filter_pruned_layer_uses_the_filter_scheme_storage():
+def test_quantized_layer_reports_its_frozen_bits():
+    net = make_net(sparse=False)
+    w = net.head.weight.detach()
+    levels = Levels(torch.ones_like(w, dtype=torch.bool), torch.full((2,), 0.25), 3,
+                    hints={"scheme": "quant"})
+    with torch.no_grad():
+        levels.apply_(net.head.weight)
+    row = rows(summarize(net, example(), {"head.weight": levels}))["head.weight"]
+    assert (row.scheme, row.bits) == ("quant", 3)
+    assert row.parts["values"] == 3  # six 3-bit codes in three bytes
+
+
+def test_filter_pruned_layer_uses_a_row_index():
     net = make_net(sparse=False)
     with torch.no_grad():
         net.c1d.weight[2:] = 0  # six of eight output filters
-    filt = get("filter")
-    row = rows(summarize(net, example(), layers={"c1d.weight": filt}))["c1d.weight"]
-    assert row.scheme == "filter" and row.storage == "filter"
+    mask = net.c1d.weight.detach() != 0
+    filt = rows(summarize(net, example(), {"c1d.weight": Support(mask, {"scheme": "filter"})}))
+    row = filt["c1d.weight"]
+    assert row.scheme == "filter" and row.storage == "rows"
     assert row.nonzeros == 2 * 18 * 3 and row.macs == 2 * 18 * 3 * T
-    assert row.bytes == filt.storage_bytes(net.c1d.weight)
-    csr = rows(summarize(net, example(), layers={"c1d.weight": "irregular"}))["c1d.weight"]
-    assert row.bytes < csr.bytes < row.bytes_dense  # whole rows need no column indices
+    assert row.bytes < row.bytes_dense / 3  # whole rows need no column indices
 
 
 # ------------------------------------------------------------------------ bad input
@@ -272,12 +274,9 @@ def test_bad_inputs_raise_prunekit_errors(net):
         summarize(net, torch.randn(2, 3, H, W))
     with pytest.raises(ConfigError, match="example input"):
         summarize(net, "not a tensor")
+    mask = torch.ones(3, 10, dtype=torch.bool)
     with pytest.raises(TargetError, match="nope.weight"):
-        summarize(net, example(), layers={"nope.weight": "irregular"})
-    with pytest.raises(ConfigError, match="fc.weight"):
-        summarize(net, example(), layers={"fc.weight": ("irregular", 0, 8)})
-    with pytest.raises(ConfigError, match="unknown scheme"):
-        summarize(net, example(), layers={"fc.weight": "no-such-scheme"})
+        summarize(net, example(), {"nope.weight": Support(mask)})
     with pytest.raises(ConfigError, match="nn.Module"):
         summarize("model", example())
     with pytest.raises(ConfigError, match="accuracy_dense"):
@@ -299,7 +298,8 @@ HISTORY = [
 
 @pytest.fixture(scope="module")
 def report(net):
-    return build_report(net, example(), layers=irregular_layers(), accuracy_dense=0.81,
+    return build_report(net, example(), constraints=irregular_constraints(net),
+                        accuracy_dense=0.81,
                         accuracy_compressed=0.78, method="admm", epochs=4, seconds=12.5,
                         history=HISTORY, extra={"recipe": "lenet.yaml"})
 
