@@ -58,3 +58,9 @@ def header(title: str) -> str:
         f"- date: {m['date']}\n"
         f"- load average when written (1/5/15 min): {m['load_average']}\n"
     )
+
+
+def measured_by(rows: list[dict[str, Any]]) -> str:
+    """The closing lines of a results table: every command that measured one of its rows."""
+    commands = dict.fromkeys(r.get("command", "?") for r in rows)
+    return "\n\nThe rows were measured by:\n\n" + "".join(f"- `{c}`\n" for c in commands)

@@ -34,7 +34,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from common import RESULTS, command, header, machine, write_json  # noqa: E402
+from common import RESULTS, command, header, machine, measured_by, write_json  # noqa: E402
 from prunekit.io import atomic_write_bytes, atomic_write_text  # noqa: E402
 from prunekit.pipeline import run_recipe  # noqa: E402
 from prunekit.recipe import load_recipe  # noqa: E402
@@ -193,8 +193,7 @@ def write_results(rows: list[dict[str, Any]]) -> None:
         "Ratio = weights of the pruned layers / their nonzeros, measured from the saved "
         "weights. Runs went two at a time, one torch thread each, so s/epoch is per process.\n\n"
         + "\n".join(lines)
-        + "\n\nThe rows were measured by:\n\n"
-        + "".join(f"- `{c}`\n" for c in dict.fromkeys(r.get("command", "?") for r in rows))
+        + measured_by(rows)
         + "\n![accuracy vs ratio](compression.png)\n",
     )
 

@@ -258,13 +258,31 @@ def test_delta_picks_small_codes_with_escapes_for_rare_long_gaps():
 
 # --- decoders against hostile input --------------------------------------------------------
 
+def _empty_lines_mask() -> np.ndarray:
+    """Irregular entries confined to a few rows and columns (a pruned classifier layer)."""
+    m = np.zeros((100, 120), bool)
+    rows, cols = RNG.choice(100, 8, replace=False), RNG.choice(120, 10, replace=False)
+    inner = RNG.random((8, 10)) < 0.5
+    inner[:, 0] = inner[0, :] = True  # every chosen row and column keeps something
+    m[np.ix_(rows, cols)] = inner
+    return m
+
+
+def test_subdelta_wins_when_rows_and_columns_are_empty():
+    m = _empty_lines_mask()
+    name, params, payload = encode_mask(m)
+    assert name == "subdelta" and len(payload) < len(encode_delta(m)[1])
+    _round_trip("subdelta", params, payload, m)
+
+
 def _samples():
     """One honest (name, params, payload, shape) per encoding."""
     cases = [("dense", np.ones((8, 18), bool), {}), ("bitmap", RNG.random((8, 18)) < 0.5, {}),
              ("delta", _irregular_mask()[:8, :18], {}), ("rows", _filter_mask()[:8, :18], {}),
              ("colbands", _block_column_mask()[:8, :18], {"band_rows": 4}),
              ("rowbands", _block_row_mask()[:8, :18], {"band_cols": 2}),
-             ("kernels", _pattern_mask()[:8, :18], {"kernel": 9})]
+             ("kernels", _pattern_mask()[:8, :18], {"kernel": 9}),
+             ("subdelta", _empty_lines_mask(), {})]
     out = []
     for expected, m, hints in cases:
         name, params, payload = encode_mask(m, hints)

@@ -20,18 +20,20 @@ _EXPORTS = {
     "GroupLasso": "methods",
     "resolve": "targets",
     "Target": "targets",
-    "harden": "masks",
-    "MaskEnforcer": "masks",
-    "masked_finetune": "masks",
-    "remove_masks": "masks",
+    "freeze": "constraints",
+    "harden": "constraints",
+    "MaskEnforcer": "constraints",
+    "finetune": "constraints",
+    "save": "artifacts",
+    "load": "artifacts",
     "Trainer": "train",
     "TrainConfig": "train",
     "load_recipe": "recipe",
     "run_recipe": "pipeline",
 }
 
-_SUBMODULES = {"schemes", "targets", "masks", "methods", "train", "data", "models", "report",
-               "recipe", "pipeline", "errors", "io", "tables"}
+_SUBMODULES = {"schemes", "targets", "constraints", "artifacts", "methods", "train", "data",
+               "models", "report", "recipe", "pipeline", "errors", "io", "tables"}
 
 __all__ = ["__version__", *_EXPORTS]
 

@@ -1,7 +1,8 @@
 """The ``prunekit`` command line.
 
     prunekit compress RECIPE.yaml --out DIR [--set section.key=value ...] [--resume]
-    prunekit report MODEL.pt [--out DIR]
+    prunekit report MODEL.pkz [--out DIR]
+    prunekit export MODEL.pkz --onnx OUT.onnx [--opset N]
 
 Errors a user can fix (bad recipe, missing data, unknown layer) print one line and exit 2;
 nothing else is caught, so a genuine bug still shows its traceback.
@@ -34,8 +35,13 @@ def _parser() -> argparse.ArgumentParser:
     compress.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     report = sub.add_parser("report", help="per-layer table, totals and plots of a saved model")
-    report.add_argument("model", help="model.pt written by `prunekit compress`")
+    report.add_argument("model", help="model.pkz written by `prunekit compress`")
     report.add_argument("--out", help="also write report.json/report.md/plots into this directory")
+
+    export = sub.add_parser("export", help="export a saved model to ONNX (needs prunekit[onnx])")
+    export.add_argument("model", help="model.pkz written by `prunekit compress`")
+    export.add_argument("--onnx", required=True, metavar="OUT.onnx", help="ONNX file to write")
+    export.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
     return parser
 
 
@@ -52,6 +58,10 @@ def main(argv: list[str] | None = None) -> int:
             from .saved_model import report_saved_model
 
             report_saved_model(Path(args.model), out_dir=args.out)
+        elif args.command == "export":
+            from .artifacts.onnx_export import export_saved_model
+
+            print(f"wrote {export_saved_model(Path(args.model), Path(args.onnx), args.opset)}")
     except PrunekitError as exc:
         print(f"prunekit: error: {exc}", file=sys.stderr)
         return 2

@@ -1,46 +1,57 @@
-"""Run a recipe: dense training, pruning, hardening, masked retraining, report.
+"""Run a recipe as a list of stages, each writing one artifact into the run directory.
 
-Each stage writes its result atomically into the run directory before the next stage starts
-(``dense.pt``, ``hardened.pt``, ``model.pt``), and each training stage checkpoints every epoch
-under ``ckpt/``. ``resume=True`` skips finished stages by loading their results and continues
-the unfinished one from its last checkpoint; because the trainer reseeds every epoch from
-(seed, epoch), a resumed run gives the same weights as an uninterrupted one.
+    dense     -> dense.pt        dense training (or a given checkpoint)
+    prune     -> pruned.pt       pruning method, then hardening into frozen constraints
+    retrain   -> retrained.pt    retraining inside the constraints
+    quantize  -> quantized.pt    quantization method (ADMM / ptq / ste), then hardening
+    qretrain  -> qretrained.pt   quantized retraining (progressive fixing, STE or snap)
+    export    -> model.pkz       the compact model file
+    report    -> report.json     report.json / report.md / plots, measured on model.pkz
+
+A stage runs only when the recipe asks for it. A checkpoint artifact holds the weights, the
+frozen constraints and the history so far, so ``resume=True`` skips every finished stage by
+loading its artifact and continues the unfinished one from its last per-epoch checkpoint
+under ``ckpt/``; because the trainer reseeds every epoch from (seed, epoch), a resumed run
+gives the same weights as an uninterrupted one.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from . import artifacts, methods, models
 from . import data as datasets
-from . import methods, models
+from .constraints import Frozen, MaskEnforcer, Rounded
 from .errors import ConfigError
-from .io import atomic_write_text, load_checkpoint, save_checkpoint
-from .masks import MaskEnforcer, attach_masks, get_masks, load_masked_state_dict
-from .recipe import Recipe
+from .io import atomic_write_text, load_checkpoint
+from .methods.quantize import ProgressiveFixing
+from .recipe import QUANT_RETRAIN_KEYS, Recipe
 from .report import build_report, format_report, write_report
-from .report.counting import layers_from_targets
+from .schemes import get as get_scheme
 from .targets import Target, resolve
 from .train import TrainConfig, Trainer, evaluate, set_seed
 
-MODEL_FORMAT = "prunekit.model/1"
+#: keys of the prune / quantize sections that are not options of the method
 PRUNE_KEYS = {"method", "targets", "train"}
-
+QUANT_KEYS = {"method", "bits", "scale", "levels", "layers", "rest", "train", "retrain"}
 
 #: settings a pruning or retraining stage takes from the recipe's ``train`` section; the
 #: optimizer and schedule are the stage's own (an Adam stage must not inherit SGD's nesterov)
 INHERITED = ("seed", "device", "progress", "label_smoothing", "grad_clip")
 
 
-def stage_config(recipe: Recipe, section: str, overrides: dict[str, Any] | None) -> TrainConfig:
+def stage_config(recipe: Recipe, where: tuple[str, ...],
+                 overrides: Mapping[str, Any] | None) -> TrainConfig:
     """A stage's training settings: its own section, plus the shared settings of ``train``."""
     train = recipe["train"]
-    if section == "train":
+    if where == ("train",):
         merged = {"seed": recipe["seed"], **train}
     else:
         shared = {k: train[k] for k in INHERITED if k in train}
@@ -48,7 +59,27 @@ def stage_config(recipe: Recipe, section: str, overrides: dict[str, Any] | None)
     try:
         return TrainConfig.from_dict(merged)
     except ConfigError as exc:
-        raise ConfigError(f"{recipe.where(section)}: {section}: {exc}") from exc
+        raise ConfigError(f"{recipe.where(*where)}: {'.'.join(where)}: {exc}") from exc
+
+
+@dataclass
+class State:
+    """What the stages hand on: the model, its frozen constraints, the history so far and
+    small facts (``meta``: dense accuracy, the methods used)."""
+
+    model: nn.Module
+    constraints: dict[str, Frozen] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    artifact: str
+    run: Callable[[State, bool], None]
+    #: whether the artifact is a stage checkpoint that a resumed run loads
+    checkpoint: bool = True
 
 
 class Run:
@@ -60,7 +91,7 @@ class Run:
         self.out = Path(out_dir)
         self.progress = progress
         self.echo = echo
-        self.history: list[dict[str, Any]] = []
+        self.report: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ setup
     def data_options(self) -> dict[str, Any]:
@@ -93,17 +124,15 @@ class Run:
             limit_test=d["limit_test"], **options,
         )
 
-    def build_model(self) -> nn.Module:
+    def model_spec(self) -> dict[str, Any]:
+        """How to rebuild the model: zoo name or factory, its arguments, the data's shape."""
         m = self.recipe["model"]
-        kwargs = dict(m.get("kwargs") or {})
-        if ":" not in m["name"]:  # zoo models learn the data's shape and classes
-            kwargs.setdefault("num_classes", self.info.num_classes)
-            kwargs.setdefault("input_shape", tuple(self.info.input_shape))
-        torch.manual_seed(self.recipe["seed"])
-        return models.from_spec(m["name"], **kwargs)
+        return {"name": m["name"], "kwargs": dict(m.get("kwargs") or {}),
+                "input_shape": list(self.info.input_shape), "num_classes": self.info.num_classes}
 
-    def example_input(self) -> torch.Tensor:
-        return torch.zeros(1, *self.info.input_shape)
+    def build_model(self) -> nn.Module:
+        torch.manual_seed(self.recipe["seed"])
+        return models.build(self.model_spec())
 
     def trainer(self, model: nn.Module, stage: str, config: TrainConfig,
                 plugins: list[Any]) -> Trainer:
@@ -111,130 +140,229 @@ class Run:
         return Trainer(model, config, self.train_loader, self.test_loader, plugins=plugins,
                        checkpoint_path=self.out / "ckpt" / f"{stage}.pt", stage=stage)
 
-    # ------------------------------------------------------------------ stages
+    def stages(self) -> list[Stage]:
+        """The stages this recipe asks for, in order."""
+        r = self.recipe
+        quantize = r["quantize"] or {}
+        found = [Stage("dense", "dense.pt", self.dense_stage)]
+        if r["prune"] is not None:
+            found.append(Stage("prune", "pruned.pt", self.prune_stage))
+            if r["retrain"]:
+                found.append(Stage("retrain", "retrained.pt", self.retrain_stage))
+        if quantize:
+            found.append(Stage("quantize", "quantized.pt", self.quantize_stage))
+            if quantize.get("retrain"):
+                found.append(Stage("qretrain", "qretrained.pt", self.qretrain_stage))
+        found.append(Stage("export", "model.pkz", self.export_stage, checkpoint=False))
+        found.append(Stage("report", "report.json", self.report_stage, checkpoint=False))
+        return found
+
+    # ------------------------------------------------------------------ driver
     def run(self, resume: bool = False) -> dict[str, Any]:
         start = time.perf_counter()
         self.out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.out / "recipe.yaml", self.recipe.to_yaml())
         set_seed(self.recipe["seed"])
         self.build_data()
-        model = self.build_model()
+        state = State(self.build_model())
+        self.check_plan(state.model)
+        self.started = start
+        for stage in self.stages():
+            path = self.out / stage.artifact
+            if resume and path.exists():
+                if stage.checkpoint:
+                    self.load_stage(path, stage.name, state)
+                elif stage.name == "report":
+                    self.report = self.report_stage(state, resume)
+                continue
+            stage.run(state, resume)
+            if stage.checkpoint:
+                self.save_stage(path, stage.name, state)
+        assert self.report is not None
+        return self.report
 
-        self.dense_stage(model, resume)
-        weights_before = {n: p.detach().clone() for n, p in model.named_parameters()}
-        acc_dense = evaluate(model, self.test_loader)["accuracy"]
-        self.echo(f"dense accuracy: {acc_dense:.4f}")
-
-        targets: list[Target] = []
-        method_name = None
+    def check_plan(self, model: nn.Module) -> None:
+        """Resolve every stage's targets and method options before anything trains, so a
+        mistake in a late section is reported at once."""
         if self.recipe["prune"] is not None:
-            targets, method_name = self.prune_stage(model, resume)
-            self.retrain_stage(model, resume)
-        acc = evaluate(model, self.test_loader)["accuracy"]
+            targets = self.prune_targets(model)
+            self.prune_method(model, targets, dry_run=True)
+        if self.recipe["quantize"]:
+            self.quant_targets(model)
 
-        self.save_model(model, targets, acc_dense, acc)
-        report = build_report(
-            model, self.example_input(), layers=layers_from_targets(targets),
-            accuracy_dense=acc_dense, accuracy_compressed=acc, method=method_name,
-            epochs=len(self.history), seconds=sum(r.get("seconds", 0.0) for r in self.history),
-            history=self.history,
-            extra={"recipe": self.recipe["name"], "dataset": self.info.name,
-                   "model": self.recipe["model"]["name"],
-                   "wall_seconds_this_invocation": time.perf_counter() - start},
-        )
-        weights_after = {n: p.detach().clone() for n, p in model.named_parameters()}
-        write_report(self.out, report, history=self.history, weights_before=weights_before,
-                     weights_after=weights_after)
-        return report
+    def save_stage(self, path: Path, name: str, state: State) -> None:
+        artifacts.save_stage(path, name, state.model, state.constraints, state.history,
+                             state.meta)
 
-    def dense_stage(self, model: nn.Module, resume: bool) -> None:
+    def load_stage(self, path: Path, name: str, state: State) -> None:
+        state.constraints, state.history, state.meta = artifacts.load_stage(path, name,
+                                                                            state.model)
+
+    # ------------------------------------------------------------------ stages
+    def dense_stage(self, state: State, resume: bool) -> None:
         m = self.recipe["model"]
-        path = self.out / "dense.pt"
-        if resume and path.exists():
-            saved = load_checkpoint(path)
-            load_masked_state_dict(model, saved["state_dict"])
-            self.history += saved["history"]
-            return
-        history: list[dict[str, Any]] = []
         if m.get("checkpoint"):
-            state = load_checkpoint(m["checkpoint"])
-            state = state.get("state_dict", state) if isinstance(state, dict) else state
+            loaded = load_checkpoint(m["checkpoint"])
+            loaded = loaded.get("state_dict", loaded) if isinstance(loaded, dict) else loaded
             try:
-                load_masked_state_dict(model, state)
-            except (RuntimeError, KeyError) as exc:
+                state.model.load_state_dict(loaded)
+            except (RuntimeError, KeyError, TypeError) as exc:
                 raise ConfigError(
                     f"{self.recipe.where('model', 'checkpoint')}: model.checkpoint "
                     f"{m['checkpoint']} does not fit model {m['name']!r}: {exc}"
                 ) from exc
         else:
-            config = stage_config(self.recipe, "train", None)
+            config = stage_config(self.recipe, ("train",), None)
             if config.epochs > 0:
-                history = self.trainer(model, "pretrain", config, []).fit(resume=resume)
-        save_checkpoint({"state_dict": model.state_dict(), "history": history}, path)
-        self.history += history
+                state.history += self.trainer(state.model, "pretrain", config,
+                                              []).fit(resume=resume)
+        state.meta["accuracy_dense"] = evaluate(state.model, self.test_loader)["accuracy"]
+        self.echo(f"dense accuracy: {state.meta['accuracy_dense']:.4f}")
 
-    def make_targets(self, model: nn.Module) -> list[Target]:
-        rules = self.recipe["prune"]["targets"]
+    def prune_targets(self, model: nn.Module) -> list[Target]:
         try:
-            return resolve(model, rules)
+            return resolve(model, self.recipe["prune"]["targets"])
         except ConfigError as exc:
             where = self.recipe.where("prune", "targets")
             raise ConfigError(f"{where}: prune.targets: {exc}") from exc
 
-    def prune_stage(self, model: nn.Module, resume: bool) -> tuple[list[Target], str]:
+    def prune_method(self, model: nn.Module, targets: list[Target], *, dry_run: bool = False):
         prune = self.recipe["prune"]
-        name = prune["method"]
-        targets = self.make_targets(model)
-        path = self.out / "hardened.pt"
-        if resume and path.exists():
-            saved = load_checkpoint(path)
-            load_masked_state_dict(model, saved["state_dict"])
-            self.history += saved["history"]
-            return targets, name
         options = {k: v for k, v in prune.items() if k not in PRUNE_KEYS}
         try:
-            method = methods.get(name, model, targets, **options)
+            if dry_run:  # on a copy: some methods act on the weights when they start
+                import copy  # noqa: PLC0415
+
+                model = copy.deepcopy(model)
+                targets = self.prune_targets(model)
+            return methods.get(prune["method"], model, targets, **options)
         except ConfigError as exc:
             raise ConfigError(f"{self.recipe.where('prune', 'method')}: prune: {exc}") from exc
-        config = stage_config(self.recipe, "prune", prune.get("train"))
-        trainer = self.trainer(model, "prune", config, [method])
-        method.bind(trainer.optimizer)
-        history = trainer.fit(resume=resume)
-        masks = method.harden()
-        method.close()
-        attach_masks(model, masks)
-        method_history = [dict(h) for h in getattr(method, "history", [])]
-        save_checkpoint({"state_dict": model.state_dict(), "history": history,
-                         "method_history": method_history}, path)
-        self.history += history
-        return targets, name
 
-    def retrain_stage(self, model: nn.Module, resume: bool) -> None:
-        section = self.recipe["retrain"]
-        if not section:
+    def prune_stage(self, state: State, resume: bool) -> None:
+        targets = self.prune_targets(state.model)
+        method = self.prune_method(state.model, targets)
+        config = stage_config(self.recipe, ("prune", "train"), self.recipe["prune"].get("train"))
+        trainer = self.trainer(state.model, "prune", config, [method])
+        method.bind(trainer.optimizer)
+        state.history += trainer.fit(resume=resume)
+        state.constraints.update(method.freeze())
+        method.close()
+        state.meta.setdefault("methods", []).append(self.recipe["prune"]["method"])
+        state.meta["method_history"] = [dict(h) for h in getattr(method, "history", [])]
+
+    def constrained_training(self, state: State, stage: str, section: Mapping[str, Any],
+                             where: tuple[str, ...], resume: bool,
+                             extra: Callable[[MaskEnforcer], list[Any]] | None = None) -> None:
+        """Retrain inside the frozen constraints, then finish them (levels fixed)."""
+        settings = {k: v for k, v in section.items() if k not in QUANT_RETRAIN_KEYS}
+        config = stage_config(self.recipe, where, settings)
+        if config.epochs <= 0 or not state.constraints:
             return
-        config = stage_config(self.recipe, "retrain", section)
-        if config.epochs <= 0:
-            return
-        enforcer = MaskEnforcer(model, get_masks(model))
-        trainer = self.trainer(model, "retrain", config, [enforcer])
+        enforcer = MaskEnforcer(state.model, state.constraints)
+        plugins = [enforcer, *(extra(enforcer) if extra else [])]
+        trainer = self.trainer(state.model, stage, config, plugins)
         enforcer.bind(trainer.optimizer)
-        self.history += trainer.fit(resume=resume)
+        state.history += trainer.fit(resume=resume)
+        enforcer.finish()
+        state.constraints = enforcer.constraints
         enforcer.close()
 
-    def save_model(self, model: nn.Module, targets: list[Target], acc_dense: float,
-                   acc: float) -> Path:
-        m = self.recipe["model"]
-        payload = {
-            "format": MODEL_FORMAT,
-            "model": {"name": m["name"], "kwargs": dict(m.get("kwargs") or {})},
-            "input_shape": list(self.info.input_shape),
-            "num_classes": self.info.num_classes,
-            "state_dict": model.state_dict(),
-            "recipe": self.recipe.to_yaml(),
-            "accuracy": {"dense": acc_dense, "compressed": acc},
-        }
-        return save_checkpoint(payload, self.out / "model.pt")
+    def retrain_stage(self, state: State, resume: bool) -> None:
+        self.constrained_training(state, "retrain", self.recipe["retrain"], ("retrain",), resume)
+
+    def quant_targets(self, model: nn.Module) -> list[Target]:
+        """One ``quant`` target per selected layer with that layer's bits; by default the
+        pruned layers (or every supported layer when nothing is pruned)."""
+        q = self.recipe["quantize"]
+        layers = q.get("layers")
+        if layers is None and self.recipe["prune"] is not None:
+            layers = sorted({t.module_name for t in self.prune_targets(model)})
+        rule = {"layers": layers or "*", "scheme": "quant", "bits": 8}
+        try:
+            found = resolve(model, [rule])
+            bits = methods.base.per_target(q.get("bits", 8), found, "quantize.bits")
+            return [replace(t, scheme=get_scheme("quant", bits=int(b), scale=q.get("scale",
+                    "layer"), levels=q.get("levels", "uniform")), sparsity=None)
+                    for t, b in zip(found, bits, strict=True)]
+        except ConfigError as exc:
+            raise ConfigError(f"{self.recipe.where('quantize')}: quantize: {exc}") from exc
+
+    def quantize_stage(self, state: State, resume: bool) -> None:
+        q = self.recipe["quantize"]
+        targets = self.quant_targets(state.model)
+        options = {k: v for k, v in q.items() if k not in QUANT_KEYS}
+        try:
+            method = methods.get(q.get("method", "admm"), state.model, targets, **options)
+        except ConfigError as exc:
+            raise ConfigError(f"{self.recipe.where('quantize', 'method')}: quantize: "
+                              f"{exc}") from exc
+        config = stage_config(self.recipe, ("quantize", "train"), q.get("train") or {"epochs": 0})
+        if config.epochs > 0:
+            trainer = self.trainer(state.model, "quantize", config, [method])
+            method.bind(trainer.optimizer)
+            state.history += trainer.fit(resume=resume)
+        mode = (q.get("retrain") or {}).get("mode", "progressive")
+        frozen = method.constraints if method.hardened else method.freeze(mode=mode)
+        method.close()
+        params = dict(state.model.named_parameters())
+        for name, constraint in frozen.items():
+            constraint.finish_(params[name].data)
+            constraint.start(mode)
+            before = state.constraints.get(name)
+            if before is not None:  # the pruning scheme's structure still indexes the layer
+                constraint.hints = {**before.hints, **constraint.hints,
+                                    "scheme": f"{before.hints.get('scheme', before.kind)}+quant"}
+        state.constraints.update(frozen)
+        if q.get("rest", "float32") != "float32":
+            for name, param in params.items():
+                if name not in state.constraints and param.dtype == torch.float32:
+                    state.constraints[name] = Rounded(tuple(param.shape), q["rest"])
+                    state.constraints[name].apply_(param.data)
+        state.meta.setdefault("methods", []).append(f"quantize:{q.get('method', 'admm')}")
+
+    def qretrain_stage(self, state: State, resume: bool) -> None:
+        section = self.recipe["quantize"]["retrain"]
+        config = stage_config(self.recipe, ("quantize", "retrain"),
+                              {k: v for k, v in section.items() if k not in QUANT_RETRAIN_KEYS})
+
+        def fixing(enforcer: MaskEnforcer) -> list[Any]:
+            if section.get("mode", "progressive") != "progressive":
+                return []
+            return [ProgressiveFixing(enforcer, config.epochs, section.get("fix_fraction", 0.3))]
+
+        self.constrained_training(state, "qretrain", section, ("quantize", "retrain"), resume,
+                                  fixing)
+
+    def export_stage(self, state: State, resume: bool) -> None:
+        accuracy = evaluate(state.model, self.test_loader)["accuracy"]
+        artifacts.save(state.model, self.out / "model.pkz", state.constraints,
+                       spec=self.model_spec(), recipe=self.recipe.to_yaml(),
+                       meta={"accuracy_dense": state.meta.get("accuracy_dense"),
+                             "accuracy_compressed": accuracy,
+                             "methods": state.meta.get("methods", [])})
+
+    def report_stage(self, state: State, resume: bool) -> dict[str, Any]:
+        """The report of what ``model.pkz`` holds: the model is loaded back from the file
+        and evaluated, and every byte figure is the file's own."""
+        loaded = artifacts.load(self.out / "model.pkz", model=self.build_model())
+        accuracy = evaluate(loaded.model, self.test_loader)["accuracy"]
+        history = state.history
+        report = build_report(
+            loaded.model, torch.zeros(1, *self.info.input_shape), constraints=loaded.constraints,
+            storage=loaded.storage, accuracy_dense=state.meta.get("accuracy_dense",
+                                                                  loaded.meta.get("accuracy_dense")),
+            accuracy_compressed=accuracy, method=" -> ".join(state.meta.get("methods", [])) or None,
+            epochs=len(history), seconds=sum(r.get("seconds", 0.0) for r in history),
+            history=history,
+            extra={"recipe": self.recipe["name"], "dataset": self.info.name,
+                   "model": self.recipe["model"]["name"], "file": "model.pkz",
+                   "wall_seconds_this_invocation": time.perf_counter() - self.started},
+        )
+        write_report(self.out, report, history=history,
+                     weights_after={n: p.detach() for n, p in loaded.model.named_parameters()})
+        self.report = report
+        return report
 
 
 def run_recipe(recipe: Recipe, out_dir: str | Path, *, resume: bool = False,

@@ -55,6 +55,14 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+#: methods of the ``quantize`` section, and the keys of its ``retrain`` that are not
+#: training settings (how quantized retraining moves weights between levels)
+QUANT_METHODS = ("admm", "ptq", "ste")
+QUANT_RETRAIN_KEYS = {"mode", "fix_fraction"}
+_QUANT_STAGE_KEYS = {"method", "bits", "scale", "levels", "layers", "rest", "train", "retrain"}
+QUANT_REST = ("float32", "float16", "bfloat16")
+
+
 class RecipeLoader(yaml.SafeLoader):
     """Safe YAML, except that ``1e-3`` is a float (YAML 1.2) rather than the string YAML 1.1
     makes of it: learning rates and penalties are written that way all the time."""
@@ -264,3 +272,40 @@ def _check_types(recipe: Recipe) -> None:
             if not isinstance(rule, dict):
                 raise recipe.error(f"must be a mapping, got {rule!r}", "prune", "targets", str(i))
         _expect(recipe, prune.get("train"), (dict,), "a mapping", "prune", "train")
+    _check_quantize(recipe)
+
+
+def _check_quantize(recipe: Recipe) -> None:
+    """The ``quantize`` section: a known method, only keys something reads, a valid
+    retraining mode (the values of bits/scale/levels are checked against the model when
+    the plan is resolved, before any training)."""
+    q = recipe.data["quantize"]
+    if not q:
+        return
+    from .constraints import QUANT_MODES  # noqa: PLC0415  (torch only when quantizing)
+    from .methods import options  # noqa: PLC0415
+
+    method = q.get("method", "admm")
+    if method not in QUANT_METHODS:
+        raise recipe.error(f"must be one of {', '.join(QUANT_METHODS)}, got {method!r}",
+                           "quantize", "method")
+    valid = _QUANT_STAGE_KEYS | set(options(method))
+    for key in q:
+        if key not in valid:
+            raise recipe.error(f"unknown key; valid keys of quantize with method {method!r}: "
+                               f"{', '.join(sorted(valid))}", "quantize", str(key))
+    for key in ("train", "retrain"):
+        _expect(recipe, q.get(key), (dict,), "a mapping", "quantize", key)
+    if q.get("rest", "float32") not in QUANT_REST:
+        raise recipe.error(f"must be one of {', '.join(QUANT_REST)}, got {q['rest']!r}",
+                           "quantize", "rest")
+    retrain = q.get("retrain") or {}
+    mode = retrain.get("mode", "progressive")
+    if mode not in QUANT_MODES:
+        raise recipe.error(f"must be one of {', '.join(QUANT_MODES)}, got {mode!r}",
+                           "quantize", "retrain", "mode")
+    fraction = retrain.get("fix_fraction", 0.3)
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) \
+            or not 0 < fraction <= 1:
+        raise recipe.error(f"must be a fraction in (0, 1], got {fraction!r}",
+                           "quantize", "retrain", "fix_fraction")

@@ -3,10 +3,13 @@
 ``container`` reads and writes the checksummed file (a JSON manifest plus named byte
 sections); ``codecs`` turns integer codes and sparsity masks into those bytes and back;
 ``encoding`` turns one weight and its frozen constraint into byte parts; ``model_file``
-is :func:`save` / :func:`load` of a whole model (format ``prunekit.model/1``). None of them
-ever executes anything they read.
+is :func:`save` / :func:`load` of a whole model; ``stages`` the artifacts a run's stages
+hand on; ``formats`` names every format. None of them ever executes anything they read.
 """
 
-from .model_file import MODEL_FORMAT, Loaded, load, pack, save, storage
+from .formats import MODEL_FORMAT, STAGE_FORMAT, TRAIN_FORMAT
+from .model_file import Loaded, load, pack, save, storage
+from .stages import load_stage, save_stage
 
-__all__ = ["MODEL_FORMAT", "Loaded", "load", "pack", "save", "storage"]
+__all__ = ["MODEL_FORMAT", "STAGE_FORMAT", "TRAIN_FORMAT", "Loaded", "load", "load_stage",
+           "pack", "save", "save_stage", "storage"]

@@ -14,6 +14,8 @@ name        params                            payload
 dense       {}                                nothing (every entry kept)
 bitmap      {}                                one bit per entry, row-major
 delta       {"k": k, "codes": n}              n k-bit gap codes (see :func:`encode_delta`)
+subdelta    {"k": k, "codes": n}              row bitmap, column bitmap, delta of the
+                                              submatrix of kept rows x kept columns
 rows        {}                                one bit per row (whole rows kept or pruned)
 colbands    {"band_rows": r}                  per band of r rows, one bit per column
 rowbands    {"band_cols": c}                  per band of c columns, one bit per row
@@ -214,6 +216,32 @@ def decode_delta(params: dict, payload: bytes, shape: tuple[int, int]) -> Mask:
     return mask.reshape(rows, cols)
 
 
+def encode_subdelta(m: Mask) -> Encoded:
+    """Irregular sparsity that left whole rows and columns empty (a pruned fully connected
+    layer often loses most of its inputs and neurons): a bitmap of the rows and one of the
+    columns that keep anything, then :func:`encode_delta` of the submatrix they span, where
+    kept entries are denser and their gaps cost fewer bits."""
+    m = _as_mask(m)
+    rows, cols = m.any(axis=1), m.any(axis=0)
+    params, payload = encode_delta(m[rows][:, cols])
+    return params, _pack_bitmap(rows) + _pack_bitmap(cols) + payload
+
+
+def decode_subdelta(params: dict, payload: bytes, shape: tuple[int, int]) -> Mask:
+    n_rows, n_cols = _check_shape(shape)
+    head = _packed_bytes(n_rows) + _packed_bytes(n_cols)
+    if len(payload) < head:
+        raise DataError(f"subdelta mask: payload is {len(payload)} bytes, under {head}")
+    rows = _unpack_bitmap(payload[:_packed_bytes(n_rows)], n_rows, "subdelta rows")
+    cols = _unpack_bitmap(payload[_packed_bytes(n_rows):head], n_cols, "subdelta columns")
+    sub = decode_delta(params, payload[head:], (int(rows.sum()), int(cols.sum())))
+    if not (sub.any(axis=1).all() and sub.any(axis=0).all()):  # one encoding per mask
+        raise DataError("subdelta mask: a row or column marked kept holds no entry")
+    mask = np.zeros((n_rows, n_cols), bool)
+    mask[np.ix_(rows, cols)] = sub
+    return mask
+
+
 def _delta_code_count(gaps: np.ndarray, width: int) -> int:
     return int((gaps // ((1 << width) - 1)).sum()) + gaps.size
 
@@ -325,7 +353,7 @@ def _index_width(entries: int) -> int:
 _DECODERS: dict[str, Callable[[dict, bytes, tuple[int, int]], Mask]] = {
     "dense": decode_dense, "bitmap": decode_bitmap, "delta": decode_delta,
     "rows": decode_rows, "colbands": decode_colbands, "rowbands": decode_rowbands,
-    "kernels": decode_kernels,
+    "kernels": decode_kernels, "subdelta": decode_subdelta,
 }
 MASK_ENCODINGS = tuple(_DECODERS)
 _HINTS = ("band_rows", "band_cols", "kernel")
@@ -336,7 +364,7 @@ def encode_mask(m: Mask, hints: dict | None = None) -> tuple[str, dict, bytes]:
     this mask's structure allows. ``hints`` ({"band_rows": r, "band_cols": c, "kernel": k})
     say which band / kernel sizes to try besides whole columns (r = rows) and whole rows
     (c = cols). Ties go to the earlier candidate: dense, rows, columns, row bands, the
-    hinted column bands, row bands and kernels, then bitmap and delta."""
+    hinted column bands, row bands and kernels, then bitmap, delta and subdelta."""
     m = _as_mask(m)
     hints = _check_hints(hints or {})
     best = None
@@ -375,7 +403,8 @@ def _candidates(m: Mask, hints: dict) -> list[tuple[str, Callable[[], Encoded]]]
             candidates.append(("rowbands", lambda: encode_rowbands(m, hints["band_cols"])))
         if hints.get("kernel", 1) > 1:
             candidates.append(("kernels", lambda: encode_kernels(m, hints["kernel"])))
-    return candidates + [("bitmap", lambda: encode_bitmap(m)), ("delta", lambda: encode_delta(m))]
+    return candidates + [("bitmap", lambda: encode_bitmap(m)), ("delta", lambda: encode_delta(m)),
+                         ("subdelta", lambda: encode_subdelta(m))]
 
 
 # --- argument checks -----------------------------------------------------------------------

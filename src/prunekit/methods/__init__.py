@@ -1,7 +1,9 @@
 """Pruning methods by name: ``prunekit.methods.get(name, model, targets, **options)``.
 
 Names: ``admm``, ``progressive_admm``, ``reweighted``, ``magnitude`` (one-shot),
-``gradual``, ``group_lasso``. Every method follows the plugin protocol of
+``gradual``, ``group_lasso``, and for quantization targets also ``ptq`` (post-training
+rounding) and ``ste`` (straight-through quantization-aware training); ``admm`` quantizes
+too (see :mod:`.quantize`). Every method follows the plugin protocol of
 :class:`~prunekit.methods.base.PruningMethod`, so any of them drops into any training loop.
 """
 
@@ -19,6 +21,7 @@ from .admm import ADMM, ProgressiveADMM, admm_option_names
 from .base import PruningMethod
 from .group_lasso import GroupLasso
 from .magnitude import GradualMagnitude, OneShotMagnitude, cubic_sparsity
+from .quantize import PostTrainingRounding, ProgressiveFixing, StraightThrough
 from .reweighted import Reweighted
 
 METHODS: dict[str, type[PruningMethod]] = {
@@ -28,6 +31,8 @@ METHODS: dict[str, type[PruningMethod]] = {
     "magnitude": OneShotMagnitude,
     "gradual": GradualMagnitude,
     "group_lasso": GroupLasso,
+    "ptq": PostTrainingRounding,
+    "ste": StraightThrough,
 }
 
 
@@ -70,9 +75,12 @@ __all__ = [
     "GradualMagnitude",
     "GroupLasso",
     "OneShotMagnitude",
+    "PostTrainingRounding",
+    "ProgressiveFixing",
     "ProgressiveADMM",
     "PruningMethod",
     "Reweighted",
+    "StraightThrough",
     "available",
     "cubic_sparsity",
     "get",

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..constraints import Frozen, MaskEnforcer, freeze, from_state
 from ..errors import ConfigError, TargetError
 from ..targets import Target
 
@@ -135,17 +136,11 @@ def explicit_rate(target: Target, method: str) -> float:
 def existing_keep(model: nn.Module, target: Target) -> Tensor | None:
     """Where an already pruned weight may stay nonzero, or None if nothing is pruned yet.
 
-    The pruning record is the mask attached to the model (:func:`prunekit.masks.attach_masks`)
-    and the exact zeros of the weight (hardening leaves pruned weights at exactly 0), so
-    pruning an already sparse model further never revives a weight.
+    Hardening leaves pruned weights at exactly 0, so the weight's own zeros say what was
+    pruned, and pruning an already sparse model further never revives a weight.
     """
-    from ..masks import get_masks  # noqa: PLC0415  (masks builds on targets only)
-
     with torch.no_grad():
         keep = target.param.detach() != 0
-        attached = get_masks(model).get(target.name)
-        if attached is not None:
-            keep &= attached.to(keep.device).bool()
     return None if bool(keep.all()) else keep
 
 
@@ -173,6 +168,8 @@ class PruningMethod:
         self.history: list[dict[str, Any]] = []
         self.hardened = False
         self.masks: dict[str, Tensor] | None = None  # masks enforced after every step
+        #: the frozen constraints of :meth:`freeze` (None until hardened)
+        self.constraints: dict[str, Any] | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self._enforcer: Any = None
 
@@ -198,13 +195,18 @@ class PruningMethod:
         if not self.hardened:
             self._end_epoch()
 
-    def harden(self) -> dict[str, Tensor]:
+    def freeze(self, mode: str = "snap") -> dict[str, Any]:
         """Project every target exactly onto its constraint set (in place, keeping earlier
-        zeros) and keep the result enforced from now on. Returns ``{param name: mask}``."""
-        masks = self._harden(self.harden_targets())
+        zeros), enforce the result from now on, and return ``{param name: Frozen}`` (see
+        :mod:`prunekit.constraints`; ``mode`` is how quantized layers retrain)."""
+        constraints = freeze(self.model, self.harden_targets(), mode=mode, keep=self.masks)
         self.hardened = True
-        self.set_masks(masks)
-        return masks
+        self.set_masks(constraints)
+        return constraints
+
+    def harden(self) -> dict[str, Tensor]:
+        """:meth:`freeze`, returning ``{param name: bool mask}`` (True = kept)."""
+        return {name: c.mask for name, c in self.freeze().items()}
 
     def harden_targets(self) -> list[Target]:
         """The targets (with the rates) :meth:`harden` projects onto."""
@@ -242,6 +244,8 @@ class PruningMethod:
             "hardened": self.hardened,
             "history": copy.deepcopy(self.history),
             "masks": None if self.masks is None else {k: v.clone() for k, v in self.masks.items()},
+            "constraints": None if self.constraints is None else
+            {k: c.state_dict() for k, c in self.constraints.items()},
             **self._extra_state(),
         }
 
@@ -261,29 +265,32 @@ class PruningMethod:
         self.hardened = bool(state["hardened"])
         self.history = copy.deepcopy(list(state["history"]))
         masks = state["masks"]
-        if masks is not None:
+        if state.get("constraints") is not None:
+            masks = {k: from_state(v) for k, v in state["constraints"].items()}
+        elif masks is not None:
             masks = {k: self._on_device(k, v) for k, v in masks.items()}
         self.set_masks(masks)
         self._load_extra_state(state)
 
     # ---------------------------------------------------------------- helpers
-    def set_masks(self, masks: Mapping[str, Tensor] | None) -> None:
-        """Make ``masks`` the live masks: enforced on weights (and the bound optimizer's
-        buffers) after every step. ``None`` stops enforcement."""
-        from ..masks import MaskEnforcer  # noqa: PLC0415  (masks builds on targets only)
-
+    def set_masks(self, masks: Mapping[str, Any] | None) -> None:
+        """Make ``masks`` (bool masks, or frozen constraints once hardened) live: enforced on
+        the weights (and the bound optimizer's buffers) after every step. ``None`` stops
+        enforcement."""
         if self._enforcer is not None:
             self._enforcer.close()  # its gradient hooks would otherwise stay on the weights
         if not masks:
-            self.masks, self._enforcer = None, None
+            self.masks, self.constraints, self._enforcer = None, None, None
             return
-        self.masks = dict(masks)
-        self._enforcer = MaskEnforcer(self.model, self.masks, self.optimizer)
+        self._enforcer = MaskEnforcer(self.model, masks, self.optimizer)
+        frozen = all(isinstance(v, Frozen) for v in masks.values())
+        self.constraints = self._enforcer.constraints if frozen else None
+        self.masks = self._enforcer.masks
 
     def _harden(self, targets: list[Target]) -> dict[str, Tensor]:
-        from ..masks import harden  # noqa: PLC0415
-
-        return harden(self.model, targets)
+        """Hard-prune ``targets`` inside the live masks; returns the masks (rounds of
+        progressive and gradual schedules, which go on pruning afterwards)."""
+        return {n: c.mask for n, c in freeze(self.model, targets, keep=self.masks).items()}
 
     def _zero(self) -> Tensor:
         p = self.targets[0].param

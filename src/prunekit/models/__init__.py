@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from .lenet import LeNet5, LeNet300, lenet5, lenet300
 from .mobilenet import MobileNetV2, mobilenetv2
-from .registry import available, default_input_shape, from_spec, get
+from .registry import available, build, default_input_shape, from_spec, get
 from .resnet import ResNet, resnet18, resnet20, resnet56
 from .rnn import RNNClassifier, gru_classifier, lstm_classifier
 from .vgg import VGG, vgg16
@@ -23,6 +23,7 @@ __all__ = [
     "RNNClassifier",
     "ResNet",
     "available",
+    "build",
     "default_input_shape",
     "from_spec",
     "get",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -163,3 +163,16 @@ def from_spec(spec: str, **kwargs: Any) -> nn.Module:
             f"model factory {spec!r} returned {type(model).__name__}, not a torch.nn.Module"
         )
     return model
+
+
+def build(spec: Mapping[str, Any]) -> nn.Module:
+    """The model a run or a model file describes: ``{"name", "kwargs", "input_shape",
+    "num_classes"}``. Zoo models learn the data's shape and classes from the spec; a
+    ``module:function`` factory gets its own ``kwargs`` only."""
+    kwargs = dict(spec.get("kwargs") or {})
+    if ":" not in spec["name"]:
+        if spec.get("num_classes") is not None:
+            kwargs.setdefault("num_classes", spec["num_classes"])
+        if spec.get("input_shape") is not None:
+            kwargs.setdefault("input_shape", tuple(spec["input_shape"]))
+    return from_spec(spec["name"], **kwargs)

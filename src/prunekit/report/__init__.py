@@ -3,7 +3,7 @@
 Everything is measured on the model's own weights (see :mod:`.counting`), never taken from
 the rates a recipe asked for.
 
-    report = build_report(model, example_input, layers=layers_from_targets(targets),
+    report = build_report(model, example_input, constraints=constraints,
                           accuracy_dense=0.91, accuracy_compressed=0.90, method="admm")
     write_report("runs/lenet5", report, history=history)   # report.json, report.md, *.png
     print(format_report(report))
@@ -13,25 +13,16 @@ import).
 """
 
 from .build import build_report, jsonable, write_report
-from .counting import (
-    LayerSpec,
-    LayerStats,
-    Summary,
-    layer_positions,
-    layers_from_targets,
-    summarize,
-)
+from .counting import LayerStats, Summary, layer_positions, summarize
 from .tables import format_report, render_markdown
 
 __all__ = [
-    "LayerSpec",
     "LayerStats",
     "Summary",
     "build_report",
     "format_report",
     "jsonable",
     "layer_positions",
-    "layers_from_targets",
     "render_markdown",
     "summarize",
     "write_report",

@@ -78,7 +78,8 @@ def build_report(
     model: nn.Module,
     example_input: Any,
     *,
-    layers: Any = None,
+    constraints: Mapping[str, Any] | None = None,
+    storage: Mapping[str, Any] | None = None,
     accuracy_dense: float | None = None,
     accuracy_compressed: float | None = None,
     method: str | None = None,
@@ -86,11 +87,11 @@ def build_report(
     seconds: float | None = None,
     history: Sequence[Mapping[str, Any]] | None = None,
     extra: Mapping[str, Any] | None = None,
-    bits: int = 32,
 ) -> dict[str, Any]:
     """The JSON-ready report of ``model``.
 
-    Measured from the model (see :func:`prunekit.report.summarize`): ``params``
+    Measured from the model and its model file (see :func:`prunekit.report.summarize`:
+    ``constraints`` are the frozen constraints, ``storage`` the file's breakdown): ``params``
     (``total``, ``nonzero``), ``compression_ratio`` (all parameters, biases included),
     ``compression_ratio_weights`` (compressed weights only), ``macs`` and ``bytes``
     (``dense``, ``compressed``, ``ratio``) and ``layers``. Given by the caller:
@@ -103,7 +104,7 @@ def build_report(
         raise ConfigError(f"epochs must be a non-negative integer, got {epochs!r}")
     if extra is not None and not isinstance(extra, Mapping):
         raise ConfigError(f"extra must be a dict, got {type(extra).__name__}")
-    summary = summarize(model, example_input, layers=layers, bits=bits).to_dict()
+    summary = summarize(model, example_input, constraints, storage).to_dict()
     report: dict[str, Any] = {
         "format": REPORT_FORMAT,
         "prunekit_version": __version__,

@@ -1,9 +1,9 @@
 """Parameters, nonzeros, multiply-accumulates and storage bytes, measured on the model.
 
-Every number here comes from the weights as they are (a ``<param>_mask`` buffer, when a
-module has one, is applied first), never from the sparsity a recipe asked for: a report must
-say what the model *is*, so that a scheme that rounds to whole groups, or a bug that lets
-pruned weights regrow, shows up in it.
+Every number here comes from the weights as they are and from the model file they are
+stored in, never from the sparsity or bit width a recipe asked for: a report must say what
+the model *is*, so that a scheme that rounds to whole groups, or a bug that lets pruned
+weights regrow, shows up in it. The bit width of a layer is its frozen constraint's.
 
 MACs count weight multiplications only. One forward pass with hooks finds how often each
 weight is used per sample (its *positions*): the output length (Conv1d) or ``H_out*W_out``
@@ -22,7 +22,7 @@ positions and so 0 MACs.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -30,11 +30,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
+from ..constraints import Frozen
 from ..errors import ConfigError, PrunekitError, TargetError
-from ..schemes import Scheme, get
-
-#: Bit width of parameters that are not compressed weights (biases, norm scales).
-DENSE_BITS = 32
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _CONV_T = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -44,7 +41,10 @@ _GATES = {"LSTM": 4, "LSTMCell": 4, "GRU": 3, "GRUCell": 3}
 # ----------------------------------------------------------------------------- data
 @dataclass
 class LayerStats:
-    """One weight (a parameter with >= 2 dims, or one named in ``layers``) of the model."""
+    """One weight (a parameter with >= 2 dims, or one with a constraint) of the model.
+
+    ``bytes`` is what the weight occupies in the model file: its ``parts`` (``values``,
+    ``index``, ``scales``) for a compressed weight, its raw size for any other."""
 
     name: str
     module: str
@@ -60,8 +60,9 @@ class LayerStats:
     macs: int
     bytes_dense: int
     bytes: int
-    #: how ``bytes`` is stored: ``"dense"`` or the name of the sparse scheme's format
+    #: the index encoding of the model file (``"dense"`` for a raw weight)
     storage: str = "dense"
+    parts: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -71,8 +72,10 @@ class Summary:
     ``params_total``/``params_nonzero`` count *every* parameter (biases and norm parameters
     included), so ``compression_ratio = params_total / params_nonzero`` is the ratio of the
     whole model. ``compression_ratio_weights`` is the same ratio over the compressed weights
-    only (those named in ``layers``; every row when no ``layers`` were given), which is the
-    number pruning papers usually quote. A ratio is ``None`` when nothing is left nonzero.
+    only (those with a constraint; every row when there are none), the number pruning papers
+    usually quote. ``bytes_compressed`` is the size of the model file and ``bytes_parts``
+    its breakdown (they sum to it); ``bytes_dense`` is 4 bytes per parameter. A ratio is
+    ``None`` when nothing is left nonzero.
     """
 
     layers: list[LayerStats]
@@ -84,8 +87,8 @@ class Summary:
     macs_compressed: int
     bytes_dense: int
     bytes_compressed: int
+    bytes_parts: dict[str, int] = field(default_factory=dict)
     other_params: int = 0
-    other_bytes: int = 0
     compression_ratio: float | None = field(init=False)
     compression_ratio_weights: float | None = field(init=False)
 
@@ -114,19 +117,11 @@ class Summary:
                 "dense": self.bytes_dense,
                 "compressed": self.bytes_compressed,
                 "ratio": ratio(self.bytes_dense, self.bytes_compressed),
-                "other": self.other_bytes,
+                "parts": dict(self.bytes_parts),
+                "scope": "weights only: activations stay float",
             },
             "layers": [asdict(row) for row in self.layers],
         }
-
-
-@dataclass(frozen=True)
-class LayerSpec:
-    """How one weight is stored: its scheme, gate count (RNN) and value bit width."""
-
-    scheme: Scheme
-    gates: int = 1
-    bits: int | None = None
 
 
 def ratio(numerator: int, denominator: int) -> float | None:
@@ -275,163 +270,77 @@ def layer_positions(model: nn.Module, example_input: Any, *,
     return positions
 
 
-# ------------------------------------------------------------------------ layer specs
-def _spec(name: str, value: Any) -> LayerSpec:
-    """Accept ``(scheme, gates, bits)`` (gates/bits optional or None), a Scheme, a scheme
-    name, or a :class:`LayerSpec`."""
-    if isinstance(value, LayerSpec):
-        return value
-    if isinstance(value, (Scheme, str)):
-        value = (value,)
-    if not isinstance(value, (tuple, list)) or not 1 <= len(value) <= 3:
-        raise ConfigError(
-            f"layers[{name!r}] must be (scheme, gates, bits), got {value!r}"
-        )
-    scheme, gates, bits = (*value, None, None)[:3]
-    scheme = get(scheme)
-    gates = 1 if gates is None else gates
-    if isinstance(gates, bool) or not isinstance(gates, int) or gates < 1:
-        raise ConfigError(f"layers[{name!r}]: gates must be a positive integer, got {gates!r}")
-    if bits is not None and (isinstance(bits, bool) or not isinstance(bits, int) or bits < 1):
-        raise ConfigError(f"layers[{name!r}]: bits must be a positive integer, got {bits!r}")
-    return LayerSpec(scheme, gates, bits)
-
-
-def layers_from_targets(targets: Iterable[Any], bits: int | None = None) -> dict[str, LayerSpec]:
-    """The ``layers`` map for :func:`summarize` from resolved targets (anything with
-    ``name``, ``scheme`` and ``gates``). A scheme that carries its own ``bits`` (a
-    quantizer) wins over ``bits``."""
-    out = {}
-    for t in targets:
-        own = getattr(t.scheme, "bits", None)
-        out[t.name] = LayerSpec(get(t.scheme), int(getattr(t, "gates", 1) or 1),
-                                own if isinstance(own, int) else bits)
-    return out
-
-
-def _normalise_layers(layers: Any) -> dict[str, LayerSpec]:
-    if layers is None:
-        return {}
-    if isinstance(layers, Mapping):
-        return {str(k): _spec(str(k), v) for k, v in layers.items()}
-    if isinstance(layers, (list, tuple)):
-        return layers_from_targets(layers)
-    raise ConfigError(
-        f"layers must be a {{param name: (scheme, gates, bits)}} map or a list of targets, "
-        f"got {type(layers).__name__}"
-    )
-
-
 # --------------------------------------------------------------------------- summary
-def effective_weight(module: nn.Module, param_name: str, param: Tensor) -> Tensor:
-    """``param`` times its ``<param>_mask`` buffer when the module has one of that shape."""
-    mask = getattr(module, f"{param_name}_mask", None)
-    w = param.detach()
-    if isinstance(mask, Tensor) and mask.shape == w.shape:
-        w = w * mask.to(device=w.device, dtype=w.dtype)
-    return w
-
-
-def _dense_bytes(numel: int, bits: int) -> int:
-    return math.ceil(numel * bits / 8)
-
-
-def _infer_gates(module_type: str, param_name: str, shape: torch.Size) -> int:
-    gates = _GATES.get(module_type, 1)
-    if param_name.startswith(("weight_ih", "weight_hh")) and shape[0] % gates == 0:
-        return gates
-    return 1
-
-
-def _layer_stats(full_name: str, module_name: str, module: nn.Module, param_name: str,
-                 w: Tensor, positions: int, spec: LayerSpec | None, bits: int) -> LayerStats:
-    module_type = type(module).__name__
+def _layer_stats(full_name: str, module_name: str, module: nn.Module, w: Tensor,
+                 positions: int, constraint: Frozen | None,
+                 stored: Mapping[str, Any] | None) -> LayerStats:
     numel = w.numel()
     nnz = int((w != 0).sum().item())
-    if spec is not None:
-        value_bits = spec.bits if spec.bits is not None else bits
-        gates = spec.gates
-        scheme: Scheme | None = spec.scheme
-        label = spec.scheme.name
-        try:
-            macs = int(spec.scheme.kept_macs(w, positions))
-        except Exception as exc:  # a scheme that cannot read this weight is a target error
-            raise TargetError(f"scheme {label!r} cannot count MACs of {full_name}: {exc}") \
-                from exc
+    if constraint is not None and stored is not None:
+        parts = {k: int(v) for k, v in stored["parts"].items()}
+        size, storage = sum(parts.values()), str(stored.get("encoding", constraint.kind))
+        scheme, bits = str(constraint.hints.get("scheme", constraint.kind)), constraint.bits
     else:
-        value_bits = bits
-        gates = _infer_gates(module_type, param_name, w.shape)
-        scheme = get("irregular") if nnz < numel and w.dim() >= 2 else None
-        label = "dense" if scheme is None else "irregular"
-        macs = nnz * positions
-    dense = _dense_bytes(numel, value_bits)
-    stored, storage = dense, "dense"
-    if scheme is not None:
-        try:
-            sparse = int(scheme.storage_bytes(w, bits=value_bits, gates=gates))
-        except PrunekitError:
-            raise
-        except Exception as exc:
-            raise TargetError(
-                f"scheme {label!r} cannot size the storage of {full_name} "
-                f"(shape {tuple(w.shape)}, gates={gates}): {exc}"
-            ) from exc
-        if sparse < dense:  # nobody stores a sparse format bigger than the dense tensor
-            stored, storage = sparse, scheme.name
+        parts, size, storage = {}, numel * w.element_size(), "dense"
+        scheme, bits = "dense", 8 * w.element_size()
+    if w.dim() < 2:  # a bias or norm scale: added, not multiplied
+        positions = 0
     return LayerStats(
-        name=full_name, module=module_name, type=module_type, shape=list(w.shape),
-        scheme=label, bits=value_bits, params=numel, nonzeros=nnz,
+        name=full_name, module=module_name, type=type(module).__name__, shape=list(w.shape),
+        scheme=scheme, bits=bits, params=numel, nonzeros=nnz,
         sparsity=(numel - nnz) / numel if numel else 0.0, positions=positions,
-        macs_dense=numel * positions, macs=macs, bytes_dense=4 * numel, bytes=stored,
-        storage=storage,
+        macs_dense=numel * positions, macs=nnz * positions, bytes_dense=4 * numel, bytes=size,
+        storage=storage, parts=parts,
     )
 
 
-def summarize(model: nn.Module, example_input: Any, layers: Any = None,
-              bits: int = 32) -> Summary:
-    """Measure ``model``: one row per weight (every parameter with >= 2 dims, plus any
-    parameter named in ``layers``) and the model totals.
+def summarize(model: nn.Module, example_input: Any,
+              constraints: Mapping[str, Frozen] | None = None,
+              storage: Mapping[str, Any] | None = None) -> Summary:
+    """Measure ``model``: one row per weight (every parameter with >= 2 dims or a
+    constraint) and the model totals.
 
-    ``layers`` maps parameter names (as in ``model.named_parameters()``) to
-    ``(scheme, gates, bits)``; those weights are sized with the scheme's ``storage_bytes``
-    (and count MACs with its ``kept_macs``). Other weights are stored dense at ``bits`` if
-    they have no zeros, else in the cheaper of dense and irregular CSR. Any other parameter
-    (bias, norm scale) is dense 32-bit. Dense bytes are always 4 per parameter.
+    Bytes are those of the model file: ``storage`` is :func:`prunekit.artifacts.storage` of
+    the file the model was loaded from; without it the file is packed in memory from
+    ``model`` and its ``constraints`` (``{param name: Frozen}``), exactly as
+    :func:`prunekit.save` would write it. MACs count one multiplication per nonzero weight
+    per output position.
     """
-    if isinstance(bits, bool) or not isinstance(bits, int) or bits < 1:
-        raise ConfigError(f"bits must be a positive integer, got {bits!r}")
+    from .. import artifacts  # noqa: PLC0415  (the file format sits above the report)
+
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    specs = _normalise_layers(layers)
+    constraints = dict(constraints or {})
     params = dict(model.named_parameters())
-    unknown = sorted(set(specs) - set(params))
+    unknown = sorted(set(constraints) - set(params))
     if unknown:
-        raise TargetError(f"layers names parameters the model does not have: {unknown}")
+        raise TargetError(f"constraints name parameters the model does not have: {unknown}")
     positions = layer_positions(model, example_input)
+    if storage is None:
+        storage = artifacts.storage(artifacts.pack(model, constraints))
+    stored_layers = storage.get("layers", {})
 
     rows: list[LayerStats] = []
-    params_total = params_nonzero = other_params = other_bytes = 0
+    params_total = params_nonzero = other_params = 0
     weights_total = weights_nonzero = 0
     for module_name, module in model.named_modules():
         for param_name, param in module.named_parameters(recurse=False):
             full = f"{module_name}.{param_name}" if module_name else param_name
             if params.get(full) is not param:  # shared parameter already counted elsewhere
                 continue
-            w = effective_weight(module, param_name, param)
-            spec = specs.get(full)
-            if spec is None and w.dim() < 2:
-                nnz = int((w != 0).sum().item())
+            w = param.detach()
+            constraint = constraints.get(full)
+            if constraint is None and w.dim() < 2:
                 params_total += w.numel()
-                params_nonzero += nnz
+                params_nonzero += int((w != 0).sum().item())
                 other_params += w.numel()
-                other_bytes += _dense_bytes(w.numel(), DENSE_BITS)
                 continue
-            row = _layer_stats(full, module_name, module, param_name, w,
-                               positions.get(module_name, 0), spec, bits)
+            row = _layer_stats(full, module_name, module, w, positions.get(module_name, 0),
+                               constraint, stored_layers.get(full))
             rows.append(row)
             params_total += row.params
             params_nonzero += row.nonzeros
-            if spec is not None or not specs:
+            if constraint is not None or not constraints:
                 weights_total += row.params
                 weights_nonzero += row.nonzeros
     return Summary(
@@ -443,7 +352,7 @@ def summarize(model: nn.Module, example_input: Any, layers: Any = None,
         macs_dense=sum(r.macs_dense for r in rows),
         macs_compressed=sum(r.macs for r in rows),
         bytes_dense=4 * params_total,
-        bytes_compressed=sum(r.bytes for r in rows) + other_bytes,
+        bytes_compressed=int(storage["file"]),
+        bytes_parts=dict(storage.get("parts", {})),
         other_params=other_params,
-        other_bytes=other_bytes,
     )

@@ -21,6 +21,7 @@ _LAYER_COLUMNS = (
     ("nonzeros", "nonzeros", lambda v: f"{v:,}"),
     ("params", "params", lambda v: f"{v:,}"),
     ("MACs", "macs", lambda v: human(v)),
+    ("index", "storage", str),
     ("bytes", "bytes", lambda v: human_bytes(v)),
 )
 
@@ -102,10 +103,7 @@ def text_table(headers: Sequence[str], rows: Sequence[Sequence[str]],
 
 
 def _layer_row(layer: Mapping[str, Any]) -> list[str]:
-    cells = [fmt(layer[key]) for _, key, fmt in _LAYER_COLUMNS]
-    if layer.get("storage") == "dense" and layer.get("scheme") != "dense":
-        cells[-1] += " (dense)"  # the sparse format would have been bigger
-    return cells
+    return [fmt(layer[key]) for _, key, fmt in _LAYER_COLUMNS]
 
 
 def layer_table(layers: Sequence[Mapping[str, Any]], markdown: bool = True) -> str:
@@ -126,9 +124,11 @@ def _totals(report: Mapping[str, Any]) -> list[tuple[str, str]]:
          times(report.get("compression_ratio_weights"))),
         ("MACs (dense -> compressed)",
          f"{human(m['dense'])} -> {human(m['compressed'])} ({times(m.get('ratio'))} fewer)"),
-        ("Storage (dense -> compressed)",
+        ("Model file (dense fp32 -> compressed)",
          f"{human_bytes(b['dense'])} -> {human_bytes(b['compressed'])} "
-         f"({times(b.get('ratio'))} smaller)"),
+         f"({times(b.get('ratio'))} smaller; weights only, activations stay float)"),
+        ("File breakdown", ", ".join(f"{k} {human_bytes(v)}"
+                                     for k, v in b.get("parts", {}).items() if v) or "-"),
         ("Method", str(report.get("method") or "-")),
         ("Epochs", "-" if report.get("epochs") is None else str(report["epochs"])),
         ("Time", seconds(report.get("seconds"))),
@@ -146,9 +146,10 @@ def render_markdown(report: Mapping[str, Any], plots: Sequence[str] = ()) -> str
         "",
         "Compression ratio = parameters / nonzero parameters. \"All parameters\" includes "
         "biases and normalisation parameters; \"compressed weights\" counts only the weights "
-        "that were compressed. MACs count weight multiplications per sample; storage counts "
-        "values at their bit width plus the index metadata of the sparse format (dense: "
-        "4 bytes per parameter).",
+        "that were compressed. MACs count weight multiplications per sample. Bytes are those of "
+        "the model file (`.pkz`) on disk: each compressed layer's values at its bit width, its "
+        "sparsity index (encoding in the `index` column) and quantization scales; the file "
+        "breakdown sums to the file size. Dense: 4 bytes per parameter.",
         "",
         "## Layers",
         "",

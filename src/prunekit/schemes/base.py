@@ -36,8 +36,10 @@ def check_sparsity(sparsity: float, what: str = "sparsity") -> float:
 
 
 def count_to_prune(n_items: int, sparsity: float) -> int:
-    """How many of ``n_items`` equal-sized items to prune for ``sparsity`` (nearest whole item)."""
-    return min(n_items, int(math.floor(sparsity * n_items + 0.5)))
+    """How many of ``n_items`` equal-sized items to prune for ``sparsity`` (nearest whole
+    item). A rate below 1 always leaves one item: rounding must never silently empty a
+    layer (a 16-weight kernel at 0.97 keeps one weight, not none)."""
+    return min(max(n_items - 1, 0), int(math.floor(sparsity * n_items + 0.5)))
 
 
 def measured_sparsity(w: Tensor) -> float:
@@ -120,7 +122,7 @@ def keep_largest(scores: Tensor, n_prune: int) -> Tensor:
 def keep_largest_sized(scores: Tensor, sizes: Tensor, sparsity: float) -> Tensor:
     """Group mask (True = kept) for groups of *different* sizes: prune groups in order of
     increasing score (ties by position) and stop at the prefix whose pruned weight count is
-    nearest to ``sparsity * sizes.sum()`` (on a tie, the larger prefix).
+    nearest to ``sparsity * sizes.sum()`` (on a tie, the larger prefix), never all of them.
 
     With equal sizes this is exactly ``count_to_prune(n_groups, sparsity)`` groups. For any
     sizes, the kept groups are those of largest score, so when ``scores`` are group norms the
@@ -134,6 +136,8 @@ def keep_largest_sized(scores: Tensor, sizes: Tensor, sparsity: float) -> Tensor
     order = torch.argsort(flat, stable=True)
     pruned_weights = torch.cat([sz.new_zeros(1), sz[order].cumsum(0)]).double()
     error = (pruned_weights - sparsity * float(pruned_weights[-1])).abs()
+    # never the whole prefix: a rate below 1 always leaves a group (see count_to_prune)
+    error = error[: max(flat.numel(), 1)]
     n_prune = int(torch.nonzero(error == error.min()).max().item())
     keep = torch.ones_like(flat, dtype=torch.bool)
     keep[order[:n_prune]] = False

@@ -456,26 +456,144 @@ def _project(m: Tensor, bits: int) -> Tensor:
     return torch.from_numpy(window.quantized(s)).reshape(m.shape).to(m.device, m.dtype)
 
 
+# ------------------------------------------------------------ level sets and scales
+LEVEL_SETS = ("uniform", "pow2")
+#: per-channel steps sweep every breakpoint of a row up to this many
+_ROW_BUDGET = 1 << 20
+#: power-of-two steps sweep every breakpoint of a matrix up to this many
+_POW2_EVENTS = 1 << 23
+SCALES = ("layer", "channel")
+
+
+def magnitudes(bits: int, level_set: str = "uniform") -> Tensor:
+    """The level magnitudes in units of the step, ascending from 0 (float64).
+
+    ``uniform``: ``0, 1, ..., L``; ``pow2``: ``0, 1, 2, 4, ..., 2^(L-1)`` (multiplications by
+    a power of two are shifts). Either way ``2L + 1 = 2^bits - 1`` signed levels, so a code
+    fits in ``bits`` bits, and zero is a level, so pruned weights stay pruned."""
+    top = max_level(bits)
+    if level_set == "uniform":
+        return torch.arange(top + 1, dtype=torch.float64)
+    exponents = torch.arange(top, dtype=torch.float64)
+    return torch.cat([torch.zeros(1, dtype=torch.float64), torch.pow(2.0, exponents)])
+
+
+def to_codes(m: Tensor, scale: Tensor, bits: int, level_set: str = "uniform") -> Tensor:
+    """Signed level index (``-L..L``, int64) of the nearest level of every entry of the 2-D
+    ``m``, row ``i`` with step ``scale[i]`` (a zero step gives code 0)."""
+    s = scale.to(torch.float64).reshape(-1, 1)
+    safe = torch.where(s > 0, s, torch.ones_like(s))
+    ratio = m.detach().to(torch.float64) / safe
+    top = max_level(bits)
+    if level_set == "uniform":
+        q = torch.round(ratio).clamp(-top, top)
+    else:
+        mags = magnitudes(bits, level_set).to(ratio.device)
+        mids = (mags[:-1] + mags[1:]) / 2
+        q = torch.bucketize(ratio.abs(), mids, right=True).to(torch.float64) * ratio.sign()
+    return torch.where(s > 0, q, torch.zeros_like(q)).to(torch.int64)
+
+
+def from_codes(codes: Tensor, scale: Tensor, bits: int, level_set: str = "uniform",
+               dtype: torch.dtype = torch.float32) -> Tensor:
+    """The weights of ``codes`` (float64 maths, then ``dtype``): the exact inverse of
+    :func:`to_codes` on weights that are already on their levels."""
+    mags = magnitudes(bits, level_set).to(codes.device)
+    values = mags[codes.abs()] * codes.sign().to(torch.float64)
+    return (values * scale.to(torch.float64).reshape(-1, 1).to(codes.device)).to(dtype)
+
+
+def _pow2_scale(x: np.ndarray, bits: int) -> float:
+    """Least-squares step for power-of-two levels ``{0, ±s, ±2s, ..., ±2^(L-1) s}``.
+
+    Between breakpoints (where a weight changes level) the error is a quadratic in ``s``, as
+    for uniform levels, so the sweep of :func:`_sweep` over the breakpoints of an interval
+    gives its least error exactly. The interval: above ``1.5 max|w| / 2^(L-1)`` no weight
+    reaches the top level, and halving the step maps the level set onto itself minus that
+    unused level, so such a step is never better; below ``min|w| / 2^(L-1)`` every weight
+    clamps at the top level and the error only falls as ``s`` grows. Between the two the
+    sweep is exact (global). A layer whose magnitudes span so many octaves that the
+    breakpoints exceed ``_POW2_EVENTS`` sweeps only the two octaves below the upper end."""
+    a = np.abs(x.astype(np.float64))
+    a = a[a > 0]
+    mags = magnitudes(bits, "pow2").numpy()
+    top = float(mags[-1])
+    hi = 1.5 * float(a.max()) / top
+    lo = float(a.min()) / top
+    octaves = min(mags.size - 1, math.log2(max(hi / lo, 1.0)) + 2)
+    if a.size * octaves > _POW2_EVENTS:
+        lo = hi / 6.0
+    mids = (mags[:-1] + mags[1:]) / 2
+    level_hi = np.searchsorted(mids, a / hi, side="right")
+    ts, das, dqs = [], [], []
+    for j in range(mags.size - 1):  # weight crosses from level j to j+1 at s = a / mids[j]
+        t = a / mids[j]
+        inside = (t >= lo) & (t <= hi)
+        ts.append(t[inside])
+        das.append(a[inside] * (mags[j + 1] - mags[j]))
+        dqs.append(np.full(int(inside.sum()), mags[j + 1] ** 2 - mags[j] ** 2))
+    c_hi = mags[level_hi]
+    s = _sweep(np.concatenate(ts), np.concatenate(das), np.concatenate(dqs), lo, hi,
+               _dot(a, c_hi), _dot(c_hi, c_hi), _dot(a, a))
+    return float(np.float32(s))
+
+
+def fit_scales(m: Tensor, bits: int, level_set: str = "uniform", per: str = "layer") -> Tensor:
+    """Least-squares step of the 2-D ``m`` (one value, repeated per row) or of every row
+    (``per="channel"``), as a float64 ``[rows]`` tensor; an all-zero row or matrix gets 0."""
+    def step(x: Tensor, budget: int) -> float:
+        flat = _flat(x)
+        if _max_abs(flat) == 0.0:
+            return 0.0
+        if level_set == "pow2":
+            return _pow2_scale(flat, bits)
+        return best_scale(x, bits, budget=budget)
+
+    if per == "channel":  # rows are short: the full sweep beats the window's fixed cost
+        return torch.tensor([step(row, _ROW_BUDGET) for row in m], dtype=torch.float64)
+    return torch.full((m.shape[0],), step(m, EXACT_BUDGET), dtype=torch.float64)
+
+
 class Quant(Scheme):
-    """Uniform symmetric quantisation to ``bits`` bits. See the module docstring."""
+    """Symmetric quantisation to ``bits`` bits. See the module docstring.
+
+    ``levels``: ``"uniform"`` (``{0, ±s, ..., ±L s}``) or ``"pow2"`` (``{0, ±s, ±2s, ±4s,
+    ...}``); ``scale``: one step per layer (per gate for RNN weights) or per output channel
+    (``"channel"``, one per GEMM row)."""
 
     name = "quant"
     natural_sparsity = 0.0
     #: quantisation changes values, not the number of zeros it is asked for
     prunes = False
 
-    def __init__(self, *, bits: int = 8, **options) -> None:
+    def __init__(self, *, bits: int = 8, scale: str = "layer", levels: str = "uniform",
+                 **options) -> None:
         super().__init__(**options)
         if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 8:
             raise ConfigError(f"quant bits must be an integer from 2 to 8, got {bits!r}")
+        if scale not in SCALES:
+            raise ConfigError(f"quant scale must be one of {SCALES}, got {scale!r}")
+        if levels not in LEVEL_SETS:
+            raise ConfigError(f"quant levels must be one of {LEVEL_SETS}, got {levels!r}")
         self.bits = bits
+        self.per = scale
+        self.level_set = levels
 
     # ------------------------------------------------------------------ public
-    def scales(self, w: Tensor, *, gates: int = 1) -> list[float]:
-        """The chosen step of every gate's GEMM matrix (one for a conv/linear weight)."""
+    def row_scales(self, w: Tensor, *, gates: int = 1) -> Tensor:
+        """The step of every GEMM row of ``w`` (float64 ``[rows]``): rows of one gate share
+        one step unless ``scale="channel"``."""
         self.check(w.shape, gates=gates)
         with torch.no_grad():
-            return [best_scale(gemm_view(g).float(), self.bits) for g in split_gates(w, gates)]
+            return torch.cat([fit_scales(gemm_view(g).float() if g.dtype != torch.float64
+                                         else gemm_view(g), self.bits, self.level_set, self.per)
+                              for g in split_gates(w, gates)])
+
+    def scales(self, w: Tensor, *, gates: int = 1) -> list[float]:
+        """The chosen step of every gate's GEMM matrix (one for a conv/linear weight)."""
+        rows = self.row_scales(w, gates=gates)
+        per_gate = rows.reshape(gates, -1)[:, 0]
+        return [float(v) for v in per_gate]
 
     def scale(self, w: Tensor) -> float:
         """The chosen step ``s`` for weight ``w``."""
@@ -483,10 +601,10 @@ class Quant(Scheme):
 
     def levels(self, w: Tensor) -> Tensor:
         """All ``2L + 1`` levels for weight ``w``, ascending, in ``w``'s dtype; the values
-        of ``project(w)`` are drawn from exactly these numbers."""
-        top = max_level(self.bits)
-        steps = torch.arange(-top, top + 1, dtype=torch.float64)
-        return (steps * self.scale(w)).float().to(w.dtype)
+        of ``project(w)`` are drawn from exactly these numbers (layer scale)."""
+        mags = magnitudes(self.bits, self.level_set)
+        signed = torch.cat([-mags.flip(0)[:-1], mags])
+        return (signed * self.scale(w)).float().to(w.dtype)
 
     # ------------------------------------------------------------------- hooks
     def _rate(self, sparsity: float | None) -> float:
@@ -498,7 +616,11 @@ class Quant(Scheme):
         return 0.0
 
     def _project_2d(self, m: Tensor, sparsity: float, shape: torch.Size) -> Tensor:
-        return _project(m, self.bits)
+        if self.per == "layer" and self.level_set == "uniform":
+            return _project(m, self.bits)
+        scale = fit_scales(m, self.bits, self.level_set, self.per)
+        codes = to_codes(m, scale, self.bits, self.level_set)
+        return from_codes(codes, scale, self.bits, self.level_set, m.dtype)
 
     def _mask_2d(self, m: Tensor, sparsity: float, shape: torch.Size) -> Tensor:
         return self._project_2d(m, sparsity, shape) != 0
@@ -516,4 +638,4 @@ class Quant(Scheme):
         return min(sparse, rows * cols * self.bits) + 32
 
     def __repr__(self) -> str:
-        return f"Quant(bits={self.bits})"
+        return f"Quant(bits={self.bits}, scale={self.per!r}, levels={self.level_set!r})"

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from tqdm import tqdm
 
+from ..artifacts.formats import TRAIN_FORMAT
 from ..errors import ConfigError, DataError, PrunekitError
 from ..io import load_checkpoint, save_checkpoint
 from .config import TrainConfig
@@ -30,7 +31,6 @@ from .optim import build_optimizer, build_scheduler
 from .plugins import FunctionPlugin, PluginSet, check_plain
 from .seeding import seed_epoch
 
-CHECKPOINT_FORMAT = "prunekit.train/1"
 _CHECKPOINT_KEYS = ("format", "stage", "epoch", "model", "optimizer", "scheduler", "history",
                     "plugins", "config")
 # Options that change how a run is shown or where it runs, not what it computes.
@@ -303,7 +303,7 @@ class Trainer:
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue this run exactly; plain types only."""
         state = {
-            "format": CHECKPOINT_FORMAT,
+            "format": TRAIN_FORMAT,
             "stage": self.stage,
             "epoch": self.epoch,
             "model": self.model.state_dict(),
@@ -322,7 +322,7 @@ class Trainer:
 
     def _restore(self, path: Path) -> None:
         ckpt = load_checkpoint(path, map_location="cpu")
-        if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        if not isinstance(ckpt, dict) or ckpt.get("format") != TRAIN_FORMAT:
             raise DataError(f"{path} is not a prunekit training checkpoint")
         missing = [k for k in _CHECKPOINT_KEYS if k not in ckpt]
         if missing:

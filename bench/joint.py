@@ -1,0 +1,281 @@
+"""Joint pruning + quantization (ADMM-NN): accuracy vs model-file size, LeNet-5 / Fashion-MNIST.
+
+Every row goes through the product's own path (``Run`` on recipes/lenet5-fashion-joint.yaml
+with overrides) and ends in a ``model.pkz`` whose size on disk is the row's size. Rows that
+share stages share them for real: a row starts from copies of the stage artifacts
+(``dense.pt``, ``pruned.pt``, ``retrained.pt``) of the run it branches from and resumes, so
+all rows start from the same dense model and the same pruned models.
+
+Rows, at each pruning level (``--levels``) and each bit width (``--bits``, all layers):
+
+- ``ours``: ADMM prune -> masked retrain -> ADMM quantize -> progressive-fixing retrain;
+- ``admm+ptq``: the same pruned model, post-training rounding (no training);
+- ``gmp+ptq``: gradual magnitude pruning with the same budget as ADMM prune + retrain,
+  then post-training rounding;
+- ``ours-mixed``: ``ours`` with ADMM-NN's LeNet-5 bits (conv1 7, conv2 6, fc1 4, fc2 6);
+- ``dense-int8``: the dense model rounded to 8 bits (what a user would pick instead).
+
+Biases are kept at float16 in every quantized row (``quantize.rest: float16``). The size ratio
+is dense fp32 state-dict bytes / ``.pkz`` bytes. Writes bench/results/joint.{json,md,png} and
+copies the best file within 1 point of dense to bench/results/lenet5-joint.pkz.
+
+    python bench/joint.py [--workers 2] [--bits 8 6 4 3 2] [--replot]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import shutil
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from common import RESULTS, command, header, machine, measured_by, write_json  # noqa: E402
+from prunekit.io import atomic_write_bytes, atomic_write_text  # noqa: E402
+from prunekit.pipeline import Run  # noqa: E402
+from prunekit.recipe import load_recipe  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+RECIPE = ROOT / "recipes/lenet5-fashion-joint.yaml"
+RUNS = ROOT / "runs/bench-joint"
+MIXED = {"conv1": 7, "conv2": 6, "fc1": 4, "fc2": 6}
+#: pruning levels: per-layer sparsity (the systematic-ADMM paper's 71x table, and a sparser one)
+LEVELS = {
+    "71x": "lenet5-admm-71x",
+    "110x": {"conv1": 0.8, "conv2": 0.94, "fc1": 0.995, "fc2": 0.94},
+}
+ADAM = {"optimizer": "adam", "weight_decay": 0.0, "progress": False}
+COLORS = {"ours": "tab:blue", "ours-mixed": "tab:purple", "admm+ptq": "tab:orange",
+          "gmp+ptq": "tab:green", "dense-int8": "tab:red"}
+
+
+def prune_section(method: str, rates: Any) -> dict[str, Any]:
+    """ADMM as in the joint recipe, or gradual magnitude with the same epochs."""
+    recipe = load_recipe(RECIPE)
+    prune = dict(recipe["prune"])
+    epochs = prune["train"]["epochs"]
+    if method == "gradual":
+        prune = {"method": "gradual", "start_epoch": 0, "end_epoch": epochs,
+                 "train": prune["train"]}
+    prune["targets"] = [{"layers": ["conv*", "fc*"], "scheme": "irregular", "sparsity": rates}]
+    prune["train"] = {**prune["train"], "progress": False}
+    return prune
+
+
+def quantize_section(method: str, bits: Any) -> dict[str, Any]:
+    base = dict(load_recipe(RECIPE)["quantize"])
+    if method == "admm":
+        return {**base, "bits": bits, "rest": "float16",
+                "train": {**base["train"], "progress": False},
+                "retrain": {**base["retrain"], "progress": False}}
+    return {"method": "ptq", "bits": bits, "rest": "float16"}
+
+
+def overrides(prune: dict | None, quantize: dict | None) -> list[str]:
+    retrain = {**load_recipe(RECIPE)["retrain"], "progress": False}
+    return ["train.progress=false", f"prune={json.dumps(prune)}",
+            f"retrain={json.dumps(retrain if prune else None)}",
+            f"quantize={json.dumps(quantize)}"]
+
+
+def run(name: str, settings: list[str], branch_from: Path | None,
+        stages: tuple[str, ...]) -> dict[str, Any]:
+    """One run in RUNS/name, starting from copies of ``stages`` of ``branch_from``."""
+    out = RUNS / name
+    out.mkdir(parents=True, exist_ok=True)
+    for stage in stages if branch_from else ():
+        if not (out / stage).exists():
+            shutil.copy2(branch_from / stage, out / stage)
+    start = time.perf_counter()
+    report = Run(load_recipe(RECIPE, settings), out, progress=False,
+                 echo=lambda *_: None).run(resume=True)
+    return {"run": name, "report": report, "seconds": time.perf_counter() - start,
+            "file": str(out / "model.pkz"), "file_bytes": os.path.getsize(out / "model.pkz")}
+
+
+def row(result: dict[str, Any], method: str, level: str | None, bits: Any) -> dict[str, Any]:
+    report = result["report"]
+    dense_bytes = report["bytes"]["dense"]
+    epochs_by_stage: dict[str, int] = {}
+    for record in report.get("history") or []:
+        epochs_by_stage[record["stage"]] = epochs_by_stage.get(record["stage"], 0) + 1
+    assert report["bytes"]["compressed"] == result["file_bytes"]
+    return {
+        "method": method, "level": level, "bits": bits,
+        "accuracy": report["accuracy"]["compressed"],
+        "dense_accuracy": report["accuracy"]["dense"],
+        "dense_bytes": dense_bytes, "compressed_bytes": result["file_bytes"],
+        "size_ratio": dense_bytes / result["file_bytes"],
+        "weights_ratio": report["compression_ratio_weights"],
+        "epochs_after_dense": {k: v for k, v in epochs_by_stage.items() if k != "pretrain"},
+        "file": os.path.relpath(result["file"], ROOT),
+        "parts": report["bytes"]["parts"],
+        "layers": [{"name": layer["name"], "bits": layer["bits"],
+                    "sparsity": layer["sparsity"], "index": layer["storage"],
+                    "bytes": layer["parts"]} for layer in report["layers"]],
+        "seconds": result["seconds"], "command": command(),
+    }
+
+
+def plan(levels: list[str], bits: list[int]) -> list[tuple]:
+    """(row name, method, level, bits, settings, branch run, stages to copy)."""
+    dense_copy = ("dense.pt",)
+    pruned_copy = ("dense.pt", "pruned.pt", "retrained.pt")
+    bases = [("dense", "dense", None, None, overrides(None, None), None, ())]
+    branches = [("dense-int8", "dense-int8", None, 8, overrides(None, quantize_section("ptq", 8)),
+                 "dense", dense_copy)]
+    for level in levels:
+        rates = LEVELS[level]
+        for method, tag in (("admm", "admm"), ("gradual", "gmp")):
+            bases.append((f"{tag}-{level}", None, level, None,
+                          overrides(prune_section(method, rates), None), "dense", dense_copy))
+        for b in [*bits, "mixed"]:
+            width = MIXED if b == "mixed" else b
+            branches.append((f"ours-{level}-{b}", "ours-mixed" if b == "mixed" else "ours",
+                             level, width, overrides(prune_section("admm", rates),
+                                                     quantize_section("admm", width)),
+                             f"admm-{level}", pruned_copy))
+            if b == "mixed":
+                continue
+            for tag, method in (("admm", "admm+ptq"), ("gmp", "gmp+ptq")):
+                prune_method = "admm" if tag == "admm" else "gradual"
+                branches.append((f"{tag}-ptq-{level}-{b}", method, level, b,
+                                 overrides(prune_section(prune_method, rates),
+                                           quantize_section("ptq", b)),
+                                 f"{tag}-{level}", pruned_copy))
+    return bases + branches
+
+
+def execute(todo: list[tuple], workers: int, rows: list[dict[str, Any]]) -> list[dict]:
+    """Run ``todo`` (bases first: a branch waits for the run it copies from)."""
+    done = {r["run"] for r in rows if "run" in r}
+    with ProcessPoolExecutor(workers, initializer=torch.set_num_threads,
+                             initargs=(1,)) as pool:
+        pending = {}
+        ready = set(done)
+        queue = [t for t in todo if t[0] not in done]
+        while queue or pending:
+            for item in [t for t in queue if t[5] is None or t[5] in ready]:
+                if len(pending) >= workers:
+                    break
+                queue.remove(item)
+                name, _, _, _, settings, branch, stages = item
+                future = pool.submit(run, name, settings,
+                                     None if branch is None else RUNS / branch, stages)
+                pending[future] = item
+            if not pending:
+                raise SystemExit(f"nothing can run: {[t[0] for t in queue]}")
+            future = next(as_completed(pending))
+            name, method, level, bits, *_ = pending.pop(future)
+            result = future.result()
+            ready.add(name)
+            if method is not None:
+                new = {**row(result, method, level, bits), "run": name}
+                rows = [r for r in rows if r.get("run") != name] + [new]
+                print(json.dumps({k: new[k] for k in ("run", "accuracy", "compressed_bytes",
+                                                      "size_ratio")}), flush=True)
+                write_results(rows)
+    return rows
+
+
+def best_within(rows: list[dict[str, Any]], points: float) -> dict[str, Any] | None:
+    ok = [r for r in rows if r["method"].startswith("ours")
+          and 100 * (r["dense_accuracy"] - r["accuracy"]) <= points]
+    return max(ok, key=lambda r: r["size_ratio"]) if ok else None
+
+
+def write_results(rows: list[dict[str, Any]]) -> None:
+    rows = sorted(rows, key=lambda r: (str(r["level"]), r["method"], str(r["bits"])))
+    best = best_within(rows, 1.0)
+    payload: dict[str, Any] = {"machine": machine(), "rows": rows}
+    if best is not None:
+        shutil.copy2(ROOT / best["file"], RESULTS / "lenet5-joint.pkz")
+        payload.update({k: best[k] for k in ("dense_bytes", "compressed_bytes", "size_ratio",
+                                              "accuracy", "dense_accuracy", "layers")})
+        payload["file"] = "bench/results/lenet5-joint.pkz"
+        payload["best_run"] = best["run"]
+    write_json("joint.json", payload)
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for method, color in COLORS.items():
+        for level, marker in (("71x", "o"), ("110x", "s"), (None, "^")):
+            pts = sorted((r["size_ratio"], 100 * r["accuracy"]) for r in rows
+                         if r["method"] == method and r["level"] == level)
+            if pts:
+                ax.plot(*zip(*pts, strict=True), "-", marker=marker, color=color,
+                        label=f"{method} {level or ''}".strip())
+    dense = [100 * r["dense_accuracy"] for r in rows]
+    if dense:
+        ax.axhline(dense[0], color="grey", linestyle="--", label="dense")
+        ax.axhline(dense[0] - 1, color="grey", linestyle=":", label="dense - 1 point")
+    ax.set_xscale("log")
+    ax.set_xlabel("dense fp32 bytes / .pkz file bytes (measured on disk)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("LeNet-5 / Fashion-MNIST: joint pruning + quantization")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    atomic_write_bytes(RESULTS / "joint.png", buf.getvalue())
+
+    lines = ["| method | pruning | bits | accuracy (%) | delta | file bytes | size ratio |"
+             " weights ratio | epochs after dense |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        bits = "7/6/4/6" if isinstance(r["bits"], dict) else r["bits"]
+        epochs = ", ".join(f"{k} {v}" for k, v in r["epochs_after_dense"].items()) or "0"
+        lines.append(f"| {r['method']} | {r['level'] or '-'} | {bits} | "
+                     f"{100 * r['accuracy']:.2f} | "
+                     f"{100 * (r['accuracy'] - r['dense_accuracy']):+.2f} | "
+                     f"{r['compressed_bytes']:,} | {r['size_ratio']:.0f}x | "
+                     f"{r['weights_ratio']:.1f}x | {epochs} |")
+    summary = ("No row of ours is within 1.0 point of dense." if best is None else
+               f"Best file within 1.0 point of dense: `{best['run']}`, "
+               f"{best['compressed_bytes']:,} bytes ({best['size_ratio']:.0f}x smaller than "
+               f"the dense fp32 state dict), {100 * best['accuracy']:.2f}% "
+               f"(dense {100 * best['dense_accuracy']:.2f}%); the file is committed as "
+               f"[lenet5-joint.pkz](lenet5-joint.pkz).")
+    atomic_write_text(
+        RESULTS / "joint.md",
+        header("Joint pruning + quantization, LeNet-5 on Fashion-MNIST")
+        + "\nEvery row is a run of recipes/lenet5-fashion-joint.yaml with overrides, from the "
+        "same dense model (and, for the quantized rows, the same pruned model). File bytes "
+        "are `os.path.getsize` of the row's `model.pkz` (weights only: activations stay "
+        "float; biases float16 in quantized rows); size ratio = dense fp32 state-dict bytes "
+        "/ file bytes; weights ratio = pruned layers' weights / nonzeros. Runs went two at "
+        "a time, one torch thread each.\n\n"
+        + summary + "\n\n" + "\n".join(lines)
+        + measured_by(rows)
+        + "\n![accuracy vs file size](joint.png)\n",
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--workers", type=int, default=2, help="runs in parallel")
+    parser.add_argument("--bits", type=int, nargs="*", default=[8, 6, 4, 3, 2])
+    parser.add_argument("--levels", nargs="*", default=list(LEVELS), choices=list(LEVELS))
+    parser.add_argument("--replot", action="store_true",
+                        help="only redraw the table and plot from joint.json")
+    args = parser.parse_args()
+    existing = RESULTS / "joint.json"
+    rows = json.loads(existing.read_text())["rows"] if existing.exists() else []
+    if args.replot:
+        write_results(rows)
+        return
+    execute(plan(args.levels, args.bits), args.workers, rows)
+    print(f"machine: {machine()['cpu']}")
+
+
+if __name__ == "__main__":
+    main()

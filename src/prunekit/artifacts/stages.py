@@ -1,0 +1,45 @@
+"""Stage artifacts of a run (format ``prunekit.stage/1``): what a finished stage hands on.
+
+A stage checkpoint holds the model's weights, its frozen constraints (as their state dicts),
+the training history so far and small facts (``meta``); it is a torch checkpoint of plain
+tensors and values, written atomically and read with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ..constraints import Frozen, from_state
+from ..errors import DataError
+from ..io import load_checkpoint, save_checkpoint
+from .formats import STAGE_FORMAT
+
+
+def save_stage(path: Path, stage: str, model: nn.Module, constraints: Mapping[str, Frozen],
+               history: list[dict[str, Any]], meta: Mapping[str, Any]) -> Path:
+    return save_checkpoint({
+        "format": STAGE_FORMAT, "stage": stage, "state_dict": model.state_dict(),
+        "constraints": {n: c.state_dict() for n, c in constraints.items()},
+        "history": list(history), "meta": dict(meta),
+    }, path)
+
+
+def load_stage(path: Path, stage: str, model: nn.Module
+               ) -> tuple[dict[str, Frozen], list[dict[str, Any]], dict[str, Any]]:
+    """Load the weights of stage ``stage``'s artifact into ``model``; returns its
+    constraints, history and meta. A file of another stage or format is a DataError."""
+    saved = load_checkpoint(path)
+    if not isinstance(saved, dict) or saved.get("format") != STAGE_FORMAT \
+            or saved.get("stage") != stage:
+        raise DataError(f"{path} is not the {stage!r} stage artifact of a prunekit run "
+                        f"(expected format {STAGE_FORMAT}); remove it to redo the stage")
+    try:
+        model.load_state_dict(saved["state_dict"])
+        constraints = {n: from_state(c) for n, c in saved["constraints"].items()}
+        return constraints, list(saved["history"]), dict(saved["meta"])
+    except (RuntimeError, KeyError, TypeError) as exc:
+        raise DataError(f"{path} does not fit this recipe's model: {exc}") from None

@@ -1,0 +1,121 @@
+"""Hardening: project every target once and freeze the result, all targets or none.
+
+:func:`freeze` computes each target's frozen constraint from its weight (one computation
+per scheme part: a support scheme's mask, a quantizer's steps, unification's block
+assignment), and only when every target succeeded writes the projected weights into the
+model. A bad rate or a scheme that does not fit the last layer therefore leaves the model
+untouched. Entries that are already zero stay zero (an already pruned model can be pruned
+further, and quantizing a pruned model keeps its mask).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import ConfigError, PrunekitError, TargetError
+from ..schemes import Scheme
+from ..schemes.base import split_gates
+from ..schemes.compose import Composite
+from ..schemes.quant import Quant
+from ..schemes.unify import Unify
+from ..targets import Target
+from .frozen import Frozen, Levels, Support, Unified
+
+
+def _hints(part: Scheme, shape: tuple[int, ...]) -> dict[str, Any]:
+    """Structure facts the model file uses to choose an index encoding."""
+    hints: dict[str, Any] = {"scheme": part.name}
+    if len(shape) > 2:
+        hints["kernel"] = math.prod(shape[2:])
+    block_shape = getattr(part, "block_shape", None)
+    if callable(block_shape):
+        rows, cols = block_shape(shape)
+        hints["band_rows" if getattr(part, "axis", "col") == "col" else "band_cols"] = (
+            rows if getattr(part, "axis", "col") == "col" else cols)
+    return hints
+
+
+def _unified(part: Unify, w: Tensor, sparsity: float | None, gates: int,
+             hints: dict[str, Any]) -> Unified:
+    """Unification's block assignment, computed once per gate (as the scheme projects);
+    signs frozen from ``w``. Gates stack along the rows, so when a gate's rows are a whole
+    number of block rows, the gates' block grids stacked are the weight's own grid."""
+    rows = w.shape[0] // gates
+    if gates > 1 and rows % part.block[0]:
+        raise TargetError(f"scheme 'unify' with block {part.block} needs each of the {gates} "
+                          f"gates' {rows} rows to be a multiple of {part.block[0]}")
+    rate = 0.0 if sparsity is None else sparsity
+    states = torch.cat([part.states(g, rate) for g in split_gates(w.detach(), gates)])
+    return Unified(tuple(w.shape), part.block, states, w.detach() < 0, hints)
+
+
+def freeze_weight(scheme: Scheme, w: Tensor, sparsity: float | None, *, gates: int = 1,
+                  keep: Tensor | None = None, mode: str = "snap") -> Frozen:
+    """The frozen constraint of ``scheme`` at ``sparsity`` for weight ``w`` (not modified).
+
+    ``keep``: entries that may stay nonzero (default: the nonzeros of ``w``); ``mode``: how
+    quantized layers retrain (see :class:`~prunekit.constraints.frozen.Levels`)."""
+    keep = (w.detach() != 0) if keep is None else keep.to(torch.bool) & (w.detach() != 0)
+    current = w.detach().masked_fill(~keep, 0)
+    parts = scheme.parts if isinstance(scheme, Composite) else [scheme]
+    rates = scheme.part_rates(sparsity) if isinstance(scheme, Composite) else [sparsity]
+    hints: dict[str, Any] = {}
+    for i, (part, rate) in enumerate(zip(parts, rates, strict=True)):
+        last = i == len(parts) - 1
+        if isinstance(part, Quant):
+            if not last:
+                raise ConfigError(f"scheme {scheme.name!r}: quant must be the last part")
+            scale = part.row_scales(current, gates=gates)
+            hints = {**hints, **_hints(part, tuple(w.shape)), "scheme": scheme.name}
+            return Levels(keep, scale, part.bits, part.level_set, mode, hints)
+        if isinstance(part, Unify):
+            if not last:
+                raise ConfigError(f"scheme {scheme.name!r}: unify must be the last part")
+            frozen = _unified(part, current, rate, gates, {**hints, "scheme": scheme.name})
+            if not bool((keep | ~frozen.mask).all()):  # an earlier zero must stay zero
+                frozen.mask &= keep
+            return frozen
+        mask = part.mask(current, rate, gates=gates).to(keep.device) & keep
+        keep = mask
+        current = current.masked_fill(~mask, 0)
+        hints = {**hints, **_hints(part, tuple(w.shape))}
+    return Support(keep, {**hints, "scheme": scheme.name})
+
+
+def freeze(model: nn.Module, targets: Iterable[Target], *, mode: str = "snap",
+           keep: Mapping[str, Tensor] | None = None) -> dict[str, Frozen]:
+    """Harden every target: compute all frozen constraints, then write the projected
+    weights. Returns ``{parameter name: frozen constraint}``; on any error nothing changed.
+
+    ``keep`` gives extra masks of entries that may stay nonzero (a method's live masks)."""
+    targets = list(targets)
+    params = dict(model.named_parameters())
+    frozen: dict[str, Frozen] = {}
+    for target in targets:
+        if not isinstance(target, Target):
+            raise ConfigError(f"freeze expects Target objects (from prunekit.targets.resolve), "
+                              f"got {type(target).__name__}")
+        if params.get(target.name) is not target.param:
+            raise TargetError(f"target {target.name!r} was resolved for another model")
+        extra = None if keep is None else keep.get(target.name)
+        try:
+            frozen[target.name] = freeze_weight(target.scheme, target.param, target.sparsity,
+                                                gates=target.gates, keep=extra, mode=mode)
+        except PrunekitError as exc:
+            raise type(exc)(f"target {target.name!r} (scheme {target.scheme_name!r}): "
+                            f"{exc}") from None
+    with torch.no_grad():
+        for target in targets:
+            frozen[target.name].to(target.param.device).apply_(target.param.data)
+    return frozen
+
+
+def harden(model: nn.Module, targets: Iterable[Target]) -> dict[str, Tensor]:
+    """:func:`freeze`, returning only the masks (``True`` = kept): for loops that need
+    nothing but the zeros."""
+    return {name: f.mask for name, f in freeze(model, targets).items()}
