@@ -173,17 +173,6 @@ def test_group_norms_are_kernel_norms_and_differentiable_at_zero():
     assert torch.isfinite(w.grad).all()
 
 
-def test_storage_counts_values_ids_bitmap_and_library():
-    w = conv_weight(4, 16, 8)  # 128 kernels
-    scheme = Pattern(patterns=4)
-    p = scheme.project(w, rate_removing(28, 128))
-    kept = 100
-    n_lib = scheme.library_for(p).shape[0]
-    assert n_lib == 4
-    bits = kept * (4 * 8 + 2) + 128 + n_lib * 9
-    assert scheme.storage_bytes(p, bits=8) == math.ceil(bits / 8)
-
-
 # -------------------------------------------------------------------- errors
 def test_linear_weight_is_a_target_error_naming_the_shape():
     with pytest.raises(TargetError, match=r"\(10, 20\)"):

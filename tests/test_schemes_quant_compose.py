@@ -224,17 +224,6 @@ def test_each_gate_gets_its_own_step():
     assert torch.isin(p[4:], scheme.levels(w[4:])).all()
 
 
-def test_storage_is_the_cheaper_of_dense_and_sparse():
-    scheme = Quant(bits=4)
-    dense = scheme.project(sample(0, 16, 32))
-    nnz = int((dense != 0).sum())
-    assert nnz * (4 + 5) + 17 * 32 > 16 * 32 * 4  # CSR would cost more than dense 4-bit
-    assert scheme.storage_bytes(dense) == math.ceil((16 * 32 * 4 + 32) / 8)
-    sparse = torch.zeros(16, 32)
-    sparse[0, :3] = 1.0
-    assert scheme.storage_bytes(sparse) == math.ceil((3 * (4 + 5) + 17 * 32 + 32) / 8)
-
-
 def test_quant_takes_no_sparsity():
     scheme = get("quant", bits=4)
     assert scheme.natural_sparsity == 0.0
@@ -293,13 +282,6 @@ def test_mask_is_the_nonzero_support_within_every_part_mask():
     mask = scheme.mask(w, 1 / 6)
     assert torch.equal(mask, (p != 0) & get("irregular").mask(w, 1 / 6))
     assert torch.equal(mask, w.abs() > 0.5)
-
-
-def test_storage_uses_the_last_pruning_format_at_the_quant_width():
-    w = sample(8, 8, 16)
-    scheme = get("irregular+quant", bits=4)
-    p = scheme.project(w, 0.7)
-    assert scheme.storage_bytes(p) == get("irregular").storage_bytes(p, bits=4) + 4
 
 
 def test_options_are_routed_to_the_parts_that_accept_them():

@@ -394,44 +394,6 @@ def test_degenerate_and_strided_weights(name, options, sparsity, w):
     assert torch.equal(p, torch.where(scheme.mask(w, sparsity), w, 0.0))
     assert torch.equal(scheme.project(p, sparsity), p)
     assert scheme.group_norms(w).dim() == 1
-    assert scheme.storage_bytes(p) >= 0
-
-
-# ----------------------------------------------------------------------- storage
-
-
-def test_storage_of_coarse_schemes_is_kept_groups_plus_bitmap():
-    w = torch.zeros(8, 4, 3, 3)
-    w[:2] = 1.0  # 2 of 8 filters kept
-    assert schemes.get("filter").storage_bytes(w) == math.ceil((2 * 36 * 32 + 8) / 8)
-    w = torch.zeros(8, 4, 3, 3)
-    w[:, 1] = 1.0  # 1 of 4 channels kept
-    assert schemes.get("channel").storage_bytes(w, bits=8) == math.ceil((8 * 9 * 8 + 4) / 8)
-    assert schemes.get("column").storage_bytes(w, bits=8) == math.ceil((9 * 8 * 8 + 36) / 8)
-
-
-def test_storage_of_block_is_kept_segments_plus_one_bit_per_segment():
-    w = torch.zeros(5, 4)
-    w[0, 0] = 1.0  # segment (block-row 0, col 0): 4 weights
-    w[4, 3] = 1.0  # segment (block-row 1, col 3): 1 weight (ragged)
-    scheme = schemes.get("block", block=(4, 2))
-    assert scheme.storage_bytes(w) == math.ceil(((4 + 1) * 32 + 2 * 4) / 8)
-
-
-def test_storage_of_nm_is_n_values_and_an_index_per_run():
-    w = schemes.get("nm").project(torch.randn(3, 8))
-    assert schemes.get("nm").storage_bytes(w) == math.ceil(3 * 2 * (2 * 32 + 3) / 8)
-    # a trailing run of 1 stores its one value and no index
-    w = torch.randn(1, 5)
-    assert schemes.get("nm").storage_bytes(w, bits=8) == math.ceil((2 * 8 + 3 + 8) / 8)
-    assert schemes.get("nm", n=4, m=8).storage_bytes(torch.randn(1, 8), bits=4) == math.ceil(
-        (4 * 4 + math.ceil(math.log2(70))) / 8
-    )
-
-
-def test_kept_macs_counts_nonzeros_per_position():
-    w = schemes.get("filter").project(torch.randn(4, 3, 3, 3), 0.5)
-    assert schemes.get("filter").kept_macs(w, positions=10) == 2 * 27 * 10
 
 
 # ------------------------------------------------------------------ bad options

@@ -442,14 +442,6 @@ def test_group_norms_are_block_norms_including_ragged_edges():
     assert torch.isfinite(w.grad).all()
 
 
-def test_storage_counts_kept_unified_and_pruned_blocks():
-    w = matrix(3, 2, 12)  # six (1, 4) blocks
-    scheme = Unify(block=(1, 4), unified=1 / 3)
-    p = scheme.project(w, 1 / 3)  # 2 pruned, 2 unified, 2 kept
-    expected_bits = 2 * 4 * 8 + 2 * (8 + 4) + 6 * 2
-    assert scheme.storage_bytes(p, bits=8) == math.ceil(expected_bits / 8)
-
-
 # -------------------------------------------------------------------- errors
 def test_sparsity_plus_unified_above_one_is_a_config_error():
     with pytest.raises(ConfigError, match="exceeds 1"):

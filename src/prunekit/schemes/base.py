@@ -37,9 +37,16 @@ def check_sparsity(sparsity: float, what: str = "sparsity") -> float:
 
 def count_to_prune(n_items: int, sparsity: float) -> int:
     """How many of ``n_items`` equal-sized items to prune for ``sparsity`` (nearest whole
-    item). A rate below 1 always leaves one item: rounding must never silently empty a
-    layer (a 16-weight kernel at 0.97 keeps one weight, not none)."""
-    return min(max(n_items - 1, 0), int(math.floor(sparsity * n_items + 0.5)))
+    item)."""
+    return min(n_items, int(math.floor(sparsity * n_items + 0.5)))
+
+
+def groups_to_prune(n_groups: int, sparsity: float) -> int:
+    """:func:`count_to_prune`, except that a rate below 1 always keeps one group: rounding
+    to whole groups must not zero a whole weight (or gate) that the user asked to keep a
+    fraction of (a 16-weight layer at 0.97 keeps one weight, not none). Schemes call this
+    for every count of prunable units they take."""
+    return max(0, min(count_to_prune(n_groups, sparsity), n_groups - 1))
 
 
 def measured_sparsity(w: Tensor) -> float:
@@ -56,10 +63,6 @@ def parse_block_shape(block: object) -> tuple[int, int]:
         raise ConfigError(f"block must be two positive integers (rows, cols), got {block!r}")
     return int(block[0]), int(block[1])
 
-
-def index_bits(n: int) -> int:
-    """Bits needed to address one of ``n`` positions."""
-    return max(1, math.ceil(math.log2(max(n, 2))))
 
 
 def kernel_positions(shape: Sequence[int]) -> int:
@@ -124,7 +127,7 @@ def keep_largest_sized(scores: Tensor, sizes: Tensor, sparsity: float) -> Tensor
     increasing score (ties by position) and stop at the prefix whose pruned weight count is
     nearest to ``sparsity * sizes.sum()`` (on a tie, the larger prefix), never all of them.
 
-    With equal sizes this is exactly ``count_to_prune(n_groups, sparsity)`` groups. For any
+    With equal sizes this is exactly ``groups_to_prune(n_groups, sparsity)`` groups. For any
     sizes, the kept groups are those of largest score, so when ``scores`` are group norms the
     result is the exact projection onto "keep at most that many groups".
     """
@@ -132,11 +135,11 @@ def keep_largest_sized(scores: Tensor, sizes: Tensor, sparsity: float) -> Tensor
     if flat.numel() == 0:
         return torch.ones(scores.shape, dtype=torch.bool, device=scores.device)
     if bool((sz == sz[0]).all()):
-        return keep_largest(scores, count_to_prune(flat.numel(), sparsity))
+        return keep_largest(scores, groups_to_prune(flat.numel(), sparsity))
     order = torch.argsort(flat, stable=True)
     pruned_weights = torch.cat([sz.new_zeros(1), sz[order].cumsum(0)]).double()
     error = (pruned_weights - sparsity * float(pruned_weights[-1])).abs()
-    # never the whole prefix: a rate below 1 always leaves a group (see count_to_prune)
+    # never the whole prefix: a rate below 1 always leaves a group (see groups_to_prune)
     error = error[: max(flat.numel(), 1)]
     n_prune = int(torch.nonzero(error == error.min()).max().item())
     keep = torch.ones_like(flat, dtype=torch.bool)
@@ -195,20 +198,6 @@ class Scheme:
             [self._group_norms_2d(gemm_view(g), g.shape) for g in split_gates(w, gates)]
         )
 
-    def storage_bytes(self, w: Tensor, *, bits: int = 32, gates: int = 1) -> int:
-        """Bytes to store an already projected ``w``: kept values at ``bits`` each plus
-        the index / pattern / block metadata this scheme needs to rebuild the tensor."""
-        total_bits = sum(
-            self._storage_bits_2d(gemm_view(g.detach()), bits, g.shape)
-            for g in split_gates(w, gates)
-        )
-        return math.ceil(total_bits / 8)
-
-    def kept_macs(self, w: Tensor, positions: int = 1) -> int:
-        """Multiply-accumulates the layer still performs: one per nonzero weight per output
-        position (``positions`` = output height*width for a conv, 1 for linear/RNN steps)."""
-        return int((w != 0).sum().item()) * int(positions)
-
     def check(self, shape: Sequence[int], *, gates: int = 1) -> None:
         """Raise :class:`TargetError` if this scheme cannot apply to a weight of ``shape``."""
         if len(shape) < 2:
@@ -226,12 +215,6 @@ class Scheme:
 
     def _group_norms_2d(self, m: Tensor, shape: torch.Size) -> Tensor:
         raise NotImplementedError
-
-    def _storage_bits_2d(self, m: Tensor, bits: int, shape: torch.Size) -> int:
-        """Default: sparse coordinate storage, value plus a column index per nonzero and a
-        row pointer per row (CSR)."""
-        nnz = int((m != 0).sum().item())
-        return nnz * (bits + index_bits(m.shape[1])) + (m.shape[0] + 1) * 32
 
     # ----------------------------------------------------------------- helpers
     def _rate(self, sparsity: float | None) -> float:

@@ -14,8 +14,8 @@ every block still runs as a small dense GEMM over its kept columns.
 How many segments go is decided over the whole layer: segments are pruned in order of
 increasing L2 norm (ties: earlier position first). Because pruning with ``axis="col"``
 treats every (block-row, column) segment on its own, the block width matters for the
-storage format (one bitmap of kept columns per block), not for which weights survive;
-likewise the block height for ``axis="row"``.
+compiled kernel and the model file (one bitmap of kept columns per band of block rows), not
+for which weights survive; likewise the block height for ``axis="row"``.
 
 Ragged edges: when the shape is not divisible by the block, the last block-row (or
 block-column) holds smaller blocks, so segments there are shorter. The count is then set
@@ -43,8 +43,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import ConfigError
-from .base import Scheme, keep_largest, keep_largest_sized, kernel_positions, parse_block_shape
-from .structured import groups_to_prune
+from .base import (
+    Scheme,
+    groups_to_prune,
+    keep_largest,
+    keep_largest_sized,
+    kernel_positions,
+    parse_block_shape,
+)
 
 CONV_DEFAULT = (8, 4)
 OTHER_DEFAULT = (16, 16)
@@ -130,14 +136,6 @@ class Block(Scheme):
     def _group_norms_2d(self, m: Tensor, shape: torch.Size) -> Tensor:
         view, dim, _ = self._segments(m, shape)
         return torch.linalg.vector_norm(view, dim=dim).reshape(-1)
-
-    def _storage_bits_2d(self, m: Tensor, bits: int, shape: torch.Size) -> int:
-        """Kept segments densely at ``bits`` per value, plus per block one bit per
-        block-column (``axis="row"``: per block-row), i.e. one bit per segment."""
-        view, dim, sizes = self._segments((m != 0).float(), shape)
-        kept = view.sum(dim=dim) > 0
-        values = int((kept * sizes).sum().item())
-        return values * bits + kept.numel()
 
     def __repr__(self) -> str:
         return f"Block(block={self.block}, axis={self.axis!r})"

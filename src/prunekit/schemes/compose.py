@@ -23,11 +23,11 @@ followed by ``irregular`` at a higher one; in general it is not: ``filter+irregu
 filters by their full norm before the element budget is known, and ``irregular+quant``
 fits the step to the surviving weights (the usual prune-then-quantise order).
 
-Masks, norms, storage. ``mask`` is the nonzero support of the composite projection
+Masks and norms. ``mask`` is the nonzero support of the composite projection
 intersected with the mask of each part (computed on that part's input). ``group_norms``
 concatenates the group norms of the pruning parts (a penalty on them is the sum of the
-parts' penalties). ``storage_bytes`` is the last pruning part's format with the value width
-of the last ``quant`` part when there is one (plus its 32-bit step per gate).
+parts' penalties). How a composite layer is stored is the model file's business
+(:mod:`prunekit.artifacts.encoding`), from the frozen constraint hardening makes of it.
 """
 
 from __future__ import annotations
@@ -129,15 +129,6 @@ class Composite(Scheme):
         self.check(w.shape, gates=gates)
         parts = [p for p in self.parts if _prunes(p)] or self.parts[-1:]
         return torch.cat([p.group_norms(w, gates=gates) for p in parts])
-
-    def storage_bytes(self, w: Tensor, *, bits: int = 32, gates: int = 1) -> int:
-        """The last pruning part's format, values at the last quant part's width if any."""
-        quant = [p for p in self.parts if not _prunes(p)]
-        if self._receiver is None:
-            return quant[-1].storage_bytes(w, bits=bits, gates=gates)
-        width = getattr(quant[-1], "bits", bits) if quant else bits
-        step_bytes = 4 * gates if quant else 0
-        return self.parts[self._receiver].storage_bytes(w, bits=width, gates=gates) + step_bytes
 
     def check(self, shape: Sequence[int], *, gates: int = 1) -> None:
         for part in self.parts:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import Scheme, count_to_prune, keep_largest
+from .base import Scheme, groups_to_prune, keep_largest
 
 __all__ = ["Irregular", "keep_largest"]
 
@@ -18,7 +18,7 @@ class Irregular(Scheme):
     name = "irregular"
 
     def _mask_2d(self, m: Tensor, sparsity: float, shape: torch.Size) -> Tensor:
-        return keep_largest(m.abs(), count_to_prune(m.numel(), sparsity))
+        return keep_largest(m.abs(), groups_to_prune(m.numel(), sparsity))
 
     def _group_norms_2d(self, m: Tensor, shape: torch.Size) -> Tensor:
         return m.reshape(-1).abs()

@@ -14,16 +14,10 @@ When the GEMM width is not a multiple of ``m``, the trailing run of ``L < m`` co
 ``min(n, L)`` entries (it is a shorter run under the same "at most n" rule), so the achieved
 sparsity of such a layer is slightly below ``1 - n/m``.
 
-Storage: each run of ``m`` stores ``n`` value slots plus the index of which ``n`` positions
-they occupy, ``ceil(log2(C(m, n)))`` bits (3 bits for 2:4). NVIDIA's sparse tensor cores
-store 2 bits per kept value instead (4 bits per 2:4 run); the count here is the
-information-theoretic minimum, one bit per run lower. A trailing run of ``L`` columns
-stores ``min(n, L)`` slots and ``ceil(log2(C(L, min(n, L))))`` index bits.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -39,10 +33,6 @@ def _positive_int(value: object, what: str) -> int:
         raise ConfigError(f"{what} must be a positive integer, got {value!r}")
     return value
 
-
-def _run_bits(length: int, n: int, bits: int) -> int:
-    kept = min(n, length)
-    return kept * bits + math.ceil(math.log2(math.comb(length, kept)))
 
 
 #: up to this run length, ranking by pairwise comparison beats sorting each run
@@ -117,14 +107,6 @@ class NM(Scheme):
     def _group_norms_2d(self, m: Tensor, shape: torch.Size) -> Tensor:
         """Per-entry |w|: N:M selects single entries, within fixed runs."""
         return m.reshape(-1).abs()
-
-    def _storage_bits_2d(self, m: Tensor, bits: int, shape: torch.Size) -> int:
-        n_rows, n_cols = m.shape
-        full, tail = divmod(n_cols, self.m)
-        per_row = full * _run_bits(self.m, self.n, bits)
-        if tail:
-            per_row += _run_bits(tail, self.n, bits)
-        return n_rows * per_row
 
     def __repr__(self) -> str:
         return f"NM(n={self.n}, m={self.m})"

@@ -44,8 +44,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError, TargetError
-from .base import Scheme, keep_largest
-from .structured import groups_to_prune
+from .base import Scheme, groups_to_prune, keep_largest
 
 KERNEL = 9  # weights in a 3x3 kernel
 _BIT_VALUES = torch.tensor([1 << i for i in range(KERNEL)], dtype=torch.int64)
@@ -213,16 +212,6 @@ class Pattern(Scheme):
     def _group_norms_2d(self, m: Tensor, shape: torch.Size) -> Tensor:
         """One L2 norm per kernel: connectivity pruning removes kernels as units."""
         return torch.linalg.vector_norm(m.reshape(-1, KERNEL), dim=1)
-
-    def _storage_bits_2d(self, m: Tensor, bits: int, shape: torch.Size) -> int:
-        """Per kept kernel ``entries`` values at ``bits`` and a pattern id of
-        ``ceil(log2 K)`` bits; one connectivity bit per kernel; 9 bits per library
-        pattern. The library is the one this scheme derives from ``m`` (or the fixed one)."""
-        mags = m.float().reshape(-1, KERNEL).abs().t()
-        kept = int((mags != 0).any(dim=0).sum().item())
-        n_patterns = self._library(mags).shape[0]
-        id_bits = math.ceil(math.log2(n_patterns)) if n_patterns > 1 else 0
-        return kept * (self.entries * bits + id_bits) + mags.shape[1] + n_patterns * KERNEL
 
     def __repr__(self) -> str:
         fixed = ", library=fixed" if self.library is not None else ""

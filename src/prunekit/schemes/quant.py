@@ -43,7 +43,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError, PrunekitError
-from .base import Scheme, gemm_view, index_bits, split_gates
+from .base import Scheme, gemm_view, split_gates
 
 #: most breakpoints swept over all steps; larger matrices sweep a proven window instead
 EXACT_BUDGET = 1 << 16
@@ -627,15 +627,6 @@ class Quant(Scheme):
 
     def _group_norms_2d(self, m: Tensor, shape: torch.Size) -> Tensor:
         return m.reshape(-1).abs()
-
-    def _storage_bits_2d(self, m: Tensor, bits: int, shape: torch.Size) -> int:
-        """The cheaper of sparse (CSR: ``b`` bits plus a column index per nonzero, a row
-        pointer per row) and dense (``b`` bits per weight), plus the 32-bit step. Values
-        take this scheme's ``bits``, whatever width the caller asks for."""
-        rows, cols = m.shape
-        nnz = int((m != 0).sum().item())
-        sparse = nnz * (self.bits + index_bits(cols)) + (rows + 1) * 32
-        return min(sparse, rows * cols * self.bits) + 32
 
     def __repr__(self) -> str:
         return f"Quant(bits={self.bits}, scale={self.per!r}, levels={self.level_set!r})"

@@ -15,7 +15,7 @@ input channel per filter) the group of largest norm is kept, so no layer is sile
 off from its input. The achieved sparsity is then below the request, and measured.
 
 Pruned groups shrink the layer physically (filters: fewer outputs; channels: fewer inputs;
-columns: fewer GEMM columns), so their storage is the kept groups densely plus a bitmap of
+columns: fewer GEMM columns); the model file stores the kept groups densely plus a bitmap of
 which groups were kept.
 """
 
@@ -24,14 +24,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import Scheme, count_to_prune, keep_largest, kernel_positions
-
-
-def groups_to_prune(n_groups: int, sparsity: float) -> int:
-    """:func:`count_to_prune`, except that a rate below 1 always keeps one group: rounding
-    to whole groups must not zero a whole weight (or gate) that the user asked to keep a
-    fraction of. Schemes call this for every count of prunable units they take."""
-    return max(0, min(count_to_prune(n_groups, sparsity), n_groups - 1))
+from .base import Scheme, groups_to_prune, keep_largest, kernel_positions
 
 
 class _GroupScheme(Scheme):
@@ -56,12 +49,6 @@ class _GroupScheme(Scheme):
 
     def _project_2d(self, m: Tensor, sparsity: float, shape: torch.Size) -> Tensor:
         return torch.where(self._keep(m, sparsity, shape), m, 0.0)
-
-    def _storage_bits_2d(self, m: Tensor, bits: int, shape: torch.Size) -> int:
-        """Kept groups stored densely at ``bits`` per value, plus one bit per group."""
-        nonzero = self._group_norms_2d((m != 0).float(), shape) > 0
-        group_size = m.numel() // max(1, nonzero.numel())
-        return int(nonzero.sum().item()) * group_size * bits + nonzero.numel()
 
 
 class Filter(_GroupScheme):

@@ -523,21 +523,5 @@ class Unify(Scheme):
         """One L2 norm per micro-block (row-major over the block grid)."""
         return torch.linalg.vector_norm(self._blocks(m), dim=1)
 
-    def _storage_bits_2d(self, m: Tensor, bits: int, shape: torch.Size) -> int:
-        """Kept blocks at ``bits`` per value; a unified block (all entries of one nonzero
-        magnitude) one magnitude at ``bits`` plus a sign bit per entry; an all-zero block
-        nothing; plus 2 state bits per block. Blocks are classified from ``m`` itself."""
-        m64 = m.double()
-        mags = self._blocks(m64.abs())
-        real = self._blocks(torch.ones_like(m64)) > 0
-        sizes = real.sum(dim=1)
-        top = mags.amax(dim=1)
-        zero = top == 0
-        equal = ((mags == top[:, None]) | ~real).all(dim=1) & ~zero
-        kept = ~zero & ~equal
-        value_bits = int((sizes[kept] * bits).sum().item())
-        unified_bits = int((bits + sizes[equal]).sum().item())
-        return value_bits + unified_bits + 2 * mags.shape[0]
-
     def __repr__(self) -> str:
         return f"Unify(block={self.block}, unified={self.unified:g})"
