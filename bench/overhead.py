@@ -21,7 +21,7 @@ from prunekit import data, models
 from prunekit.io import atomic_write_text, load_checkpoint
 from prunekit.methods import ADMM, Reweighted
 from prunekit.targets import resolve
-from prunekit.train import Trainer
+from prunekit.training import Trainer
 
 ROOT = Path(__file__).resolve().parent.parent
 DENSE = ROOT / "runs/bench-dense/dense.pt"

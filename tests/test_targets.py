@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from prunekit import schemes, tables
+from prunekit import rate_tables, schemes
 from prunekit.errors import TargetError
 from prunekit.schemes import Scheme, count_to_prune
 from prunekit.targets import (
@@ -187,7 +187,7 @@ def test_published_table_on_lenet5():
     total = sum(t.numel for t in targets)
     assert total == 430_500
     assert total / sum(kept.values()) == pytest.approx(71.2, abs=0.1)
-    assert tables.get("lenet5-admm-71x").ratio == 71.2
+    assert rate_tables.get("lenet5-admm-71x").ratio == 71.2
 
 
 def test_sparsity_report_measures_the_weight(model):

@@ -15,7 +15,7 @@ import prunekit.io
 import prunekit.training.trainer as trainer_module
 from prunekit.errors import ConfigError, DataError, PrunekitError
 from prunekit.io import load_checkpoint
-from prunekit.train import (
+from prunekit.training import (
     TrainConfig,
     Trainer,
     build_optimizer,

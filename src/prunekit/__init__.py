@@ -26,14 +26,14 @@ _EXPORTS = {
     "finetune": "constraints",
     "save": "artifacts",
     "load": "artifacts",
-    "Trainer": "train",
-    "TrainConfig": "train",
+    "Trainer": "training",
+    "TrainConfig": "training",
     "load_recipe": "recipe",
     "run_recipe": "pipeline",
 }
 
-_SUBMODULES = {"schemes", "targets", "constraints", "artifacts", "methods", "train", "data",
-               "models", "report", "recipe", "pipeline", "errors", "io", "tables"}
+_SUBMODULES = {"schemes", "targets", "constraints", "artifacts", "methods", "training", "data",
+               "models", "report", "recipe", "pipeline", "errors", "io", "rate_tables"}
 
 __all__ = ["__version__", *_EXPORTS]
 

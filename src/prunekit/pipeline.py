@@ -36,7 +36,7 @@ from .recipe import QUANT_RETRAIN_KEYS, Recipe
 from .report import build_report, format_report, write_report
 from .schemes import get as get_scheme
 from .targets import Target, resolve
-from .train import TrainConfig, Trainer, evaluate, set_seed
+from .training import TrainConfig, Trainer, evaluate, set_seed
 
 #: keys of the prune / quantize sections that are not options of the method
 PRUNE_KEYS = {"method", "targets", "train"}

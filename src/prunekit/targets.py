@@ -18,7 +18,7 @@ A rule is a dict::
   and its options, passed to :func:`prunekit.schemes.get` (YAML lists become tuples).
 - ``sparsity``: a rate in [0, 1) for every selected layer; a dict ``{layer name or glob:
   rate}`` (only the layers the table names are pruned; an exact name beats a glob, and among
-  globs the later wins); or the name of a published table in :mod:`prunekit.tables`. It
+  globs the later wins); or the name of a published table in :mod:`prunekit.rate_tables`. It
   may be left out for schemes that fix their own rate (N:M).
 - ``allocation``: ``"uniform"`` (every selected layer gets the rate) or ``"global"`` (see
   :func:`allocate_global`), with optional per-layer clamps ``min_sparsity``/``max_sparsity``.
@@ -53,7 +53,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from . import schemes, tables
+from . import rate_tables, schemes
 from .errors import ConfigError, PrunekitError, TargetError
 from .schemes import Scheme, measured_sparsity
 from .schemes.base import keep_largest
@@ -446,7 +446,7 @@ def _rule_rates(
         return {n: None for n in names}
     if isinstance(given, str):
         try:
-            given = tables.rates(given)
+            given = rate_tables.rates(given)
         except ConfigError as exc:
             raise TargetError(f"rule {index}: {exc}") from None
     if isinstance(given, Mapping):

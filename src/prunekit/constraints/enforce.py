@@ -215,8 +215,8 @@ def finetune(model: nn.Module, constraints: Mapping[str, Any], train_loader: Ite
              **trainer_kwargs: Any) -> list[dict[str, Any]]:
     """Retrain ``model`` inside ``constraints`` with prunekit's trainer and finish every
     constraint at the end; returns the trainer's history. ``config`` is a ``TrainConfig`` or
-    a dict; ``trainer_kwargs`` go to :class:`prunekit.train.Trainer`."""
-    from ..train import TrainConfig, Trainer  # noqa: PLC0415  (only this helper needs it)
+    a dict; ``trainer_kwargs`` go to :class:`prunekit.training.Trainer`."""
+    from ..training import TrainConfig, Trainer  # noqa: PLC0415  (only this helper needs it)
 
     enforcer = MaskEnforcer(model, constraints)
     plugins = [*trainer_kwargs.pop("plugins", ()), enforcer]

@@ -1,4 +1,4 @@
-"""The trainer, split by concern; import it as :mod:`prunekit.train`."""
+"""The trainer, split by concern: config, optimizer and schedule, seeding, plugins, loop."""
 
 from .config import OPTIMIZERS, SCHEDULES, TrainConfig
 from .optim import build_optimizer, build_scheduler, lr_factor
