@@ -21,6 +21,7 @@ from prunekit.artifacts.codecs import (
     encode_delta,
     encode_kernels,
     encode_mask,
+    encode_rice,
     encode_rowbands,
     encode_rows,
     pack_bits,
@@ -199,6 +200,13 @@ def _irregular_mask():
     return RNG.random((64, 576)) < 0.05
 
 
+def _regular_mask():
+    """Entries at a fixed stride: equal gaps, where fixed-width codes beat Rice codes."""
+    m = np.zeros(64 * 576, bool)
+    m[::7] = True
+    return m.reshape(64, 576)
+
+
 @pytest.mark.parametrize("make, hints, expected, params", [
     (lambda: np.ones((64, 576), bool), {}, "dense", {}),
     (_filter_mask, {"band_rows": 8, "band_cols": 4, "kernel": 9}, "rows", {}),
@@ -206,7 +214,8 @@ def _irregular_mask():
     (_block_column_mask, {"band_rows": 8, "band_cols": 4}, "colbands", {"band_rows": 8}),
     (_block_row_mask, {"band_rows": 8, "band_cols": 4}, "rowbands", {"band_cols": 4}),
     (_pattern_mask, {"band_rows": 8, "kernel": 9}, "kernels", {"kernel": 9, "patterns": 5}),
-    (_irregular_mask, {"kernel": 9}, "delta", None),
+    (_irregular_mask, {"kernel": 9}, "rice", None),
+    (_regular_mask, {}, "delta", None),
     (lambda: RNG.random((64, 576)) < 0.5, {"kernel": 9}, "bitmap", {}),
 ])
 def test_each_encoding_wins_where_its_structure_holds(make, hints, expected, params):
@@ -215,7 +224,7 @@ def test_each_encoding_wins_where_its_structure_holds(make, hints, expected, par
     assert name == expected
     if params is not None:
         assert got_params == params
-    if name not in ("bitmap", "delta"):
+    if name not in ("bitmap", "delta", "rice"):
         assert len(payload) < min(len(encode_bitmap(m)[1]), len(encode_delta(m)[1]))
     _round_trip(name, got_params, payload, m)
 
@@ -258,21 +267,43 @@ def test_delta_picks_small_codes_with_escapes_for_rare_long_gaps():
 
 # --- decoders against hostile input --------------------------------------------------------
 
-def _empty_lines_mask() -> np.ndarray:
-    """Irregular entries confined to a few rows and columns (a pruned classifier layer)."""
+def _empty_lines_mask(regular: bool) -> np.ndarray:
+    """Entries confined to a few rows and columns (a pruned classifier layer), inside them
+    at a fixed stride or at random."""
     m = np.zeros((100, 120), bool)
-    rows, cols = RNG.choice(100, 8, replace=False), RNG.choice(120, 10, replace=False)
-    inner = RNG.random((8, 10)) < 0.5
-    inner[:, 0] = inner[0, :] = True  # every chosen row and column keeps something
+    rows = np.sort(RNG.choice(100, 20, replace=False))
+    cols = np.sort(RNG.choice(120, 30, replace=False))
+    inner = np.zeros((20, 30), bool)
+    if regular:  # a stride coprime with the width reaches every row and column
+        inner.reshape(-1)[::7] = True
+    else:
+        inner = RNG.random((20, 30)) < 0.2
+        inner[:, 0] = inner[0, :] = True  # every chosen row and column keeps something
     m[np.ix_(rows, cols)] = inner
     return m
 
 
-def test_subdelta_wins_when_rows_and_columns_are_empty():
-    m = _empty_lines_mask()
+@pytest.mark.parametrize("regular, expected, whole", [(True, "subdelta", encode_delta),
+                                                      (False, "subrice", encode_rice)])
+def test_submatrix_encodings_win_when_rows_and_columns_are_empty(regular, expected, whole):
+    m = _empty_lines_mask(regular)
     name, params, payload = encode_mask(m)
-    assert name == "subdelta" and len(payload) < len(encode_delta(m)[1])
-    _round_trip("subdelta", params, payload, m)
+    assert name == expected and len(payload) < len(whole(m)[1])
+    _round_trip(name, params, payload, m)
+
+
+def test_rice_codes_any_mask_and_a_wrong_entry_count_never_escapes_the_shape():
+    for m in (RNG.random((30, 70)) < 0.03, np.zeros((3, 3), bool), np.ones((2, 5), bool)):
+        params, payload = encode_rice(m)
+        _round_trip("rice", params, payload, m)
+    m = RNG.random((30, 70)) < 0.03
+    params, payload = encode_rice(m)
+    for n in (params["n"] + 1, params["n"] + 50, 30 * 70):
+        try:
+            got = decode_mask("rice", {**params, "n": n}, payload, m.shape)
+        except DataError:
+            continue
+        assert got.shape == m.shape and got.dtype == bool
 
 
 def _samples():
@@ -282,7 +313,8 @@ def _samples():
              ("colbands", _block_column_mask()[:8, :18], {"band_rows": 4}),
              ("rowbands", _block_row_mask()[:8, :18], {"band_cols": 2}),
              ("kernels", _pattern_mask()[:8, :18], {"kernel": 9}),
-             ("subdelta", _empty_lines_mask(), {})]
+             ("subdelta", _empty_lines_mask(True), {}), ("rice", _irregular_mask()[:16, :200], {}),
+             ("subrice", _empty_lines_mask(False), {})]
     out = []
     for expected, m, hints in cases:
         name, params, payload = encode_mask(m, hints)
