@@ -17,6 +17,7 @@ gives the same weights as an uninterrupted one.
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -231,8 +232,6 @@ class Run:
         options = {k: v for k, v in prune.items() if k not in PRUNE_KEYS}
         try:
             if dry_run:  # on a copy: some methods act on the weights when they start
-                import copy  # noqa: PLC0415
-
                 model = copy.deepcopy(model)
                 targets = self.prune_targets(model)
             return methods.get(prune["method"], model, targets, **options)

@@ -33,10 +33,12 @@ def _hints(part: Scheme, shape: tuple[int, ...]) -> dict[str, Any]:
     if len(shape) > 2:
         hints["kernel"] = math.prod(shape[2:])
     block_shape = getattr(part, "block_shape", None)
-    if callable(block_shape):
+    if callable(block_shape):  # BLK-REW: kept columns shared by a band of block rows
         rows, cols = block_shape(shape)
-        hints["band_rows" if getattr(part, "axis", "col") == "col" else "band_cols"] = (
-            rows if getattr(part, "axis", "col") == "col" else cols)
+        if getattr(part, "axis", "col") == "col":
+            hints["band_rows"] = rows
+        else:
+            hints["band_cols"] = cols
     return hints
 
 
@@ -64,7 +66,7 @@ def freeze_weight(scheme: Scheme, w: Tensor, sparsity: float | None, *, gates: i
     current = w.detach().masked_fill(~keep, 0)
     parts = scheme.parts if isinstance(scheme, Composite) else [scheme]
     rates = scheme.part_rates(sparsity) if isinstance(scheme, Composite) else [sparsity]
-    hints: dict[str, Any] = {}
+    hints: dict[str, Any] = {"gates": gates} if gates > 1 else {}  # steps are per gate
     for i, (part, rate) in enumerate(zip(parts, rates, strict=True)):
         last = i == len(parts) - 1
         if isinstance(part, Quant):
