@@ -31,6 +31,7 @@ import os
 import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,50 +50,74 @@ ROOT = Path(__file__).resolve().parent.parent
 RECIPE = ROOT / "recipes/lenet5-fashion-joint.yaml"
 RUNS = ROOT / "runs/bench-joint"
 MIXED = {"conv1": 7, "conv2": 6, "fc1": 4, "fc2": 6}
-#: pruning levels: per-layer sparsity (the systematic-ADMM paper's 71x table, and a sparser one)
+
+
+@dataclass(frozen=True)
+class Level:
+    """A pruning level: per-layer rates, and the stages' epochs and ADMM options where they
+    differ from the joint recipe's (the same for every method at the level)."""
+
+    rates: Any
+    epochs: dict[str, int] = field(default_factory=dict)  # prune, retrain, quantize, qretrain
+    admm: dict[str, Any] = field(default_factory=dict)
+
+
+#: the systematic-ADMM paper's 71x table, a sparser one, and the 71x table with the longer
+#: schedule of the reference code (rho x1.3 per update, more epochs before hardening)
 LEVELS = {
-    "71x": "lenet5-admm-71x",
-    "110x": {"conv1": 0.8, "conv2": 0.94, "fc1": 0.995, "fc2": 0.94},
+    "71x": Level("lenet5-admm-71x"),
+    "110x": Level({"conv1": 0.8, "conv2": 0.94, "fc1": 0.995, "fc2": 0.94}),
+    "71x-long": Level("lenet5-admm-71x",
+                      {"prune": 12, "retrain": 8, "quantize": 4, "qretrain": 6},
+                      {"rho_growth": 1.3}),
 }
 ADAM = {"optimizer": "adam", "weight_decay": 0.0, "progress": False}
 COLORS = {"ours": "tab:blue", "ours-mixed": "tab:purple", "admm+ptq": "tab:orange",
           "gmp+ptq": "tab:green", "dense-int8": "tab:red"}
 
 
-def prune_section(method: str, rates: Any) -> dict[str, Any]:
+def _train(section: dict[str, Any], level: Level, stage: str) -> dict[str, Any]:
+    epochs = level.epochs.get(stage, section["epochs"])
+    return {**section, "epochs": epochs, "progress": False}
+
+
+def prune_section(method: str, level: Level) -> dict[str, Any]:
     """ADMM as in the joint recipe, or gradual magnitude with the same epochs."""
-    recipe = load_recipe(RECIPE)
-    prune = dict(recipe["prune"])
-    epochs = prune["train"]["epochs"]
+    prune = {**load_recipe(RECIPE)["prune"], **level.admm}
+    train = _train(prune["train"], level, "prune")
     if method == "gradual":
-        prune = {"method": "gradual", "start_epoch": 0, "end_epoch": epochs,
-                 "train": prune["train"]}
-    prune["targets"] = [{"layers": ["conv*", "fc*"], "scheme": "irregular", "sparsity": rates}]
-    prune["train"] = {**prune["train"], "progress": False}
+        prune = {"method": "gradual", "start_epoch": 0, "end_epoch": train["epochs"]}
+    prune["targets"] = [{"layers": ["conv*", "fc*"], "scheme": "irregular",
+                         "sparsity": level.rates}]
+    prune["train"] = train
     return prune
 
 
-def quantize_section(method: str, bits: Any) -> dict[str, Any]:
+def quantize_section(method: str, bits: Any, level: Level | None = None) -> dict[str, Any]:
     base = dict(load_recipe(RECIPE)["quantize"])
     if method == "admm":
         return {**base, "bits": bits, "rest": "float16",
-                "train": {**base["train"], "progress": False},
-                "retrain": {**base["retrain"], "progress": False}}
+                "train": _train(base["train"], level, "quantize"),
+                "retrain": _train(base["retrain"], level, "qretrain")}
     return {"method": "ptq", "bits": bits, "rest": "float16"}
 
 
-def overrides(prune: dict | None, quantize: dict | None) -> list[str]:
-    retrain = {**load_recipe(RECIPE)["retrain"], "progress": False}
+def overrides(prune: dict | None, quantize: dict | None, level: Level | None = None
+              ) -> list[str]:
+    retrain = _train(load_recipe(RECIPE)["retrain"], level or Level(None), "retrain")
     return ["train.progress=false", f"prune={json.dumps(prune)}",
             f"retrain={json.dumps(retrain if prune else None)}",
             f"quantize={json.dumps(quantize)}"]
 
 
 def run(name: str, settings: list[str], branch_from: Path | None,
-        stages: tuple[str, ...]) -> dict[str, Any]:
-    """One run in RUNS/name, starting from copies of ``stages`` of ``branch_from``."""
+        stages: tuple[str, ...], remeasure: bool = False) -> dict[str, Any]:
+    """One run in RUNS/name, starting from copies of ``stages`` of ``branch_from``;
+    ``remeasure`` writes its model file and report again (the trained stages are kept)."""
     out = RUNS / name
     out.mkdir(parents=True, exist_ok=True)
+    for artifact in ("model.pkz", "report.json") if remeasure else ():
+        (out / artifact).unlink(missing_ok=True)
     for stage in stages if branch_from else ():
         if not (out / stage).exists():
             shutil.copy2(branch_from / stage, out / stage)
@@ -134,31 +159,34 @@ def plan(levels: list[str], bits: list[int]) -> list[tuple]:
     bases = [("dense", "dense", None, None, overrides(None, None), None, ())]
     branches = [("dense-int8", "dense-int8", None, 8, overrides(None, quantize_section("ptq", 8)),
                  "dense", dense_copy)]
-    for level in levels:
-        rates = LEVELS[level]
+    for name in levels:
+        level = LEVELS[name]
         for method, tag in (("admm", "admm"), ("gradual", "gmp")):
-            bases.append((f"{tag}-{level}", None, level, None,
-                          overrides(prune_section(method, rates), None), "dense", dense_copy))
+            bases.append((f"{tag}-{name}", None, name, None,
+                          overrides(prune_section(method, level), None, level), "dense",
+                          dense_copy))
         for b in [*bits, "mixed"]:
             width = MIXED if b == "mixed" else b
-            branches.append((f"ours-{level}-{b}", "ours-mixed" if b == "mixed" else "ours",
-                             level, width, overrides(prune_section("admm", rates),
-                                                     quantize_section("admm", width)),
-                             f"admm-{level}", pruned_copy))
+            branches.append((f"ours-{name}-{b}", "ours-mixed" if b == "mixed" else "ours",
+                             name, width, overrides(prune_section("admm", level),
+                                                    quantize_section("admm", width, level),
+                                                    level),
+                             f"admm-{name}", pruned_copy))
             if b == "mixed":
                 continue
             for tag, method in (("admm", "admm+ptq"), ("gmp", "gmp+ptq")):
                 prune_method = "admm" if tag == "admm" else "gradual"
-                branches.append((f"{tag}-ptq-{level}-{b}", method, level, b,
-                                 overrides(prune_section(prune_method, rates),
-                                           quantize_section("ptq", b)),
-                                 f"{tag}-{level}", pruned_copy))
+                branches.append((f"{tag}-ptq-{name}-{b}", method, name, b,
+                                 overrides(prune_section(prune_method, level),
+                                           quantize_section("ptq", b), level),
+                                 f"{tag}-{name}", pruned_copy))
     return bases + branches
 
 
-def execute(todo: list[tuple], workers: int, rows: list[dict[str, Any]]) -> list[dict]:
+def execute(todo: list[tuple], workers: int, rows: list[dict[str, Any]],
+            remeasure: bool = False) -> list[dict]:
     """Run ``todo`` (bases first: a branch waits for the run it copies from)."""
-    done = {r["run"] for r in rows if "run" in r}
+    done = set() if remeasure else {r["run"] for r in rows if "run" in r}
     with ProcessPoolExecutor(workers, initializer=torch.set_num_threads,
                              initargs=(1,)) as pool:
         pending = {}
@@ -171,7 +199,7 @@ def execute(todo: list[tuple], workers: int, rows: list[dict[str, Any]]) -> list
                 queue.remove(item)
                 name, _, _, _, settings, branch, stages = item
                 future = pool.submit(run, name, settings,
-                                     None if branch is None else RUNS / branch, stages)
+                                     None if branch is None else RUNS / branch, stages, remeasure)
                 pending[future] = item
             if not pending:
                 raise SystemExit(f"nothing can run: {[t[0] for t in queue]}")
@@ -208,7 +236,7 @@ def write_results(rows: list[dict[str, Any]]) -> None:
 
     fig, ax = plt.subplots(figsize=(8, 5))
     for method, color in COLORS.items():
-        for level, marker in (("71x", "o"), ("110x", "s"), (None, "^")):
+        for level, marker in (("71x", "o"), ("110x", "s"), ("71x-long", "D"), (None, "^")):
             pts = sorted((r["size_ratio"], 100 * r["accuracy"]) for r in rows
                          if r["method"] == method and r["level"] == level)
             if pts:
@@ -267,13 +295,16 @@ def main() -> None:
     parser.add_argument("--levels", nargs="*", default=list(LEVELS), choices=list(LEVELS))
     parser.add_argument("--replot", action="store_true",
                         help="only redraw the table and plot from joint.json")
+    parser.add_argument("--remeasure", action="store_true",
+                        help="write every finished run's model file and report again with "
+                             "this code (no training: the stage artifacts are reused)")
     args = parser.parse_args()
     existing = RESULTS / "joint.json"
     rows = json.loads(existing.read_text())["rows"] if existing.exists() else []
     if args.replot:
         write_results(rows)
         return
-    execute(plan(args.levels, args.bits), args.workers, rows)
+    execute(plan(args.levels, args.bits), args.workers, rows, args.remeasure)
     print(f"machine: {machine()['cpu']}")
 
 

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from ..constraints import Frozen
+from ..constraints import Frozen, Rounded
 from ..errors import ConfigError, PrunekitError, TargetError
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -72,8 +72,8 @@ class Summary:
     ``params_total``/``params_nonzero`` count *every* parameter (biases and norm parameters
     included), so ``compression_ratio = params_total / params_nonzero`` is the ratio of the
     whole model. ``compression_ratio_weights`` is the same ratio over the compressed weights
-    only (those with a constraint; every row when there are none), the number pruning papers
-    usually quote. ``bytes_compressed`` is the size of the model file and ``bytes_parts``
+    only (those with a pruning or quantization constraint; every row when there are none),
+    the number pruning papers usually quote. ``bytes_compressed`` is the size of the model file and ``bytes_parts``
     its breakdown (they sum to it); ``bytes_dense`` is 4 bytes per parameter. A ratio is
     ``None`` when nothing is left nonzero.
     """
@@ -316,6 +316,8 @@ def summarize(model: nn.Module, example_input: Any,
     if unknown:
         raise TargetError(f"constraints name parameters the model does not have: {unknown}")
     positions = layer_positions(model, example_input)
+    # the compressed weights: biases kept on float16 are not what a pruning ratio is about
+    compressed = {n for n, c in constraints.items() if not isinstance(c, Rounded)}
     if storage is None:
         storage = artifacts.storage(artifacts.pack(model, constraints))
     stored_layers = storage.get("layers", {})
@@ -340,7 +342,7 @@ def summarize(model: nn.Module, example_input: Any,
             rows.append(row)
             params_total += row.params
             params_nonzero += row.nonzeros
-            if constraint is not None or not constraints:
+            if full in compressed or not compressed:
                 weights_total += row.params
                 weights_nonzero += row.nonzeros
     return Summary(
