@@ -8,11 +8,13 @@ all rows start from the same dense model and the same pruned models.
 
 Rows, at each pruning level (``--levels``) and each bit width (``--bits``, all layers):
 
-- ``ours``: ADMM prune -> masked retrain -> ADMM quantize -> progressive-fixing retrain;
+- ``ours``: ADMM prune -> masked retrain -> ADMM quantize -> straight-through retrain;
+- ``ours-progressive``: the same with ADMM-NN's progressive-fixing retraining;
 - ``admm+ptq``: the same pruned model, post-training rounding (no training);
 - ``gmp+ptq``: gradual magnitude pruning with the same budget as ADMM prune + retrain,
   then post-training rounding;
-- ``ours-mixed``: ``ours`` with ADMM-NN's LeNet-5 bits (conv1 7, conv2 6, fc1 4, fc2 6);
+- ``ours-mixed`` (``ours-progressive-mixed``): with ADMM-NN's LeNet-5 bits (conv1 7,
+  conv2 6, fc1 4, fc2 6);
 - ``dense-int8``: the dense model rounded to 8 bits (what a user would pick instead).
 
 Biases are kept at float16 in every quantized row (``quantize.rest: float16``). The size ratio
@@ -72,7 +74,8 @@ LEVELS = {
                       {"rho_growth": 1.3}),
 }
 ADAM = {"optimizer": "adam", "weight_decay": 0.0, "progress": False}
-COLORS = {"ours": "tab:blue", "ours-mixed": "tab:purple", "admm+ptq": "tab:orange",
+COLORS = {"ours": "tab:blue", "ours-mixed": "tab:purple", "ours-progressive": "tab:cyan",
+          "ours-progressive-mixed": "tab:pink", "admm+ptq": "tab:orange",
           "gmp+ptq": "tab:green", "dense-int8": "tab:red"}
 
 
@@ -93,12 +96,16 @@ def prune_section(method: str, level: Level) -> dict[str, Any]:
     return prune
 
 
-def quantize_section(method: str, bits: Any, level: Level | None = None) -> dict[str, Any]:
+def quantize_section(method: str, bits: Any, level: Level | None = None,
+                     mode: str | None = None) -> dict[str, Any]:
+    """ADMM quantization as in the joint recipe (``mode``: its retraining mode, default the
+    recipe's), or post-training rounding."""
     base = dict(load_recipe(RECIPE)["quantize"])
     if method == "admm":
+        retrain = _train(base["retrain"], level, "qretrain")
         return {**base, "bits": bits, "rest": "float16",
                 "train": _train(base["train"], level, "quantize"),
-                "retrain": _train(base["retrain"], level, "qretrain")}
+                "retrain": retrain if mode is None else {**retrain, "mode": mode}}
     return {"method": "ptq", "bits": bits, "rest": "float16"}
 
 
@@ -167,11 +174,13 @@ def plan(levels: list[str], bits: list[int]) -> list[tuple]:
                           dense_copy))
         for b in [*bits, "mixed"]:
             width = MIXED if b == "mixed" else b
-            branches.append((f"ours-{name}-{b}", "ours-mixed" if b == "mixed" else "ours",
-                             name, width, overrides(prune_section("admm", level),
-                                                    quantize_section("admm", width, level),
-                                                    level),
-                             f"admm-{name}", pruned_copy))
+            suffix = "-mixed" if b == "mixed" else ""
+            for tag, method, mode in (("ours", "ours", None),
+                                      ("oursprog", "ours-progressive", "progressive")):
+                branches.append((f"{tag}-{name}-{b}", method + suffix, name, width,
+                                 overrides(prune_section("admm", level),
+                                           quantize_section("admm", width, level, mode), level),
+                                 f"admm-{name}", pruned_copy))
             if b == "mixed":
                 continue
             for tag, method in (("admm", "admm+ptq"), ("gmp", "gmp+ptq")):
