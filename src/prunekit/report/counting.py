@@ -73,9 +73,9 @@ class Summary:
     included), so ``compression_ratio = params_total / params_nonzero`` is the ratio of the
     whole model. ``compression_ratio_weights`` is the same ratio over the compressed weights
     only (those with a pruning or quantization constraint; every row when there are none),
-    the number pruning papers usually quote. ``bytes_compressed`` is the size of the model file and ``bytes_parts``
-    its breakdown (they sum to it); ``bytes_dense`` is 4 bytes per parameter. A ratio is
-    ``None`` when nothing is left nonzero.
+    the number pruning papers usually quote. ``bytes_compressed`` is the size of the model
+    file and ``bytes_parts`` its breakdown (they sum to it); ``bytes_dense`` is 4 bytes per
+    parameter. A ratio is ``None`` when nothing is left nonzero.
     """
 
     layers: list[LayerStats]
