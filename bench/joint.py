@@ -283,7 +283,7 @@ def write_results(rows: list[dict[str, Any]]) -> None:
     lines = ["| method | pruning | bits | accuracy (%) | delta | file bytes | size ratio |"
              " weights ratio | epochs after dense |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        bits = "7/6/4/6" if isinstance(r["bits"], dict) else r["bits"]
+        bits = "7/6/4/6" if isinstance(r["bits"], dict) else (r["bits"] or "-")
         epochs = ", ".join(f"{k} {v}" for k, v in r["epochs_after_dense"].items()) or "0"
         lines.append(f"| {r['method']} | {r['level'] or '-'} | {bits} | "
                      f"{100 * r['accuracy']:.2f} | "
@@ -305,7 +305,9 @@ def write_results(rows: list[dict[str, Any]]) -> None:
         "are `os.path.getsize` of the row's `model.pkz` (weights only: activations stay "
         "float; biases float16 in quantized rows); size ratio = dense fp32 state-dict bytes "
         "/ file bytes; weights ratio = pruned layers' weights / nonzeros. Runs went two at "
-        "a time, one torch thread each.\n\n"
+        "a time, one torch thread each. The models were trained by `python bench/joint.py` "
+        "(and `--levels 71x-long --bits 4 3`); `--remeasure` then wrote every row's model "
+        "file and report again with the committed code, reusing the trained stages.\n\n"
         + summary + "\n\n" + "\n".join(lines)
         + measured_by(rows)
         + "\n![accuracy vs file size](joint.png)\n",

@@ -33,7 +33,7 @@ from .constraints import Frozen, MaskEnforcer, Rounded
 from .errors import ConfigError
 from .io import atomic_write_text, load_checkpoint
 from .methods.quantize import ProgressiveFixing
-from .recipe import QUANT_RETRAIN_KEYS, Recipe
+from .recipe import QUANT_RETRAIN_DEFAULTS, QUANT_RETRAIN_KEYS, Recipe
 from .report import build_report, format_report, write_report
 from .schemes import get as get_scheme
 from .targets import Target, resolve
@@ -248,7 +248,6 @@ class Run:
         state.constraints.update(method.freeze())
         method.close()
         state.meta.setdefault("methods", []).append(self.recipe["prune"]["method"])
-        state.meta["method_history"] = [dict(h) for h in getattr(method, "history", [])]
 
     def constrained_training(self, state: State, stage: str, section: Mapping[str, Any],
                              where: tuple[str, ...], resume: bool,
@@ -301,7 +300,7 @@ class Run:
             trainer = self.trainer(state.model, "quantize", config, [method])
             method.bind(trainer.optimizer)
             state.history += trainer.fit(resume=resume)
-        mode = (q.get("retrain") or {}).get("mode", "progressive")
+        mode = {**QUANT_RETRAIN_DEFAULTS, **(q.get("retrain") or {})}["mode"]
         frozen = method.constraints if method.hardened else method.freeze(mode=mode)
         method.close()
         params = dict(state.model.named_parameters())
@@ -321,14 +320,14 @@ class Run:
         state.meta.setdefault("methods", []).append(f"quantize:{q.get('method', 'admm')}")
 
     def qretrain_stage(self, state: State, resume: bool) -> None:
-        section = self.recipe["quantize"]["retrain"]
+        section = {**QUANT_RETRAIN_DEFAULTS, **self.recipe["quantize"]["retrain"]}
         config = stage_config(self.recipe, ("quantize", "retrain"),
                               {k: v for k, v in section.items() if k not in QUANT_RETRAIN_KEYS})
 
         def fixing(enforcer: MaskEnforcer) -> list[Any]:
-            if section.get("mode", "progressive") != "progressive":
+            if section["mode"] != "progressive":
                 return []
-            return [ProgressiveFixing(enforcer, config.epochs, section.get("fix_fraction", 0.3))]
+            return [ProgressiveFixing(enforcer, config.epochs, section["fix_fraction"])]
 
         self.constrained_training(state, "qretrain", section, ("quantize", "retrain"), resume,
                                   fixing)
@@ -342,11 +341,14 @@ class Run:
                              "methods": state.meta.get("methods", [])})
 
     def report_stage(self, state: State, resume: bool) -> dict[str, Any]:
-        """The report of what ``model.pkz`` holds: the model is loaded back from the file
-        and evaluated, and every byte figure is the file's own."""
+        """The report of what ``model.pkz`` holds: the model, its constraints and every byte
+        figure are read back from the file; its accuracy is the one the export measured on
+        the weights it wrote (a loaded model's outputs equal them exactly)."""
         loaded = artifacts.load(self.out / "model.pkz", model=self.build_model())
-        accuracy = evaluate(loaded.model, self.test_loader)["accuracy"]
+        accuracy = loaded.meta.get("accuracy_compressed")
         history = state.history
+        dense = self.out / "dense.pt"
+        before = (load_checkpoint(dense)["state_dict"] if dense.exists() else {})
         report = build_report(
             loaded.model, torch.zeros(1, *self.info.input_shape), constraints=loaded.constraints,
             storage=loaded.storage, accuracy_dense=state.meta.get("accuracy_dense",
@@ -358,8 +360,10 @@ class Run:
                    "model": self.recipe["model"]["name"], "file": "model.pkz",
                    "wall_seconds_this_invocation": time.perf_counter() - self.started},
         )
+        params = dict(loaded.model.named_parameters())
         write_report(self.out, report, history=history,
-                     weights_after={n: p.detach() for n, p in loaded.model.named_parameters()})
+                     weights_before={n: t for n, t in before.items() if n in params},
+                     weights_after={n: p.detach() for n, p in params.items()})
         self.report = report
         return report
 

@@ -58,7 +58,8 @@ DEFAULTS: dict[str, Any] = {
 #: methods of the ``quantize`` section, and the keys of its ``retrain`` that are not
 #: training settings (how quantized retraining moves weights between levels)
 QUANT_METHODS = ("admm", "ptq", "ste")
-QUANT_RETRAIN_KEYS = {"mode", "fix_fraction"}
+QUANT_RETRAIN_DEFAULTS = {"mode": "progressive", "fix_fraction": 0.3}
+QUANT_RETRAIN_KEYS = set(QUANT_RETRAIN_DEFAULTS)
 _QUANT_STAGE_KEYS = {"method", "bits", "scale", "levels", "layers", "rest", "train", "retrain"}
 QUANT_REST = ("float32", "float16", "bfloat16")
 
@@ -299,12 +300,12 @@ def _check_quantize(recipe: Recipe) -> None:
     if q.get("rest", "float32") not in QUANT_REST:
         raise recipe.error(f"must be one of {', '.join(QUANT_REST)}, got {q['rest']!r}",
                            "quantize", "rest")
-    retrain = q.get("retrain") or {}
-    mode = retrain.get("mode", "progressive")
+    retrain = {**QUANT_RETRAIN_DEFAULTS, **(q.get("retrain") or {})}
+    mode = retrain["mode"]
     if mode not in QUANT_MODES:
         raise recipe.error(f"must be one of {', '.join(QUANT_MODES)}, got {mode!r}",
                            "quantize", "retrain", "mode")
-    fraction = retrain.get("fix_fraction", 0.3)
+    fraction = retrain["fix_fraction"]
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) \
             or not 0 < fraction <= 1:
         raise recipe.error(f"must be a fraction in (0, 1], got {fraction!r}",

@@ -106,7 +106,10 @@ def encode(w: Tensor, constraint: Frozen) -> Encoded:
     hints = _mask_hints(constraint)
     codes = constraint.codes(w) if isinstance(constraint, Levels) else None
     nonzero = (codes != 0) if codes is not None else (w != 0)
-    candidates = [(*_index(mask, hints), mask) for mask in (constraint.mask.cpu(), nonzero)]
+    masks = [constraint.mask.cpu()]
+    if not torch.equal(nonzero, masks[0]):  # zeros inside the mask: index them away?
+        masks.append(nonzero)
+    candidates = [(*_index(mask, hints), mask) for mask in masks]
     index, payload, mask = min(  # index plus values, in bits
         candidates, key=lambda c: len(c[1]) * 8 + int(c[2].sum().item()) * constraint.bits)
     entry["x"] = index

@@ -11,11 +11,11 @@ The frozen constraints are the single record of what was pruned or quantized: th
 checkpoints, the model file and the report all read them.
 """
 
-from .enforce import MaskEnforcer, finetune, locate
+from .enforce import MaskEnforcer, finetune
 from .frozen import QUANT_MODES, Frozen, Levels, Rounded, Support, Unified, from_state
 from .harden import freeze, freeze_weight, harden
 
 __all__ = [
     "QUANT_MODES", "Frozen", "Levels", "MaskEnforcer", "Rounded", "Support", "Unified", "finetune",
-    "freeze", "freeze_weight", "from_state", "harden", "locate",
+    "freeze", "freeze_weight", "from_state", "harden",
 ]

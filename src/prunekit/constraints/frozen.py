@@ -33,7 +33,7 @@ from torch import Tensor
 
 from ..errors import ConfigError, DataError
 from ..schemes.base import gemm_view
-from ..schemes.quant import LEVEL_SETS, from_codes, max_level, to_codes
+from ..schemes.quant import LEVEL_SETS, from_codes, to_codes
 
 QUANT_MODES = ("snap", "ste", "progressive")
 
@@ -246,11 +246,6 @@ class Levels(Frozen):
                      shadow=None if self.shadow is None else self.shadow.cpu().clone(),
                      last=None if self._last is None else self._last.cpu().clone())
         return state
-
-    @property
-    def distinct_magnitudes(self) -> int:
-        """How many magnitudes a layer on these levels can take per row (zero included)."""
-        return max_level(self.bits) + 1
 
     def __repr__(self) -> str:
         return (f"Levels(shape={self.shape}, bits={self.bits}, levels={self.level_set!r}, "
