@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 
 import pytest
 import torch
@@ -260,6 +261,26 @@ def test_stage_callbacks_and_learning_rate_reset_flag():
         pruner.update()
     assert seen == [1, 2]
     assert pruner.lr_reset_pending
+
+
+def test_trainer_restarts_the_learning_rate_at_every_admm_update():
+    """ADMM-NN's policy: the rate restarts at each Z/U update and anneals within it."""
+    from torch.utils.data import DataLoader, TensorDataset  # noqa: PLC0415
+
+    from prunekit.training import TrainConfig, Trainer  # noqa: PLC0415
+
+    model = mlp()
+    pruner = ADMM(model, mlp_targets(model), update_every=2, stage_every=1, reset_lr=True)
+    assert pruner.lr_cycle_epochs == 2
+    x, y = batch(n=16)
+    data = DataLoader(TensorDataset(x, y.argmax(1)), batch_size=8)
+    cfg = TrainConfig(epochs=6, lr=0.1, schedule="cosine", progress=False)
+    history = Trainer(model, cfg, data, plugins=[pruner]).fit()
+    lrs = [r["lr"] for r in history]
+    # first cycle: cosine over all 6 epochs until the update after epoch 2; then 2-epoch cycles
+    assert lrs[2:] == pytest.approx([0.1, 0.05, 0.1, 0.05], rel=1e-12)
+    assert lrs[1] == pytest.approx(0.1 * 0.5 * (1 + math.cos(math.pi / 6)), rel=1e-12)
+    assert pruner.updates == 3 and not pruner.lr_reset_pending
 
 
 # --------------------------------------------------------- an already pruned model

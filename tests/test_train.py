@@ -177,6 +177,78 @@ def test_learning_rate_sequence(options, expected, optimizer):
     assert [r["lr"] for r in history] == pytest.approx(expected, rel=1e-12)
 
 
+class Restarter:
+    """Asks for a learning-rate restart at the end of the given epochs (1-based), and for
+    a stop at the end of ``stop_after``; its flags are state, as ADMM's are."""
+
+    def __init__(self, restart_at: tuple[int, ...], cycle: int | None,
+                 stop_after: int | None = None) -> None:
+        self.restart_at, self.lr_cycle_epochs, self.stop_after = restart_at, cycle, stop_after
+        self.epochs = 0
+        self.lr_reset_pending = False
+        self.stop_requested = False
+
+    def end_epoch(self) -> None:
+        self.epochs += 1
+        self.lr_reset_pending = self.epochs in self.restart_at
+        self.stop_requested = self.epochs == self.stop_after
+
+    def state_dict(self) -> dict:
+        return {"epochs": self.epochs, "pending": self.lr_reset_pending,
+                "stop": self.stop_requested}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.epochs, self.lr_reset_pending, self.stop_requested = (
+            d["epochs"], d["pending"], d["stop"])
+
+
+@pytest.mark.parametrize("cycle, expected", [
+    # cosine over 6 epochs until the restart after epoch 2, then cycles of 2 epochs
+    (2, [0.1, 0.1 * 0.5 * (1 + math.cos(math.pi / 6)), 0.1, 0.05, 0.1, 0.05]),
+    # no cycle length: the restart anneals over the epochs left (4)
+    (None, [0.1, 0.1 * 0.5 * (1 + math.cos(math.pi / 6)), 0.1, 0.1 * C1, 0.05, 0.1 * C3]),
+])
+def test_plugin_restarts_the_learning_rate(cycle, expected):
+    cfg = TrainConfig(lr=0.1, epochs=6, schedule="cosine", progress=False)
+    plugin = Restarter(restart_at=(2,), cycle=cycle)
+    history = Trainer(mlp(), cfg, loader(blobs(16, 0), batch_size=8), plugins=[plugin]).fit()
+    assert [r["lr"] for r in history] == pytest.approx(expected, rel=1e-12)
+    assert plugin.lr_reset_pending is False  # the trainer took the request
+
+
+def test_plugin_stop_ends_the_run_and_survives_resume(tmp_path):
+    cfg = TrainConfig(lr=0.1, epochs=6, schedule="cosine", progress=False)
+    path = tmp_path / "ckpt.pt"
+    history = Trainer(mlp(), cfg, loader(blobs(16, 0), batch_size=8),
+                      plugins=[Restarter((), None, stop_after=3)], checkpoint_path=path).fit()
+    assert [r["epoch"] for r in history] == [1, 2, 3]
+    again = Trainer(mlp(), cfg, loader(blobs(16, 0), batch_size=8),
+                    plugins=[Restarter((), None)], checkpoint_path=path).fit(resume=True)
+    assert without_seconds(again) == without_seconds(history)  # still stopped
+
+
+def test_resume_inside_a_restarted_cycle_is_exact(tmp_path):
+    cfg = TrainConfig(lr=0.1, epochs=5, schedule="cosine", momentum=0.9, progress=False)
+
+    def run(stop: int | None, resume: bool = False):
+        plugin = Restarter(restart_at=(1, 3), cycle=3)
+        log = None
+        if stop is not None:
+            def log(record):
+                if record["epoch"] == stop:
+                    raise KeyboardInterrupt
+        trainer = Trainer(mlp(), cfg, loader(blobs(32, 0), batch_size=8), plugins=[plugin],
+                          checkpoint_path=tmp_path / "c.pt", log=log)
+        return trainer.fit(resume=resume)
+
+    with pytest.raises(KeyboardInterrupt):
+        run(stop=2)
+    resumed = run(stop=None, resume=True)
+    (tmp_path / "c.pt").unlink()
+    assert without_seconds(resumed) == without_seconds(run(stop=None))
+    assert len({r["lr"] for r in resumed}) < 5  # the cycles repeat rates
+
+
 def test_build_scheduler_steps_per_epoch():
     cfg = TrainConfig(epochs=4, lr=0.1, schedule="step", milestones=[1, 3], gamma=0.5)
     opt = build_optimizer([nn.Parameter(torch.ones(2))], cfg)

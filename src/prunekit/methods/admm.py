@@ -61,7 +61,9 @@ class ADMM(PruningMethod):
     Every ``stage_every`` updates a *stage* ends: the functions given to :meth:`on_stage`
     are called with the stage number, and with ``reset_lr=True`` the flag
     ``lr_reset_pending`` is raised for a loop that restarts its learning rate per stage
-    (clear it once done). ``keep_zeros=False`` ignores exact zeros already in the weights.
+    (clear it once done): prunekit's trainer does, and anneals the rate again over
+    :attr:`lr_cycle_epochs`, ADMM-NN's per-update learning-rate policy when
+    ``stage_every=1``. ``keep_zeros=False`` ignores exact zeros already in the weights.
     """
 
     name = "admm"
@@ -152,6 +154,14 @@ class ADMM(PruningMethod):
             raise ConfigError(f"on_stage needs a callable, got {type(fn).__name__}")
         self._stage_callbacks.append(fn)
         return fn
+
+    @property
+    def lr_cycle_epochs(self) -> int | None:
+        """Epochs between two learning-rate restarts (one stage); None when updates are
+        counted in steps, where the trainer anneals to the end of training instead."""
+        if self.update_unit != "epoch":
+            return None
+        return self.update_every * self.stage_every
 
     def progress(self) -> dict[str, float]:
         return {**self._last, "rho": max(self.rho)}

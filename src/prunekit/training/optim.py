@@ -9,7 +9,7 @@ rate) lets the same schedule drive an optimizer the user built with their own ra
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch.optim import Optimizer
@@ -36,20 +36,33 @@ def build_optimizer(params: Iterable[torch.nn.Parameter] | Iterable[dict],
     raise ConfigError(f"unknown optimizer {cfg.optimizer!r}")  # TrainConfig already checks
 
 
-def lr_factor(cfg: TrainConfig, epoch: int) -> float:
+def lr_factor(cfg: TrainConfig, epoch: int, cycle: tuple[int, int | None] = (0, None)) -> float:
     """Multiplier of the base learning rate during ``epoch`` (0-based).
 
     Warmup ramps linearly to 1 over ``warmup_epochs`` (epoch ``e`` gets ``(e + 1) / W``);
     cosine then anneals from 1 towards 0 over the remaining epochs; step multiplies by
     ``gamma`` at each milestone (or every ``step_size`` epochs) counted from epoch 0.
+
+    ``cycle = (start, length)`` restarts the schedule at epoch ``start``: from there the
+    epochs are counted from ``start``, cosine anneals over ``length`` epochs (``None``: to the
+    end of training) and starts again after them, and warmup belongs to the first cycle only.
     """
+    start, length = cycle
+    if epoch >= start > 0:
+        span = length if length is not None else max(cfg.epochs - start, 1)
+        return _decay(cfg, (epoch - start) % span, span)
     warmup = cfg.warmup_epochs
     if epoch < warmup:
         return (epoch + 1) / warmup
+    return _decay(cfg, epoch - warmup, max(cfg.epochs - warmup, 1), offset=warmup)
+
+
+def _decay(cfg: TrainConfig, position: int, span: int, offset: int = 0) -> float:
+    """The schedule's factor ``position`` epochs into an annealing span of ``span`` epochs."""
     if cfg.schedule == "cosine":
-        span = max(cfg.epochs - warmup, 1)
-        return 0.5 * (1.0 + math.cos(math.pi * (epoch - warmup) / span))
+        return 0.5 * (1.0 + math.cos(math.pi * position / span))
     if cfg.schedule == "step":
+        epoch = position + offset
         if cfg.milestones is not None:
             drops = sum(1 for m in cfg.milestones if epoch >= m)
         else:
@@ -59,11 +72,16 @@ def lr_factor(cfg: TrainConfig, epoch: int) -> float:
 
 
 def build_scheduler(optimizer: Optimizer, cfg: TrainConfig,
-                    steps_per_epoch: int | None = None) -> LambdaLR:
+                    steps_per_epoch: int | None = None,
+                    cycle: Callable[[], tuple[int, int | None]] | None = None) -> LambdaLR:
     """A scheduler to step once per epoch, following :func:`lr_factor`.
 
-    ``steps_per_epoch`` is accepted for callers that know it, but the schedule is epoch based
-    and does not use it. Building the scheduler sets each group's rate to its epoch-0 value.
+    ``cycle`` returns the current learning-rate cycle (see :func:`lr_factor`); the trainer
+    moves it when a plugin asks for a restart. ``steps_per_epoch`` is accepted for callers
+    that know it, but the schedule is epoch based and does not use it. Building the
+    scheduler sets each group's rate to its epoch-0 value.
     """
     del steps_per_epoch
-    return LambdaLR(optimizer, lambda epoch: lr_factor(cfg, epoch))
+    if cycle is None:
+        return LambdaLR(optimizer, lambda epoch: lr_factor(cfg, epoch))
+    return LambdaLR(optimizer, lambda epoch: lr_factor(cfg, epoch, cycle()))

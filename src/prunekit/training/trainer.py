@@ -4,8 +4,16 @@ It is a convenience: the pruning methods work in any loop (see DESIGN.md); this 
 what a long compression run needs: a checkpoint at every epoch end written atomically, and
 a resume that continues bit for bit where the run stopped. Exactness comes from three rules:
 every random source is reseeded from ``(seed, epoch)`` at the start of each epoch, the
-learning-rate schedule is a pure function of the epoch, and everything else that changes
-during training (weights, optimizer buffers, plugin state, history) is in the checkpoint.
+learning-rate schedule is a pure function of the epoch (and of the epoch its current cycle
+began, see below), and everything else that changes during training (weights, optimizer
+buffers, plugin state, history, the cycle) is in the checkpoint.
+
+Two optional plugin attributes steer the loop, read after every epoch's ``end_epoch``:
+
+- ``lr_reset_pending`` (ADMM with ``reset_lr``): the learning rate restarts its schedule at
+  the next epoch, decaying over ``lr_cycle_epochs`` epochs (the plugin's, else the epochs
+  left), as ADMM-NN's solver restarts it at every Z/U update; the flag is then cleared;
+- ``stop_requested`` (ADMM with a convergence tolerance): the run ends after this epoch.
 """
 
 from __future__ import annotations
@@ -32,7 +40,7 @@ from .plugins import FunctionPlugin, PluginSet, check_plain
 from .seeding import seed_epoch
 
 _CHECKPOINT_KEYS = ("format", "stage", "epoch", "model", "optimizer", "scheduler", "history",
-                    "plugins", "config")
+                    "plugins", "config", "lr_cycle")
 # Options that change how a run is shown or where it runs, not what it computes.
 _RESUME_FREE_KEYS = ("progress", "device")
 _HOOKS = ("penalty", "after_step", "end_epoch", "state_dict", "load_state_dict", "progress")
@@ -195,7 +203,9 @@ class Trainer:
             trainable = [p for p in self.model.parameters() if p.requires_grad]
             optimizer = build_optimizer(trainable, config)
         self.optimizer = optimizer
-        self.scheduler = build_scheduler(self.optimizer, config)
+        # The current learning-rate cycle: (first epoch, length or None for "to the end").
+        self.lr_cycle: tuple[int, int | None] = (0, None)
+        self.scheduler = build_scheduler(self.optimizer, config, cycle=lambda: self.lr_cycle)
         self.checkpoint_path = None if checkpoint_path is None else Path(checkpoint_path)
         self.log = log
         self.epoch = 0  # epochs completed
@@ -225,6 +235,8 @@ class Trainer:
             if self.checkpoint_path.exists():
                 self._restore(self.checkpoint_path)
         for epoch in range(self.epoch, self.config.epochs):
+            if self._stop_requested():
+                break
             record = self._run_epoch(epoch)
             self.history.append(record)
             self.epoch = epoch + 1
@@ -243,8 +255,9 @@ class Trainer:
                    disable=not (self.config.progress and _interactive()))
         try:
             meter = self._train_batches(bar, epoch)
-            self.scheduler.step()
             self.plugins.end_epoch()
+            self._take_lr_resets(epoch)
+            self.scheduler.step()
             test = (evaluate(self.model, self.test_loader, self.device, self._eval_loss_fn)
                     if self.test_loader is not None else {"loss": None, "accuracy": None})
             record: dict[str, Any] = {
@@ -291,6 +304,17 @@ class Trainer:
             )
         return meter
 
+    def _take_lr_resets(self, epoch: int) -> None:
+        """Start a new learning-rate cycle at ``epoch + 1`` if a plugin asked for one."""
+        for plugin in self.plugins.plugins:
+            if getattr(plugin, "lr_reset_pending", False):
+                length = getattr(plugin, "lr_cycle_epochs", None)
+                self.lr_cycle = (epoch + 1, None if length is None else int(length))
+                plugin.lr_reset_pending = False
+
+    def _stop_requested(self) -> bool:
+        return any(getattr(p, "stop_requested", False) for p in self.plugins.plugins)
+
     def _show(self, bar: tqdm, record: dict[str, Any]) -> None:
         shown = {k: v for k, v in record.items() if k not in ("stage", "epoch", "seconds")}
         if not bar.disable:
@@ -312,6 +336,7 @@ class Trainer:
             "history": [dict(r) for r in self.history],
             "plugins": self.plugins.state_dicts(),
             "config": self.config.to_dict(),
+            "lr_cycle": list(self.lr_cycle),
         }
         check_plain(state, "checkpoint")
         return state
@@ -336,6 +361,8 @@ class Trainer:
             self.optimizer.load_state_dict(ckpt["optimizer"])
         except (RuntimeError, ValueError, KeyError) as exc:
             raise DataError(f"checkpoint {path} does not fit this model/optimizer: {exc}") from exc
+        start, length = ckpt["lr_cycle"]
+        self.lr_cycle = (int(start), None if length is None else int(length))
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.plugins.load_state_dicts(ckpt["plugins"], str(path))
         self.epoch = int(ckpt["epoch"])
