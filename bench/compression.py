@@ -115,12 +115,12 @@ def run_one(method: str, scheme: str, ratio: float, budget: int,
         "prune_epochs": prune_epochs,
         "retrain_epochs": retrain_epochs,
         "seconds": seconds,
-        "seconds_per_epoch": _seconds_per_epoch(report),
+        "seconds_per_epoch": seconds_per_epoch(report),
         "command": command(),
     }
 
 
-def _seconds_per_epoch(report: dict[str, Any]) -> dict[str, float]:
+def seconds_per_epoch(report: dict[str, Any]) -> dict[str, float]:
     by_stage: dict[str, list[float]] = {}
     for record in report.get("history") or []:
         by_stage.setdefault(record["stage"], []).append(record["seconds"])

@@ -283,6 +283,74 @@ def test_trainer_restarts_the_learning_rate_at_every_admm_update():
     assert pruner.updates == 3 and not pruner.lr_reset_pending
 
 
+@pytest.mark.parametrize("schedule", ["balance", "support"])
+def test_adaptive_rho_follows_each_layers_own_residuals(schedule):
+    model = mlp()
+    pruner = ADMM(model, mlp_targets(model), rho=1e-2, rho_schedule=schedule)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    x, y = batch()
+    for _ in range(4):
+        before = list(pruner.rho)
+        z_before = [z.clone() for z in pruner.Z]
+        for _ in range(3):
+            (nn.functional.mse_loss(model(x), y) + pruner.penalty()).backward()
+            opt.step()
+            opt.zero_grad()
+        record = pruner.update()
+        for i, t in enumerate(pruner.targets):
+            stats = record["layers"][t.name]
+            flips = int(((pruner.Z[i] != 0) != (z_before[i] != 0)).sum())
+            assert stats["support_change"] == flips / int((pruner.Z[i] != 0).sum())
+            if schedule == "balance":
+                factor = (2.0 if stats["primal"] > 10 * stats["dual"]
+                          else 0.5 if stats["dual"] > 10 * stats["primal"] else 1.0)
+            else:
+                factor = 1.3 if stats["support_change"] > 0.1 else 1.1
+            assert pruner.rho[i] == pytest.approx(before[i] * factor, rel=1e-12)
+    assert all(r > 1e-2 for r in pruner.rho)  # the primal dominates early: rho grows
+
+
+def test_admm_stops_when_converged_and_says_so():
+    from torch.utils.data import DataLoader, TensorDataset  # noqa: PLC0415
+
+    from prunekit.training import TrainConfig, Trainer  # noqa: PLC0415
+
+    def fit(**tolerances):
+        model = mlp()
+        pruner = ADMM(model, mlp_targets(model), rho=0.5, rho_schedule="geometric",
+                      rho_growth=2.0, **tolerances)
+        x, y = batch(n=16)
+        data = DataLoader(TensorDataset(x, y.argmax(1)), batch_size=8)
+        cfg = TrainConfig(epochs=12, lr=0.05, schedule="constant", progress=False)
+        return pruner, Trainer(model, cfg, data, plugins=[pruner]).fit()
+
+    free, history = fit()
+    assert len(history) == 12 and not free.stop_requested
+    residuals = [r["relative_primal"] for r in history]
+    tol = residuals[4]  # met for the first time at or before the fifth update
+    first = next(i for i, r in enumerate(residuals) if r <= tol)
+    stopped, short = fit(tol_primal=tol)
+    assert len(short) == first + 1
+    assert stopped.stop_requested
+    event = stopped.history[-1]
+    assert event["event"] == "converged" and event["update"] == first + 1
+    assert event["relative_primal"] <= tol
+    # a support tolerance of 0 is met only by an update that changes no weight's membership
+    strict, _ = fit(tol_primal=tol, tol_support=0.0)
+    done = [r for r in strict.history if r.get("event") == "update"]
+    assert all(r["support_change"] > 0 or r["relative_primal"] > tol for r in done[:-1])
+
+
+def test_relative_primal_is_measured():
+    model = mlp()
+    pruner = ADMM(model, mlp_targets(model))
+    record = pruner.update()
+    weights = [t.param.detach() for t in pruner.targets]
+    gaps = [float((w - z).norm()) for w, z in zip(weights, pruner.Z, strict=True)]
+    assert record["relative_primal"] == pytest.approx(sum(gaps) / sum(float(w.norm())
+                                                                      for w in weights))
+
+
 # --------------------------------------------------------- an already pruned model
 def test_pruning_an_already_pruned_model_never_revives_a_weight():
     model = mlp()

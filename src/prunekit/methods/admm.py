@@ -44,8 +44,16 @@ from .base import (
     per_target,
 )
 
-RHO_SCHEDULES = ("constant", "geometric", "stages")
-_DEFAULT_GROWTH = {"constant": 1.0, "geometric": 1.5, "stages": 10.0}
+RHO_SCHEDULES = ("constant", "geometric", "stages", "balance", "support")
+_DEFAULT_GROWTH = {"constant": 1.0, "geometric": 1.5, "stages": 10.0, "balance": 2.0,
+                   "support": 1.3}
+# Residual balancing (Boyd et al., "Distributed optimization ... ADMM", section 3.4.1):
+# rho moves when one residual exceeds the other by this factor.
+BALANCE_MU = 10.0
+# Support-driven growth (as in ALPS): fast growth while more than this fraction of a
+# layer's kept weights changed since the last update, slow growth once it settles.
+SUPPORT_BUSY = 0.1
+SUPPORT_SLOW_GROWTH = 1.1
 
 
 class ADMM(PruningMethod):
@@ -54,7 +62,12 @@ class ADMM(PruningMethod):
     ``rho`` is one number or ``{layer: number}``. It follows ``rho_schedule``:
     ``"constant"``; ``"geometric"`` (times ``rho_growth``, default 1.5, at every update, up
     to ``rho_max``); ``"stages"`` (times ``rho_growth``, default 10, every ``stage_every``
-    updates, up to ``rho_max``). Z/U are updated every ``update_every`` epochs
+    updates, up to ``rho_max``); two adaptive schedules that need no tuning per model:
+    ``"balance"`` (residual balancing, per layer: times ``rho_growth``, default 2, when the
+    primal residual exceeds ``BALANCE_MU`` times the dual, divided by it in the opposite
+    case) and ``"support"`` (per layer: times ``rho_growth``, default 1.3, while more than
+    ``SUPPORT_BUSY`` of the layer's kept weights changed since the last update, times
+    ``SUPPORT_SLOW_GROWTH`` once the support settles). Z/U are updated every ``update_every`` epochs
     (``update_unit="epoch"``, counted in :meth:`end_epoch`) or optimizer steps
     (``"step"``, counted in :meth:`after_step`).
 
@@ -64,6 +77,12 @@ class ADMM(PruningMethod):
     (clear it once done): prunekit's trainer does, and anneals the rate again over
     :attr:`lr_cycle_epochs`, ADMM-NN's per-update learning-rate policy when
     ``stage_every=1``. ``keep_zeros=False`` ignores exact zeros already in the weights.
+
+    ``tol_primal`` (relative primal residual ``sum ||W - Z|| / sum ||W||``) and
+    ``tol_support`` (fraction of the kept weights whose membership changed at the last
+    update): once every given tolerance is met (in the last round), ADMM has converged:
+    it records a ``converged`` event and raises ``stop_requested``, which ends the phase
+    in prunekit's trainer (any loop may read it). Neither given: ADMM runs its epochs.
     """
 
     name = "admm"
@@ -83,6 +102,8 @@ class ADMM(PruningMethod):
         rescale_dual: bool = True,
         reset_lr: bool = False,
         keep_zeros: bool = True,
+        tol_primal: float | None = None,
+        tol_support: float | None = None,
     ) -> None:
         super().__init__(model, targets)
         self.rho_init = per_target(rho, self.targets, "rho")
@@ -101,6 +122,10 @@ class ADMM(PruningMethod):
         self.rescale_dual = _check_bool(rescale_dual, "rescale_dual")
         self.reset_lr = _check_bool(reset_lr, "reset_lr")
         self.keep_zeros = _check_bool(keep_zeros, "keep_zeros")
+        self.tol_primal = None if tol_primal is None else check_positive(tol_primal, "tol_primal")
+        self.tol_support = (None if tol_support is None
+                            else check_positive(tol_support, "tol_support", allow_zero=True))
+        self.stop_requested = False
 
         self.updates = 0  # Z/U updates in all rounds
         self.round = 0
@@ -171,21 +196,32 @@ class ADMM(PruningMethod):
     def update(self) -> dict[str, Any]:
         """One Z-step and U-step for every target, then the rho schedule. Returns (and
         appends to ``history``) the residuals: primal ``sum_i ||W_i - Z_i||`` and dual
-        ``sum_i rho_i ||Z_i - Z_i_prev||``, per layer too."""
+        ``sum_i rho_i ||Z_i - Z_i_prev||``, the primal relative to ``sum_i ||W_i||``, and the
+        support change (weights entering or leaving Z's support over the kept weights),
+        per layer too."""
         self._follow_devices()
         layers: dict[str, dict[str, float]] = {}
-        zeros = total = 0
+        zeros = total = changed = kept = 0
+        weight_norm = 0.0
         for t, z, u, rho in zip(self._active, self.Z, self.U, self.rho, strict=True):
             w = t.param.detach()
             z_new = self._project(t, w + u)
             dual = rho * float(torch.linalg.vector_norm(z_new - z).item())
+            flips = int(((z_new != 0) != (z != 0)).sum().item())
             z.copy_(z_new)
             del z_new
             u.add_(w).sub_(z)
             primal = float(torch.linalg.vector_norm(w - z).item())
-            layers[t.name] = {"rho": rho, "primal": primal, "dual": dual}
-            zeros += int((z == 0).sum().item())
+            norm = float(torch.linalg.vector_norm(w).item())
+            nonzero = int((z != 0).sum().item())
+            layers[t.name] = {"rho": rho, "primal": primal, "dual": dual,
+                              "relative_primal": primal / norm if norm > 0 else 0.0,
+                              "support_change": flips / max(nonzero, 1)}
+            zeros += z.numel() - nonzero
             total += z.numel()
+            changed += flips
+            kept += nonzero
+            weight_norm += norm
         self.updates += 1
         self.round_updates += 1
         record = {
@@ -198,14 +234,34 @@ class ADMM(PruningMethod):
             "primal": math.fsum(v["primal"] for v in layers.values()),
             "dual": math.fsum(v["dual"] for v in layers.values()),
             "sparsity": zeros / total,
+            "support_change": changed / max(kept, 1),
             "layers": layers,
         }
+        primal = record["primal"]
+        record["relative_primal"] = primal / weight_norm if weight_norm > 0 else 0.0
         self.history.append(record)
-        self._last = {k: record[k] for k in ("sparsity", "primal", "dual")}
-        self._advance_rho()
+        self._last = {k: record[k] for k in ("sparsity", "primal", "dual", "relative_primal",
+                                             "support_change")}
+        self._advance_rho(list(layers.values()))
         if self.round_updates % self.stage_every == 0:
             self._end_stage()
+        self._check_converged(record)
         return record
+
+    def _check_converged(self, record: Mapping[str, Any]) -> None:
+        tolerances = [(k, tol) for k, tol in (("relative_primal", self.tol_primal),
+                                              ("support_change", self.tol_support))
+                      if tol is not None]
+        if not tolerances or not self._in_last_round():
+            return
+        if all(record[k] <= tol for k, tol in tolerances):
+            self.stop_requested = True
+            self.history.append({"event": "converged", "update": self.updates,
+                                 "epoch": self.epoch, "step": self.step,
+                                 **{k: record[k] for k, _ in tolerances}})
+
+    def _in_last_round(self) -> bool:
+        return True
 
     def _project(self, target: Target, v: Tensor) -> Tensor:
         """``P(v * M) * M`` with the live mask M of ``target`` (plain ``P(v)`` without one)."""
@@ -219,29 +275,45 @@ class ADMM(PruningMethod):
     def _restart(self) -> None:
         """Begin a run (or round): Z = projection of the current weights, U = 0."""
         zeros = total = 0
-        primal = 0.0
+        primal = weight_norm = 0.0
         for t, z, u in zip(self._active, self.Z, self.U, strict=True):
             w = t.param.detach()
             z.copy_(self._project(t, w))
             u.zero_()
             primal += float(torch.linalg.vector_norm(w - z).item())
+            weight_norm += float(torch.linalg.vector_norm(w).item())
             zeros += int((z == 0).sum().item())
             total += z.numel()
-        self._last = {"sparsity": zeros / total, "primal": primal, "dual": 0.0}
+        self._last = {"sparsity": zeros / total, "primal": primal, "dual": 0.0,
+                      "relative_primal": primal / weight_norm if weight_norm > 0 else 0.0,
+                      "support_change": 0.0}
 
     @torch.no_grad()
-    def _advance_rho(self) -> None:
+    def _advance_rho(self, layers: Sequence[Mapping[str, float]]) -> None:
         if self.rho_schedule == "constant":
             return
         if self.rho_schedule == "stages" and self.round_updates % self.stage_every:
             return
-        for i, old in enumerate(self.rho):
-            new = old * self.rho_growth
+        for i, (old, stats) in enumerate(zip(self.rho, layers, strict=True)):
+            new = old * self._rho_factor(stats)
             if self.rho_max is not None:
                 new = min(new, self.rho_max)
             if new != old and self.rescale_dual:
                 self.U[i].mul_(old / new)
             self.rho[i] = new
+
+    def _rho_factor(self, stats: Mapping[str, float]) -> float:
+        """How much one layer's rho changes after an update (``stats``: its residuals)."""
+        if self.rho_schedule == "balance":
+            if stats["primal"] > BALANCE_MU * stats["dual"]:
+                return self.rho_growth
+            if stats["dual"] > BALANCE_MU * stats["primal"]:
+                return 1.0 / self.rho_growth
+            return 1.0
+        if self.rho_schedule == "support":
+            busy = stats["support_change"] > SUPPORT_BUSY
+            return self.rho_growth if busy else SUPPORT_SLOW_GROWTH
+        return self.rho_growth
 
     def _end_stage(self) -> None:
         self.stage += 1
@@ -273,6 +345,7 @@ class ADMM(PruningMethod):
             "round_step": self.round_step,
             "stage": self.stage,
             "lr_reset_pending": self.lr_reset_pending,
+            "stop_requested": self.stop_requested,
             "last": dict(self._last),
         }
 
@@ -293,6 +366,7 @@ class ADMM(PruningMethod):
         self.round_step = int(state["round_step"])
         self.stage = int(state["stage"])
         self.lr_reset_pending = bool(state["lr_reset_pending"])
+        self.stop_requested = bool(state["stop_requested"])
         self._last = {k: float(v) for k, v in state["last"].items()}
 
 
@@ -345,6 +419,9 @@ class ProgressiveADMM(ADMM):
 
     def harden_targets(self) -> list[Target]:
         return self._round_targets(len(self.rates) - 1)
+
+    def _in_last_round(self) -> bool:
+        return self.round + 1 >= len(self.rates)
 
     def _end_epoch(self) -> None:
         super()._end_epoch()
