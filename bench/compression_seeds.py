@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -111,6 +112,7 @@ def run_one(method: str, scheme: str, ratio: int, budget: int, seed: int,
         "method": method, "scheme": scheme, "target_ratio": ratio, "epochs": budget,
         "seed": seed, "prune_epochs": prune_epochs, "retrain_epochs": retrain_epochs,
         "options": {k: v for k, v in prune.items() if k not in ("targets", "train")},
+        "load_average": os.getloadavg()[0],
         "ratio": report["compression_ratio_weights"],
         "accuracy": report["accuracy"]["compressed"],
         "dense_accuracy": report["accuracy"]["dense"],
@@ -131,9 +133,10 @@ def key(row: dict[str, Any]) -> tuple:
     return (row["method"], row["scheme"], row["target_ratio"], row["epochs"], row["seed"])
 
 
-def plan(methods: list[str], budgets: list[int], seeds: list[int]) -> list[tuple]:
+def plan(methods: list[str], budgets: list[int], seeds: list[int],
+         cases: tuple[tuple[str, int], ...] = CASES) -> list[tuple]:
     """Shorter budgets first; within one, case by case with every method and seed."""
-    return [(m, s, r, b, seed) for b in budgets for s, r in CASES for seed in seeds
+    return [(m, s, r, b, seed) for b in budgets for s, r in cases for seed in seeds
             for m in methods]
 
 
@@ -196,9 +199,9 @@ def write_results(rows: list[dict[str, Any]]) -> None:
         + "\nSame dense LeNet-5 (Fashion-MNIST) for every row. `epochs` = epochs after the "
         "dense model; ADMM, reweighted and gradual magnitude prune for 2/3 of them and "
         "retrain inside the masks for the rest, one-shot magnitude retrains for all of them. "
-        f"ADMM's schedule is `{BEST_ADMM}` unless the method names another "
-        "(see `ADMM_VARIANTS` in the script). Runs went two at a time, one torch thread "
-        "each.\n\n" + "\n".join(table) + "\n\n## Verdicts\n\n"
+        "`admm:NAME` rows use the ADMM schedule NAME of `ADMM_VARIANTS` in the script; "
+        "the verdicts compare the best ADMM or reweighted row with GMP. Runs went two at a "
+        "time, one torch thread each.\n\n" + "\n".join(table) + "\n\n## Verdicts\n\n"
         + ("\n".join(verdicts(lines)) or "- no case has both seeds of every method yet")
         + measured_by(rows) + "\n![accuracy per case](compression_seeds.png)\n",
     )
@@ -240,6 +243,8 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=list(METHODS))
     parser.add_argument("--variants", nargs="*", default=[],
                         help="extra ADMM schedules to run as admm:NAME rows")
+    parser.add_argument("--cases", nargs="+", default=[f"{s}:{r}" for s, r in CASES],
+                        help="scheme:ratio items")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--replot", action="store_true")
     args = parser.parse_args()
@@ -250,10 +255,11 @@ def main() -> None:
         return
     if not DENSE.exists():
         raise SystemExit(f"{DENSE} missing: run bench/dense_baseline.py first")
-    methods = args.methods + [f"admm:{v}" for v in args.variants]
+    methods = [f"admm:{BEST_ADMM}" if m == "admm" else m for m in args.methods]
+    methods += [f"admm:{v}" for v in args.variants if f"admm:{v}" not in methods]
+    cases = tuple((c.split(":")[0], int(c.split(":")[1])) for c in args.cases)
     done = {key(r) for r in rows}
-    todo = [t for t in plan(methods, args.budgets, args.seeds)
-            if (t[0], t[1], t[2], t[3], t[4]) not in done]
+    todo = [t for t in plan(methods, args.budgets, args.seeds, cases) if t not in done]
     print(f"{len(todo)} runs to go ({len(done)} rows already there)", flush=True)
     with ProcessPoolExecutor(args.workers, initializer=torch.set_num_threads,
                              initargs=(1,)) as pool:

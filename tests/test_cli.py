@@ -79,6 +79,11 @@ def test_compress_writes_a_complete_run_directory(tmp_path, capsys):
     assert report["bytes"]["compressed"] < report["bytes"]["dense"]
     assert {r["stage"] for r in report["history"]} == {"pretrain", "prune", "retrain"}
     assert "conv1.weight" in (out / "report.md").read_text()
+    # ADMM's per-layer residuals per Z/U update reach the report and its convergence plot
+    updates = [r for r in report["prune_updates"] if r["event"] == "update"]
+    assert updates and set(updates[-1]["layers"]) >= {"conv1.weight", "fc2.weight"}
+    assert (out / "admm_convergence.png").is_file()
+    assert "Z/U updates; at the last one" in (out / "report.md").read_text()
     assert "results:" in capsys.readouterr().out
 
     # `prunekit report` recomputes the same figures from the saved model

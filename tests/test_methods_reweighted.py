@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -109,6 +111,30 @@ def test_alpha_is_recomputed_every_reweight_every_epochs():
     for alpha, want in zip(pruner.alphas, expected(), strict=True):
         torch.testing.assert_close(alpha, want)
     assert [h["epoch"] for h in pruner.history] == [0, 2]
+
+
+def test_alpha_depends_on_magnitude_not_sign():
+    """A public implementation computes the irregular factor from w, not |w| (a negative
+    weight then gets a negative or wrong factor); ours must treat -w exactly like w."""
+    model = nn.Sequential(nn.Linear(4, 3))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[0.5, -0.5, 0.01, -0.01],
+                                            [2.0, -2.0, 1e-4, -1e-4],
+                                            [0.0, -0.0, 3.0, -3.0]]))
+    for scheme in ("irregular", "filter"):
+        pruner = Reweighted(model, [make_target(model, "0.weight", 0.5, scheme)], eps=1e-3)
+        alpha = pruner.alphas[0]
+        assert (alpha > 0).all()
+        if scheme == "irregular":  # one alpha per weight, flattened row by row
+            alpha = alpha.reshape(3, 4)
+            assert torch.equal(alpha[:, 0::2], alpha[:, 1::2])
+            torch.testing.assert_close(alpha, 1 / (model[0].weight.detach().abs() ** 2 + 1e-3))
+    flipped = copy.deepcopy(model)
+    with torch.no_grad():
+        flipped[0].weight.neg_()
+    a = Reweighted(model, [make_target(model, "0.weight", 0.5)]).alphas[0]
+    b = Reweighted(flipped, [make_target(flipped, "0.weight", 0.5)]).alphas[0]
+    assert torch.equal(a, b)
 
 
 def test_penalty_value_and_gradient():

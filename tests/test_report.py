@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -398,3 +399,34 @@ def test_write_report_rejects_a_file_as_run_dir(tmp_path, report):
         write_report(target, report)
     with pytest.raises(ConfigError, match="build_report"):
         write_report(tmp_path / "run", {"method": "admm"})
+
+
+def test_admm_updates_give_a_convergence_plot_and_line(tmp_path, net):
+    from prunekit.methods import ADMM  # noqa: PLC0415
+    from prunekit.targets import resolve  # noqa: PLC0415
+
+    model = copy.deepcopy(net)
+    targets = resolve(model, [{"layers": ["conv", "fc"], "scheme": "irregular",
+                               "sparsity": 0.5}])
+    pruner = ADMM(model, targets, rho=0.1, tol_primal=10.0)
+    with torch.no_grad():
+        model.conv.weight.mul_(0.9)
+    pruner.update()
+    plain = build_report(model, example(), updates=pruner.history)
+    assert plain["prune_updates"][0]["layers"].keys() == {"conv.weight", "fc.weight"}
+    write_report(tmp_path / "run", plain)
+    _assert_png(tmp_path / "run" / "admm_convergence.png")
+    md = (tmp_path / "run" / "report.md").read_text()
+    last = pruner.history[0]
+    assert (f"ADMM converged at Z/U update 1 (epoch 0) and stopped early: relative primal "
+            f"residual {last['relative_primal']:.3g}") in md
+    assert "converged at Z/U update 1" in format_report(plain)
+    # without a tolerance: the line says all updates ran
+    other = copy.deepcopy(net)
+    again = ADMM(other, resolve(other, [{"layers": ["fc"], "scheme": "irregular",
+                                         "sparsity": 0.5}]))
+    again.update()
+    again.update()
+    assert "ADMM ran all 2 Z/U updates" in format_report(
+        build_report(net, example(), updates=again.history))
+    assert plots.layer_updates(HISTORY) == []  # per-epoch records are not updates

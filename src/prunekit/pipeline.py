@@ -245,6 +245,7 @@ class Run:
         trainer = self.trainer(state.model, "prune", config, [method])
         method.bind(trainer.optimizer)
         state.history += trainer.fit(resume=resume)
+        state.meta["prune_updates"] = copy.deepcopy(method.history)
         state.constraints.update(method.freeze())
         method.close()
         state.meta.setdefault("methods", []).append(self.recipe["prune"]["method"])
@@ -355,7 +356,7 @@ class Run:
                                                                   loaded.meta.get("accuracy_dense")),
             accuracy_compressed=accuracy, method=" -> ".join(state.meta.get("methods", [])) or None,
             epochs=len(history), seconds=sum(r.get("seconds", 0.0) for r in history),
-            history=history,
+            history=history, updates=state.meta.get("prune_updates"),
             extra={"recipe": self.recipe["name"], "dataset": self.info.name,
                    "model": self.recipe["model"]["name"], "file": "model.pkz",
                    "wall_seconds_this_invocation": time.perf_counter() - self.started},

@@ -86,6 +86,7 @@ def build_report(
     epochs: int | None = None,
     seconds: float | None = None,
     history: Sequence[Mapping[str, Any]] | None = None,
+    updates: Sequence[Mapping[str, Any]] | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The JSON-ready report of ``model``.
@@ -96,8 +97,9 @@ def build_report(
     ``compression_ratio_weights`` (compressed weights only), ``macs`` and ``bytes``
     (``dense``, ``compressed``, ``ratio``) and ``layers``. Given by the caller:
     ``accuracy`` (``dense``, ``compressed``: fractions in [0, 1]), ``method``, ``epochs``,
-    ``seconds``, ``history`` (per-epoch dicts, kept for re-plotting) and ``extra`` (stored
-    under ``"extra"``).
+    ``seconds``, ``history`` (per-epoch dicts, kept for re-plotting), ``updates`` (the
+    pruning method's own records, e.g. ADMM's per-layer residuals per Z/U update, stored as
+    ``prune_updates``) and ``extra`` (stored under ``"extra"``).
     """
     if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int)
                                or epochs < 0):
@@ -120,6 +122,8 @@ def build_report(
     hist = _history(history)
     if hist is not None:
         report["history"] = hist
+    if updates is not None:
+        report["prune_updates"] = _history(updates)
     if extra is not None:
         report["extra"] = jsonable(dict(extra), "extra")
     return report
@@ -137,6 +141,8 @@ def _plots(report: Mapping[str, Any], history: Sequence[Mapping[str, Any]] | Non
         out["training.png"] = plots.training_png(history)
         if plots.has_residuals(history):
             out["admm_residuals.png"] = plots.residuals_png(history)
+    if plots.layer_updates(report.get("prune_updates")):
+        out["admm_convergence.png"] = plots.convergence_png(report["prune_updates"])
     if weights_before or weights_after:
         out["weights.png"] = plots.weights_png(weights_before, weights_after)
     return out
@@ -155,7 +161,8 @@ def write_report(
 
     Always: ``sparsity.png``. With a history (``history``, else ``report["history"]``):
     ``training.png`` and, when it records ADMM ``primal``/``dual`` residuals,
-    ``admm_residuals.png``. With weights (``{name: tensor}`` before and/or after):
+    ``admm_residuals.png``; with ADMM's per-update records (``prune_updates``):
+    ``admm_convergence.png``. With weights (``{name: tensor}`` before and/or after):
     ``weights.png``.
     """
     if not isinstance(report, Mapping) or "layers" not in report:

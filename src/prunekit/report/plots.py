@@ -1,4 +1,5 @@
-"""PNG plots of a run: per-layer sparsity, training curves, ADMM residuals, weight histograms.
+"""PNG plots of a run: per-layer sparsity, training curves, ADMM residuals and convergence,
+weight histograms.
 
 Each function returns the PNG as bytes so the caller can write it atomically. Figures are
 made with :class:`matplotlib.figure.Figure` and the Agg canvas directly, never through
@@ -157,6 +158,42 @@ def residuals_png(history: Sequence[Mapping[str, Any]]) -> bytes:
     ax.set_title("ADMM residuals")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
+    return to_png(fig)
+
+
+def layer_updates(updates: Sequence[Mapping[str, Any]] | None) -> list[Mapping[str, Any]]:
+    """The Z/U update records that carry per-layer residuals (ADMM's ``history``)."""
+    return [r for r in updates or () if r.get("event") == "update"
+            and isinstance(r.get("layers"), Mapping)]
+
+
+def convergence_png(updates: Sequence[Mapping[str, Any]]) -> bytes:
+    """Per layer and Z/U update: the relative primal residual ``||W - Z|| / ||W||`` and the
+    support change (weights entering or leaving Z's support over the kept weights), so a
+    user sees whether ADMM had converged when it was hardened."""
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    records = layer_updates(updates)
+    if not records:
+        _empty(fig, "no ADMM updates recorded")
+        return to_png(fig)
+    names = list(dict.fromkeys(n for r in records for n in r["layers"]))
+    panels = (("relative_primal", "relative primal residual ||W - Z|| / ||W||"),
+              ("support_change", "support change per update"))
+    for k, (key, title) in enumerate(panels):
+        ax = fig.add_subplot(1, 2, k + 1)
+        for name in names:
+            points = [(i + 1, _number(r["layers"][name].get(key)))
+                      for i, r in enumerate(records) if name in r["layers"]]
+            points = [(x, v) for x, v in points if v > 0]
+            if points:
+                ax.plot(*zip(*points, strict=True), "-", marker=".", label=name)
+        ax.set_yscale("log")
+        ax.set_xlabel("Z/U update")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_title(title)
+        ax.grid(alpha=0.3, which="both")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, ncol=2 if len(names) > 8 else 1)
     return to_png(fig)
 
 

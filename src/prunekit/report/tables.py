@@ -156,12 +156,30 @@ def render_markdown(report: Mapping[str, Any], plots: Sequence[str] = ()) -> str
         layer_table(report.get("layers", [])),
         "",
     ]
+    convergence = convergence_line(report.get("prune_updates"))
+    if convergence:
+        parts += ["## Convergence", "", convergence, ""]
     if plots:
         parts += ["## Plots", ""]
         for name in plots:
             title = name.rsplit(".", 1)[0].replace("_", " ")
             parts += [f"### {title}", "", f"![{title}]({name})", ""]
     return "\n".join(parts)
+
+
+def convergence_line(updates: Sequence[Mapping[str, Any]] | None) -> str | None:
+    """Whether ADMM converged before it was hardened, in one sentence (None: no ADMM)."""
+    done = [r for r in updates or () if r.get("event") == "update"]
+    if not done:
+        return None
+    last = done[-1]
+    residuals = (f"relative primal residual {last.get('relative_primal', float('nan')):.3g}, "
+                 f"support change {last.get('support_change', float('nan')):.3g}")
+    stopped = [r for r in updates or () if r.get("event") == "converged"]
+    if stopped:
+        return (f"ADMM converged at Z/U update {stopped[0]['update']} (epoch "
+                f"{stopped[0]['epoch']}) and stopped early: {residuals}.")
+    return f"ADMM ran all {len(done)} Z/U updates; at the last one: {residuals}."
 
 
 def format_report(report: Mapping[str, Any]) -> str:
@@ -171,4 +189,7 @@ def format_report(report: Mapping[str, Any]) -> str:
     layers = report.get("layers", [])
     if layers:
         lines += ["", layer_table(layers, markdown=False)]
+    convergence = convergence_line(report.get("prune_updates"))
+    if convergence:
+        lines += ["", convergence]
     return "\n".join(lines)
