@@ -98,7 +98,7 @@ def test_shipped_recipes_load():
 
 
 def test_exponent_numbers_are_floats_in_files_and_overrides():
-    r = load_recipe(text=BASE.replace("rho: 0.001", "rho: 1e-3"), overrides=["prune.lam=2e-5"])
+    r = load_recipe(text=BASE.replace("rho: 0.001", "rho: 1e-3"), overrides=["prune.rho_max=2e-5"])
     assert r["prune"]["rho"] == pytest.approx(1e-3) and isinstance(r["prune"]["rho"], float)
-    assert r["prune"]["lam"] == pytest.approx(2e-5) and isinstance(r["prune"]["lam"], float)
+    assert r["prune"]["rho_max"] == pytest.approx(2e-5) and isinstance(r["prune"]["rho_max"], float)
     assert load_recipe(text=BASE, overrides=["name=1e5x"])["name"] == "1e5x"  # not a number

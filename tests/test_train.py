@@ -249,10 +249,10 @@ def test_resume_inside_a_restarted_cycle_is_exact(tmp_path):
     assert len({r["lr"] for r in resumed}) < 5  # the cycles repeat rates
 
 
-def test_build_scheduler_steps_per_epoch():
+def test_build_scheduler_steps_once_per_epoch():
     cfg = TrainConfig(epochs=4, lr=0.1, schedule="step", milestones=[1, 3], gamma=0.5)
     opt = build_optimizer([nn.Parameter(torch.ones(2))], cfg)
-    sched = build_scheduler(opt, cfg, steps_per_epoch=100)
+    sched = build_scheduler(opt, cfg)
     seen = []
     for _ in range(4):
         seen.append(opt.param_groups[0]["lr"])

@@ -33,6 +33,7 @@ from .constraints import Frozen, MaskEnforcer, Rounded
 from .errors import ConfigError
 from .io import atomic_write_text, load_checkpoint
 from .methods.quantize import ProgressiveFixing
+from .plan import check_fits_data, option_key, stage_settings
 from .recipe import QUANT_RETRAIN_DEFAULTS, QUANT_RETRAIN_KEYS, Recipe
 from .report import build_report, format_report, write_report
 from .schemes import get as get_scheme
@@ -43,24 +44,14 @@ from .training import TrainConfig, Trainer, evaluate, set_seed
 PRUNE_KEYS = {"method", "targets", "train"}
 QUANT_KEYS = {"method", "bits", "scale", "levels", "layers", "rest", "train", "retrain"}
 
-#: settings a pruning or retraining stage takes from the recipe's ``train`` section; the
-#: optimizer and schedule are the stage's own (an Adam stage must not inherit SGD's nesterov)
-INHERITED = ("seed", "device", "progress", "label_smoothing", "grad_clip")
-
-
 def stage_config(recipe: Recipe, where: tuple[str, ...],
                  overrides: Mapping[str, Any] | None) -> TrainConfig:
     """A stage's training settings: its own section, plus the shared settings of ``train``."""
-    train = recipe["train"]
-    if where == ("train",):
-        merged = {"seed": recipe["seed"], **train}
-    else:
-        shared = {k: train[k] for k in INHERITED if k in train}
-        merged = {"seed": recipe["seed"], **shared, **(overrides or {})}
     try:
-        return TrainConfig.from_dict(merged)
+        return TrainConfig.from_dict(stage_settings(recipe["train"], recipe["seed"], where,
+                                                    overrides))
     except ConfigError as exc:
-        raise ConfigError(f"{recipe.where(*where)}: {'.'.join(where)}: {exc}") from exc
+        raise recipe.locate(exc, *where) from None
 
 
 @dataclass
@@ -98,7 +89,7 @@ class Run:
     def data_options(self) -> dict[str, Any]:
         d = self.recipe["data"]
         options = dict(d.get("options") or {})
-        if datasets.dataset_info(d["name"]).name == "synthetic":
+        if datasets.is_synthetic(d["name"]):
             options.setdefault("input_shape", list(self.input_shape_for_synthetic()))
         return options
 
@@ -164,9 +155,10 @@ class Run:
         self.out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.out / "recipe.yaml", self.recipe.to_yaml())
         set_seed(self.recipe["seed"])
-        self.build_data()
+        self.info = datasets.dataset_info(self.recipe["data"]["name"], **self.data_options())
         state = State(self.build_model())
         self.check_plan(state.model)
+        self.build_data()
         self.started = start
         for stage in self.stages():
             path = self.out / stage.artifact
@@ -183,13 +175,21 @@ class Run:
         return self.report
 
     def check_plan(self, model: nn.Module) -> None:
-        """Resolve every stage's targets and method options before anything trains, so a
-        mistake in a late section is reported at once."""
-        if self.recipe["prune"] is not None:
-            targets = self.prune_targets(model)
-            self.prune_method(model, targets, dry_run=True)
-        if self.recipe["quantize"]:
-            self.quant_targets(model)
+        """Check the plan against the model before any data is loaded or anything trains,
+        so a mistake in a late section is one error with its file, line and key at once:
+        the model takes the data's inputs and gives one score per class (a forward pass on
+        a meta-device twin: shapes only, no memory, no arithmetic), every stage's targets
+        resolve, and each method accepts its options (built on a copy, because some
+        methods act on the weights when they start). The model is left as it was."""
+        try:
+            check_fits_data(model, self.info, self.recipe["model"]["name"])
+            if self.recipe["prune"] is not None:
+                targets = self.prune_targets(model)
+                self.prune_method(model, targets, dry_run=True)
+            if self.recipe["quantize"]:
+                self.quantize_method(copy.deepcopy(model))
+        except ConfigError as exc:
+            raise self.recipe.locate(exc) from None
 
     def save_stage(self, path: Path, name: str, state: State) -> None:
         artifacts.save_stage(path, name, state.model, state.constraints, state.history,
@@ -224,8 +224,7 @@ class Run:
         try:
             return resolve(model, self.recipe["prune"]["targets"])
         except ConfigError as exc:
-            where = self.recipe.where("prune", "targets")
-            raise ConfigError(f"{where}: prune.targets: {exc}") from exc
+            raise self.recipe.locate(exc, "prune", "targets") from None
 
     def prune_method(self, model: nn.Module, targets: list[Target], *, dry_run: bool = False):
         prune = self.recipe["prune"]
@@ -236,7 +235,7 @@ class Run:
                 targets = self.prune_targets(model)
             return methods.get(prune["method"], model, targets, **options)
         except ConfigError as exc:
-            raise ConfigError(f"{self.recipe.where('prune', 'method')}: prune: {exc}") from exc
+            raise self.recipe.locate(exc, "prune", *option_key(exc, options)) from None
 
     def prune_stage(self, state: State, resume: bool) -> None:
         targets = self.prune_targets(state.model)
@@ -285,17 +284,20 @@ class Run:
                     "layer"), levels=q.get("levels", "uniform")), sparsity=None)
                     for t, b in zip(found, bits, strict=True)]
         except ConfigError as exc:
-            raise ConfigError(f"{self.recipe.where('quantize')}: quantize: {exc}") from exc
+            raise self.recipe.locate(exc, "quantize", *option_key(exc, q)) from None
+
+    def quantize_method(self, model: nn.Module):
+        q = self.recipe["quantize"]
+        targets = self.quant_targets(model)
+        options = {k: v for k, v in q.items() if k not in QUANT_KEYS}
+        try:
+            return methods.get(q.get("method", "admm"), model, targets, **options)
+        except ConfigError as exc:
+            raise self.recipe.locate(exc, "quantize", *option_key(exc, options)) from None
 
     def quantize_stage(self, state: State, resume: bool) -> None:
         q = self.recipe["quantize"]
-        targets = self.quant_targets(state.model)
-        options = {k: v for k, v in q.items() if k not in QUANT_KEYS}
-        try:
-            method = methods.get(q.get("method", "admm"), state.model, targets, **options)
-        except ConfigError as exc:
-            raise ConfigError(f"{self.recipe.where('quantize', 'method')}: quantize: "
-                              f"{exc}") from exc
+        method = self.quantize_method(state.model)
         config = stage_config(self.recipe, ("quantize", "train"), q.get("train") or {"epochs": 0})
         if config.epochs > 0:
             trainer = self.trainer(state.model, "quantize", config, [method])

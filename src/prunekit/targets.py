@@ -54,7 +54,7 @@ import torch
 from torch import Tensor, nn
 
 from . import rate_tables, schemes
-from .errors import ConfigError, PrunekitError, TargetError
+from .errors import ConfigError, PrunekitError, TargetError, within
 from .schemes import Scheme, measured_sparsity
 from .schemes.base import keep_largest
 
@@ -190,7 +190,8 @@ def resolve(
     ctx = _Model(model)
     chosen: dict[str, Target] = {}
     for index, rule in enumerate(rules):
-        rule_targets, remove = _resolve_rule(ctx, index, rule, default_scheme)
+        with within(str(index)):
+            rule_targets, remove = _resolve_rule(ctx, index, rule, default_scheme)
         for target in rule_targets:
             if remove:
                 chosen.pop(target.name, None)
@@ -248,8 +249,7 @@ def _as_list(value: Any, key: str, index: int) -> list[str]:
 def _resolve_rule(
     ctx: _Model, index: int, rule: Any, default_scheme: str
 ) -> tuple[list[Target], bool]:
-    if not isinstance(rule, Mapping):
-        raise TargetError(f"rule {index} must be a dict, got {type(rule).__name__}")
+    scheme = check_rule(rule, index, default_scheme=default_scheme)
     types = _rule_types(rule, index)
     names = _select(ctx, index, _as_list(rule.get("layers", "*"), "layers", index), types)
     remove = rule.get("exclude") is True
@@ -259,18 +259,10 @@ def _resolve_rule(
         names = kept
     if not names:
         raise TargetError(f"rule {index} selects no layer once 'exclude' is applied")
-    scheme = _rule_scheme(rule, index, default_scheme)
     if remove:
         return _targets(ctx, index, scheme, {n: 0.0 for n in names}, check=False), True
     allocation = rule.get("allocation", "uniform")
-    if allocation not in ALLOCATIONS:
-        raise TargetError(f"rule {index}: allocation must be one of {list(ALLOCATIONS)}, "
-                          f"got {allocation!r}")
-    if allocation == "uniform":
-        for key in ("min_sparsity", "max_sparsity"):
-            if key in rule:
-                raise TargetError(f"rule {index}: {key!r} applies only with allocation: global")
-    else:
+    if allocation == "global":
         _refuse_fixed_rate(index, scheme)
     _refuse_grouped_channel(ctx, index, scheme, names)
     rates = _rule_rates(ctx, index, rule, names, scheme, allocation)
@@ -286,6 +278,61 @@ def _resolve_rule(
             where=f"rule {index}",
         )
     return found, False
+
+
+def check_rule(rule: Any, index: int = 0, *, default_scheme: str = "irregular") -> Scheme:
+    """Check the parts of a rule that need no model (key types, the scheme and its options,
+    allocation, clamps, rate values and table names) and return its scheme. A recipe's plan
+    runs it on every rule when the file is read, so a typo in the last rule is reported with
+    its key (the error's ``key`` is ``(index, key)``) before a model is even built; the same
+    helpers run again in :func:`resolve`, which adds what only the model can tell."""
+    with within(str(index)):
+        if not isinstance(rule, Mapping):
+            raise TargetError(f"rule {index} must be a dict, got {type(rule).__name__}")
+        for key in ("layers", "exclude"):
+            if key in rule and not (key == "exclude" and isinstance(rule[key], bool)):
+                with within(key):
+                    _as_list(rule[key], key, index)
+        with within("types"):
+            _rule_types(rule, index)
+        options = [k for k in rule if k not in RULE_KEYS]
+        with within(str(options[0]) if options else "scheme"):  # a typo is an unknown option
+            scheme = _rule_scheme(rule, index, default_scheme)
+        allocation = rule.get("allocation", "uniform")
+        with within("allocation"):
+            if allocation not in ALLOCATIONS:
+                raise TargetError(f"rule {index}: allocation must be one of "
+                                  f"{list(ALLOCATIONS)}, got {allocation!r}")
+        for key in ("min_sparsity", "max_sparsity"):
+            if key in rule:
+                with within(key):
+                    if allocation != "global":
+                        raise TargetError(f"rule {index}: {key!r} applies only with "
+                                          f"allocation: global")
+                    _clamp(rule, key, index, 0.0)
+        with within("sparsity"):
+            given = _named_table(rule.get("sparsity"), index)
+            if isinstance(given, Mapping):
+                for layer, rate in given.items():
+                    if not isinstance(layer, str):
+                        raise TargetError(f"rule {index}: sparsity table keys must be layer "
+                                          f"names, got {layer!r}")
+                    _check_rate(rate, f"rule {index}: sparsity of layer {layer!r}")
+            elif given is not None:
+                layers = rule.get("layers", "*")
+                named = f"layer {layers!r}" if isinstance(layers, str) else f"layers {layers!r}"
+                _check_rate(given, f"rule {index}: sparsity of {named}")
+    return scheme
+
+
+def _named_table(given: Any, index: int) -> Any:
+    """A rule's ``sparsity`` with a published table's name replaced by its rates."""
+    if not isinstance(given, str):
+        return given
+    try:
+        return rate_tables.rates(given)
+    except ConfigError as exc:
+        raise TargetError(f"rule {index}: {exc}") from None
 
 
 def _scheme_name(scheme: Scheme) -> str:
@@ -444,11 +491,7 @@ def _rule_rates(
                               f"{getattr(scheme, 'name', scheme)!r}"
                               + (" with allocation: global" if allocation == "global" else ""))
         return {n: None for n in names}
-    if isinstance(given, str):
-        try:
-            given = rate_tables.rates(given)
-        except ConfigError as exc:
-            raise TargetError(f"rule {index}: {exc}") from None
+    given = _named_table(given, index)
     if isinstance(given, Mapping):
         if allocation == "global":
             raise TargetError(f"rule {index}: allocation: global needs one overall sparsity, "
@@ -812,6 +855,7 @@ __all__ = [
     "Targets",
     "allocate_global",
     "check_fit",
+    "check_rule",
     "layer_type",
     "layer_weights",
     "prunable_layers",

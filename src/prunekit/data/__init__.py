@@ -15,7 +15,7 @@ from .augment import random_crop_flip
 from .cifar import read_cifar
 from .datasets import load_dataset
 from .idx import read_idx
-from .info import NAMES, DatasetInfo, canonical_name, dataset_info
+from .info import NAMES, DatasetInfo, canonical_name, dataset_info, is_synthetic
 from .loaders import get_loaders
 from .locate import download_dataset, locate_dataset
 from .synthetic import SyntheticClassification
@@ -29,6 +29,7 @@ __all__ = [
     "dataset_info",
     "download_dataset",
     "get_loaders",
+    "is_synthetic",
     "load_dataset",
     "locate_dataset",
     "random_crop_flip",

@@ -1,7 +1,8 @@
 """What each data set is: its canonical name, input shape, class count and normalisation.
 
 Models are built from this table (input shape, number of classes) before any file is read,
-so it must stay cheap: no I/O here.
+so it must stay cheap: no I/O here. The one exception is a user's ``module:function`` data
+set (:mod:`prunekit.data.user`), which can only be described by calling the function.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ConfigError
+from ..factories import is_factory_spec
 
 
 @dataclass(frozen=True)
@@ -73,17 +75,25 @@ NAMES: tuple[str, ...] = tuple(_INFOS)
 
 
 def canonical_name(name: str) -> str:
-    """``"Fashion-MNIST"`` -> ``"fashion_mnist"``; unknown names raise a ConfigError."""
+    """``"Fashion-MNIST"`` -> ``"fashion_mnist"``; unknown names raise a ConfigError. A user's
+    ``module:function`` is its own name."""
     if not isinstance(name, str):
         raise ConfigError(f"data set name must be a string, got {name!r}")
+    if is_factory_spec(name):
+        return name
     key = name.strip().lower().replace("-", "").replace("_", "").replace(" ", "")
     if key not in _ALIASES:
-        raise ConfigError(f"unknown data set {name!r}; valid names: {', '.join(NAMES)}")
+        raise ConfigError(f"unknown data set {name!r}; valid names: {', '.join(NAMES)}, or "
+                          f"'module:function' for your own")
     return _ALIASES[key]
 
 
 def is_idx(name: str) -> bool:
     return canonical_name(name) in _IDX_NAMES
+
+
+def is_synthetic(name: str) -> bool:
+    return canonical_name(name) == "synthetic"
 
 
 def is_cifar(name: str) -> bool:
@@ -93,6 +103,8 @@ def is_cifar(name: str) -> bool:
 def check_options(name: str, options: dict[str, Any]) -> None:
     """Reject options a data set does not understand, naming the ones it does."""
     name = canonical_name(name)
+    if is_factory_spec(name):
+        return  # a user's function takes its own arguments (checked against its signature)
     unknown = sorted(set(options) - _OPTIONS[name])
     if unknown:
         allowed = ", ".join(sorted(_OPTIONS[name])) or "none"
@@ -130,6 +142,10 @@ def dataset_info(name: str, **options: Any) -> DatasetInfo:
     ``cifar100``), so a model built from this info fits the data that will be loaded.
     """
     name = canonical_name(name)
+    if is_factory_spec(name):
+        from .user import load_user_data  # noqa: PLC0415  (user.py builds on this module)
+
+        return load_user_data(name, **options).info
     check_options(name, options)
     info = _INFOS[name]
     if name == "synthetic":

@@ -6,13 +6,15 @@ import os
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from ..errors import ConfigError
+from ..factories import is_factory_spec
 from .arrays import ArrayDataset
 from .augment import AugmentingCollate
 from .datasets import load_dataset
 from .info import canonical_name, positive_int
+from .user import load_user_data
 
 
 def _generator(seed: int) -> torch.Generator:
@@ -21,10 +23,13 @@ def _generator(seed: int) -> torch.Generator:
     return generator
 
 
-def _limit(dataset: ArrayDataset, k: int | None, what: str) -> ArrayDataset:
+def _limit(dataset: Dataset, k: int | None, what: str) -> Dataset:
     if k is None:
         return dataset
-    return dataset.head(positive_int(k, what))
+    k = positive_int(k, what)
+    if isinstance(dataset, ArrayDataset):
+        return dataset.head(k)
+    return Subset(dataset, range(min(k, len(dataset))))
 
 
 def get_loaders(
@@ -47,7 +52,9 @@ def get_loaders(
     for CIFAR, drawn from the same generator (batches are built in the main process: data in
     memory needs no workers). ``limit_train``/``limit_test`` keep only the first k examples.
     For ``synthetic``, ``seed`` also seeds the data unless ``options`` give their own ``seed``.
-    Other ``options`` go to :func:`load_dataset`.
+    Other ``options`` go to :func:`load_dataset`. A user's ``module:function`` data set
+    (see :mod:`prunekit.data.user`) that returns Datasets gets loaders like any other; one
+    that returns DataLoaders keeps them (their own batch sizes and order).
     """
     name = canonical_name(name)
     batch_size = positive_int(batch_size, "batch_size")
@@ -58,6 +65,12 @@ def get_loaders(
         raise ConfigError(f"augment is defined for cifar10/cifar100 only, not {name!r}")
     if name == "synthetic":
         options.setdefault("seed", seed)
+    if is_factory_spec(name) and load_user_data(name, **options).loaders:
+        if limit_train is not None or limit_test is not None:
+            raise ConfigError(f"limit_train/limit_test do not apply: data function {name!r} "
+                              f"returns its own DataLoaders (return Datasets instead)")
+        user = load_user_data(name, **options)
+        return user.train, user.test
 
     train_set = _limit(
         load_dataset(name, root, True, download, **options), limit_train, "limit_train"

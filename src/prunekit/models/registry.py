@@ -8,8 +8,6 @@ to fix.
 
 from __future__ import annotations
 
-import importlib
-import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +15,8 @@ from typing import Any
 from torch import nn
 
 from ..errors import ConfigError
+from ..factories import check_kwargs as _check_kwargs
+from ..factories import import_factory
 from .lenet import MNIST_SHAPE, lenet5, lenet300
 from .mobilenet import mobilenetv2
 from .resnet import CIFAR_SHAPE, resnet18, resnet20, resnet56
@@ -61,31 +61,6 @@ def _entry(name: object) -> ZooEntry:
     return _ZOO[name]
 
 
-def _check_kwargs(what: str, factory: Callable[..., Any], kwargs: dict[str, Any]) -> None:
-    """Reject options ``factory`` does not take, naming them and the ones it does take."""
-    try:
-        sig = inspect.signature(factory)
-    except (TypeError, ValueError):  # some builtins and C extensions have no signature
-        return
-    params = sig.parameters.values()
-    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
-        accepted = [
-            p.name
-            for p in params
-            if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-        ]
-        unknown = sorted(set(kwargs) - set(accepted))
-        if unknown:
-            raise ConfigError(
-                f"{what} got unknown option(s) {', '.join(map(repr, unknown))}; "
-                f"accepted: {', '.join(accepted) or '(none)'}"
-            )
-    try:
-        sig.bind(**kwargs)
-    except TypeError as e:
-        raise ConfigError(f"{what} cannot be called with options {sorted(kwargs)}: {e}") from e
-
-
 def get(name: str, **kwargs: Any) -> nn.Module:
     """Build the zoo model ``name`` with constructor options ``kwargs``.
 
@@ -117,32 +92,6 @@ def default_input_shape(name: str, **kwargs: Any) -> tuple[int, ...]:
     return tuple(shape)
 
 
-def _import_factory(spec: str) -> Callable[..., Any]:
-    module_name, _, attr_path = spec.partition(":")
-    if not module_name or not attr_path:
-        raise ConfigError(f"model spec {spec!r} must look like 'package.module:function'")
-    try:
-        obj: Any = importlib.import_module(module_name)
-    except ModuleNotFoundError as e:
-        if e.name is not None and module_name.startswith(e.name):
-            raise ConfigError(
-                f"model spec {spec!r}: no module named {e.name!r} "
-                "(is its directory on PYTHONPATH, or the package installed?)"
-            ) from e
-        raise ConfigError(f"model spec {spec!r}: importing {module_name!r} failed: {e}") from e
-    except Exception as e:  # a user's module may fail in any way while importing
-        raise ConfigError(
-            f"model spec {spec!r}: importing {module_name!r} failed: {type(e).__name__}: {e}"
-        ) from e
-    for part in attr_path.split("."):
-        if not hasattr(obj, part):
-            raise ConfigError(f"model spec {spec!r}: module {module_name!r} has no {attr_path!r}")
-        obj = getattr(obj, part)
-    if not callable(obj):
-        raise ConfigError(f"model spec {spec!r}: {attr_path!r} is not callable")
-    return obj
-
-
 def from_spec(spec: str, **kwargs: Any) -> nn.Module:
     """Build a model from a zoo name or a ``"package.module:function"`` factory spec.
 
@@ -155,7 +104,7 @@ def from_spec(spec: str, **kwargs: Any) -> nn.Module:
         )
     if ":" not in spec:
         return get(spec, **kwargs)
-    factory = _import_factory(spec)
+    factory = import_factory(spec, "model spec")
     _check_kwargs(f"model factory {spec!r}", factory, kwargs)
     model = factory(**kwargs)
     if not isinstance(model, nn.Module):

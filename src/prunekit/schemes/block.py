@@ -36,13 +36,14 @@ segment of largest norm is kept (see :func:`~prunekit.schemes.structured.groups_
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..errors import ConfigError
+from ..errors import ConfigError, TargetError
 from .base import (
     Scheme,
     groups_to_prune,
@@ -76,6 +77,24 @@ class Block(Scheme):
         """The block in GEMM units, ``(rows, gemm_columns)``, for a weight of ``shape``."""
         rows, cols = self.block or (CONV_DEFAULT if len(shape) > 2 else OTHER_DEFAULT)
         return rows, cols * kernel_positions(shape)
+
+    def check_rate(self, shape: Sequence[int], sparsity: float | None, *, gates: int = 1) -> None:
+        """What a target rule is checked against (the projection itself takes any block): a
+        given block may overhang a layer in one dimension (a ragged edge, as a blanket rule
+        over small layers needs), but a block larger than the layer in both is refused: the
+        layer would be one partial block, so the blocks asked for do not exist (usually the
+        block's dims are swapped)."""
+        self.check(shape, gates=gates)
+        self._rate(sparsity)
+        if self.block is None:
+            return
+        rows, cols = self.block
+        out = shape[0] // max(1, gates)
+        width = shape[1] if len(shape) > 2 else math.prod(shape[1:])
+        if rows > out and cols > width:
+            unit = "input channels" if len(shape) > 2 else "columns"
+            raise TargetError(f"block {self.block} is larger than the weight in both dims: it "
+                              f"has {out} rows and {width} {unit} per gate")
 
     # ---------------------------------------------------------------- segments
     def _segments(self, m: Tensor, shape: Sequence[int]) -> tuple[Tensor, int, Tensor]:

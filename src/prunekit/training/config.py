@@ -73,57 +73,49 @@ class TrainConfig:
         self._check_ranges()
 
     def _check_ranges(self) -> None:
-        if self.epochs < 0:
-            raise ConfigError(f"train option 'epochs' must be >= 0, got {self.epochs}")
-        if not self.lr > 0:
-            raise ConfigError(f"train option 'lr' must be > 0, got {self.lr}")
-        if not 0 <= self.momentum < 1:
-            raise ConfigError(f"train option 'momentum' must be in [0, 1), got {self.momentum}")
-        if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
-            raise ConfigError("train option 'nesterov' needs optimizer 'sgd' with momentum > 0")
-        if self.weight_decay < 0:
-            raise ConfigError(f"train option 'weight_decay' must be >= 0, got {self.weight_decay}")
-        if not self.gamma > 0:
-            raise ConfigError(f"train option 'gamma' must be > 0, got {self.gamma}")
-        if self.warmup_epochs < 0:
-            raise ConfigError(
-                f"train option 'warmup_epochs' must be >= 0, got {self.warmup_epochs}"
-            )
-        if self.seed < 0:
-            raise ConfigError(f"train option 'seed' must be >= 0, got {self.seed}")
-        if not 0 <= self.label_smoothing < 1:
-            raise ConfigError(
-                f"train option 'label_smoothing' must be in [0, 1), got {self.label_smoothing}"
-            )
-        if self.grad_clip is not None and not self.grad_clip > 0:
-            raise ConfigError(f"train option 'grad_clip' must be > 0 or null, got {self.grad_clip}")
+        _require(self.epochs >= 0, "epochs", f"must be >= 0, got {self.epochs}")
+        _require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+        _require(0 <= self.momentum < 1, "momentum", f"must be in [0, 1), got {self.momentum}")
+        _require(not self.nesterov or (self.optimizer == "sgd" and self.momentum != 0),
+                 "nesterov", "needs optimizer 'sgd' with momentum > 0")
+        _require(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
+        _require(self.gamma > 0, "gamma", f"must be > 0, got {self.gamma}")
+        _require(self.warmup_epochs >= 0, "warmup_epochs",
+                 f"must be >= 0, got {self.warmup_epochs}")
+        _require(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
+        _require(0 <= self.label_smoothing < 1, "label_smoothing",
+                 f"must be in [0, 1), got {self.label_smoothing}")
+        _require(self.grad_clip is None or self.grad_clip > 0, "grad_clip",
+                 f"must be > 0 or null, got {self.grad_clip}")
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(
-                f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}"
+                f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}",
+                key=("optimizer",),
             )
         if self.schedule not in SCHEDULES:
             raise ConfigError(
-                f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}"
+                f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}",
+                key=("schedule",),
             )
         self._check_step_options()
         _check_device(self.device)
 
     def _check_step_options(self) -> None:
-        if self.step_size is not None and self.step_size < 1:
-            raise ConfigError(f"train option 'step_size' must be >= 1, got {self.step_size}")
+        _require(self.step_size is None or self.step_size >= 1, "step_size",
+                 f"must be >= 1, got {self.step_size}")
         if self.milestones is not None:
-            if any(m < 0 for m in self.milestones):
-                raise ConfigError(f"train option 'milestones' must be >= 0, got {self.milestones}")
-            if any(b <= a for a, b in zip(self.milestones, self.milestones[1:], strict=False)):
-                raise ConfigError(
-                    f"train option 'milestones' must be strictly increasing, got {self.milestones}"
-                )
+            _require(all(m >= 0 for m in self.milestones), "milestones",
+                     f"must be >= 0, got {self.milestones}")
+            _require(all(b > a for a, b in zip(self.milestones, self.milestones[1:],
+                                                strict=False)),
+                     "milestones", f"must be strictly increasing, got {self.milestones}")
         if self.schedule == "step":
             if self.milestones is None and self.step_size is None:
                 raise ConfigError("schedule 'step' needs 'milestones' (a list of epochs) or "
-                                  "'step_size'")
+                                  "'step_size'", key=("schedule",))
             if self.milestones is not None and self.step_size is not None:
-                raise ConfigError("schedule 'step' takes 'milestones' or 'step_size', not both")
+                raise ConfigError("schedule 'step' takes 'milestones' or 'step_size', not both",
+                                  key=("schedule",))
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> TrainConfig:
@@ -138,7 +130,8 @@ class TrainConfig:
                 hint = difflib.get_close_matches(str(key), known, n=1)
                 also = f" (did you mean {hint[0]!r}?)" if hint else ""
                 raise ConfigError(
-                    f"unknown train option {key!r}{also}; known options: {', '.join(known)}"
+                    f"unknown train option {key!r}{also}; known options: {', '.join(known)}",
+                    key=(str(key),),
                 )
         return cls(**dict(d))
 
@@ -147,9 +140,16 @@ class TrainConfig:
         return asdict(self)
 
 
+def _require(ok: bool, key: str, message: str) -> None:
+    """A range check whose error names the option (and carries it as the error's key)."""
+    if not ok:
+        raise ConfigError(f"train option {key!r} {message}", key=(key,))
+
+
 def _type_error(key: str, value: Any, expected: str) -> ConfigError:
     return ConfigError(
-        f"train option {key!r} must be {expected}, got {value!r} ({type(value).__name__})"
+        f"train option {key!r} must be {expected}, got {value!r} ({type(value).__name__})",
+        key=(key,),
     )
 
 
@@ -203,5 +203,5 @@ def _check_device(name: str) -> None:
     except (RuntimeError, ValueError):
         raise ConfigError(
             f"train option 'device' must be 'auto' or a torch device such as 'cpu' or "
-            f"'cuda:0', got {name!r}"
+            f"'cuda:0', got {name!r}", key=("device",)
         ) from None

@@ -71,17 +71,15 @@ def _decay(cfg: TrainConfig, position: int, span: int, offset: int = 0) -> float
     return 1.0
 
 
-def build_scheduler(optimizer: Optimizer, cfg: TrainConfig,
-                    steps_per_epoch: int | None = None,
+def build_scheduler(optimizer: Optimizer, cfg: TrainConfig, *,
                     cycle: Callable[[], tuple[int, int | None]] | None = None) -> LambdaLR:
-    """A scheduler to step once per epoch, following :func:`lr_factor`.
+    """A scheduler to step once per epoch, following :func:`lr_factor` (the schedule is
+    epoch based, so it needs no count of steps per epoch).
 
     ``cycle`` returns the current learning-rate cycle (see :func:`lr_factor`); the trainer
-    moves it when a plugin asks for a restart. ``steps_per_epoch`` is accepted for callers
-    that know it, but the schedule is epoch based and does not use it. Building the
-    scheduler sets each group's rate to its epoch-0 value.
+    moves it when a plugin asks for a restart. Building the scheduler sets each group's rate
+    to its epoch-0 value.
     """
-    del steps_per_epoch
     if cycle is None:
         return LambdaLR(optimizer, lambda epoch: lr_factor(cfg, epoch))
     return LambdaLR(optimizer, lambda epoch: lr_factor(cfg, epoch, cycle()))

@@ -1,0 +1,536 @@
+"""The plan: a recipe as typed, versioned configs, every value checked in one place.
+
+A recipe's sections become dataclasses (:class:`ModelConfig`, :class:`DataConfig`,
+:class:`PruneConfig`, :class:`QuantizeConfig`, one :class:`~prunekit.training.TrainConfig`
+per training stage) whose ``__post_init__`` checks what can be checked without a model:
+unknown keys, wrong types, rates outside [0, 1), schemes and their options, method options,
+a user's data function and its arguments. What needs the model (layer names, a scheme that
+does not fit a layer's shape, the method's own range checks) is checked by
+:meth:`prunekit.pipeline.Run.check_plan` before the first epoch.
+
+Each check raises a :class:`~prunekit.errors.ConfigError` carrying the key path it is about,
+so :mod:`prunekit.recipe`, which knows the file, reports ``file:line: key: message``.
+``Plan.from_dict(plan.to_dict())`` gives the same plan; ``to_dict`` is what a run directory's
+``recipe.yaml`` holds. ``version`` is the plan format: a file written for a later format is
+refused rather than half understood.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import types
+import typing
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar, Literal, Union
+
+import torch
+from torch import nn
+
+from . import data as datasets
+from . import methods, schemes
+from .errors import ConfigError, within
+from .factories import check_kwargs, import_factory, is_factory_spec
+from .targets import check_rule
+from .training import TrainConfig
+
+PLAN_VERSION = 1
+
+#: settings a pruning or retraining stage takes from the recipe's ``train`` section; the
+#: optimizer and schedule are the stage's own (an Adam stage must not inherit SGD's nesterov)
+INHERITED = ("seed", "device", "progress", "label_smoothing", "grad_clip")
+
+#: methods of the ``quantize`` section, and the keys of its ``retrain`` that are not
+#: training settings (how quantized retraining moves weights between levels)
+QUANT_METHODS = ("admm", "ptq", "ste")
+QUANT_RETRAIN_DEFAULTS: dict[str, Any] = {"mode": "progressive", "fix_fraction": 0.3}
+QUANT_RETRAIN_KEYS = frozenset(QUANT_RETRAIN_DEFAULTS)
+QUANT_REST = ("float32", "float16", "bfloat16")
+
+#: sections that were accepted once and read by nothing; naming what to use instead
+REMOVED_SECTIONS = {
+    "eval": "evaluation batches are data.test_batch_size",
+}
+
+
+# ------------------------------------------------------------------ value checks
+def _expect(value: Any, key: str, kinds: tuple[type, ...], what: str) -> None:
+    """``value`` (unless None) is one of ``kinds``; booleans only where ``bool`` is listed."""
+    if value is None:
+        return
+    ok = isinstance(value, kinds) and (bool in kinds or not isinstance(value, bool))
+    if not ok:
+        raise ConfigError(f"expected {what}, got {value!r}", key=(key,))
+
+
+def _positive(value: Any, key: str) -> None:
+    _expect(value, key, (int,), "an integer")
+    if value is not None and value <= 0:
+        raise ConfigError(f"must be positive, got {value}", key=(key,))
+
+
+def _mapping(value: Any, key: str | None = None) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"must be a mapping, got {type(value).__name__}",
+                          key=(key,) if key else ())
+    return value
+
+
+def _known_keys(given: Iterable[Any], allowed: Sequence[str], section: str) -> None:
+    """An unknown key is an error naming it, its nearest valid spelling and the valid keys."""
+    for key in given:
+        if key not in allowed:
+            close = difflib.get_close_matches(str(key), allowed, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"unknown key{hint}; valid keys of {section}: "
+                              f"{', '.join(sorted(allowed))}", key=(str(key),))
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists, mappings as dicts: what YAML and ``weights_only`` files hold."""
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _build(cls: type, value: Any, section: str) -> Any:
+    """``cls(**value)`` for a section mapping whose keys are exactly ``cls``'s fields."""
+    value = _mapping({} if value is None else value)
+    _known_keys(value, [f.name for f in fields(cls)], section)
+    return cls(**value)
+
+
+# ------------------------------------------------------------------ method options
+def _option_hints(method: str) -> dict[str, Any]:
+    """Annotated types of a method's options, from its constructors (the one record)."""
+    hints: dict[str, Any] = {}
+    for klass in reversed(methods.METHODS[method].__mro__):
+        init = vars(klass).get("__init__")
+        if init is None:
+            continue
+        try:
+            hints.update(typing.get_type_hints(init))
+        except Exception:  # an annotation that does not evaluate: no type check for it
+            continue
+    return hints
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether a recipe value can be ``hint``; unknown kinds of hints accept anything, the
+    method's own checks (run when the plan is checked against the model) still apply."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (Union, types.UnionType):
+        return any(_fits(value, a) for a in args)
+    if origin is Literal:
+        return value in args
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if isinstance(value, bool):
+        return hint is Any or origin is None and hint not in (int, float, str)
+    simple = {int: (int,), float: (int, float), str: (str,)}
+    if hint in simple:
+        return isinstance(value, simple[hint])
+    if origin is not None and isinstance(origin, type):
+        if issubclass(origin, Mapping):
+            return isinstance(value, Mapping)
+        if issubclass(origin, Sequence) and not issubclass(origin, str):
+            return isinstance(value, list | tuple)
+    return True
+
+
+def _describe(hint: Any) -> str:
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+             type(None): "null"}
+    if hint in names:
+        return names[hint]
+    if typing.get_origin(hint) in (Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(hint))
+    return str(hint).replace("typing.", "").replace("collections.abc.", "")
+
+
+def check_method_options(method: Any, options: Mapping[str, Any], section: str) -> None:
+    """A known method, only options it takes, each of the type its constructor declares."""
+    if not method:
+        raise ConfigError("is required (e.g. admm, reweighted, gradual)", key=("method",))
+    with within("method"):
+        if not isinstance(method, str) or method not in methods.METHODS:
+            raise ConfigError(f"unknown method {method!r}; available: "
+                              f"{', '.join(methods.available())}")
+    valid = methods.options(method)
+    _known_keys(options, valid, f"{section} with method {method!r}")
+    hints = _option_hints(method)
+    for key, value in options.items():
+        hint = hints.get(key)
+        if hint is not None and not _fits(value, hint):
+            raise ConfigError(f"option of method {method!r} must be {_describe(hint)}, got "
+                              f"{value!r}", key=(key,))
+
+
+def option_key(exc: ConfigError, options: Iterable[str]) -> tuple[str, ...]:
+    """The option a method's own check is about (its messages start with the option's name:
+    ``"rho must be > 0"``, ``"quantize.bits names unknown layers"``), else ``("method",)``:
+    the line of the option is where the user has to look."""
+    if exc.key:
+        return ()
+    text = exc.message.split(":", 1)[-1].strip() if exc.message.startswith("method ") else \
+        exc.message
+    for name in sorted(map(str, options), key=len, reverse=True):
+        for head in (text, text.split(".", 1)[-1]):
+            if head.startswith(name) and head[len(name):len(name) + 1] in (" ", "[", ""):
+                return (name,)
+    return ("method",)
+
+
+# ------------------------------------------------------------------ the model
+def check_fits_data(model: nn.Module, info: datasets.DatasetInfo, name: str) -> None:
+    """The model takes the data's inputs and scores its classes: one forward pass of a
+    meta-device twin (shapes only: nothing is allocated or computed, so it costs nothing
+    even for a large model), which turns a mismatch into one error before any training
+    instead of a shape error from deep inside torch at the first batch. A model whose
+    forward pass cannot run on the meta device is not checked here."""
+    twin = copy.deepcopy(model).to("meta").eval()
+    try:
+        with torch.no_grad():
+            out = twin(torch.zeros(2, *info.input_shape, device="meta"))
+    except ConfigError as exc:
+        raise ConfigError(f"model {name!r} does not fit data {info.name!r}: {exc.message}",
+                          key=("model", "name")) from None
+    except (NotImplementedError, RuntimeError, ValueError, TypeError, IndexError) as exc:
+        if "meta" in str(exc).lower():
+            return  # an operation without a meta kernel: nothing can be concluded
+        raise ConfigError(
+            f"model {name!r} does not take the inputs of data {info.name!r} (one example is "
+            f"{list(info.input_shape)}): {type(exc).__name__}: {str(exc).splitlines()[0]}",
+            key=("model", "name")) from None
+    if isinstance(out, torch.Tensor) and out.dim() == 2 and out.shape[1] != info.num_classes:
+        raise ConfigError(
+            f"model {name!r} gives {out.shape[1]} scores per example but data {info.name!r} "
+            f"has {info.num_classes} classes (set the model's class count in model.kwargs)",
+            key=("model", "name"))
+
+
+# ------------------------------------------------------------------ sections
+def _with_options(cls: type, d: Any) -> Any:
+    """A method's section: its own keys (``cls.SECTION_KEYS``), and every other key an
+    option of the method."""
+    d = _mapping(d)
+    own = {k: d[k] for k in cls.SECTION_KEYS if k in d}
+    return cls(**own, options={k: v for k, v in d.items() if k not in cls.SECTION_KEYS})
+
+
+@dataclass
+class ModelConfig:
+    """``model``: a zoo name or a ``module:function`` factory, its arguments, and optionally
+    a dense checkpoint to start from and the per-sample input shape."""
+
+    name: str | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    checkpoint: str | None = None
+    input_shape: list[int] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ConfigError("is required (a zoo name or 'module:function')", key=("name",))
+        _expect(self.name, "name", (str,), "a string")
+        _expect(self.kwargs, "kwargs", (dict,), "a mapping")
+        _expect(self.checkpoint, "checkpoint", (str,), "a path")
+        if self.input_shape is not None:
+            with within("input_shape"):
+                self.input_shape = list(datasets.info.parse_shape(self.input_shape))
+
+
+@dataclass
+class DataConfig:
+    """``data``: a built-in data set (``fashion_mnist``, ``mnist``, ``kmnist``, ``cifar10``,
+    ``cifar100``, ``synthetic``) or a user's ``module:function`` (see
+    :mod:`prunekit.data.user`), and how it is batched. ``options`` are the data set's
+    options, or the keyword arguments of the user's function."""
+
+    name: str | None = None
+    root: str | None = None
+    batch_size: int = 128
+    test_batch_size: int = 1000
+    download: bool = False
+    augment: bool = False
+    limit_train: int | None = None
+    limit_test: int | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ConfigError("is required (e.g. fashion_mnist, mnist, cifar10, synthetic, "
+                              "or module:function)", key=("name",))
+        _expect(self.name, "name", (str,), "a string")
+        _expect(self.root, "root", (str,), "a directory path")
+        for key in ("batch_size", "test_batch_size", "limit_train", "limit_test"):
+            _positive(getattr(self, key), key)
+        for key in ("download", "augment"):
+            _expect(getattr(self, key), key, (bool,), "true or false")
+        _expect(self.options, "options", (dict,), "a mapping")
+        if is_factory_spec(self.name):
+            self._check_user_function()
+        else:
+            self._check_builtin()
+
+    def _check_builtin(self) -> None:
+        with within("name"):
+            name = datasets.canonical_name(self.name)
+        with within("options"):
+            datasets.dataset_info(name, **self.options)
+        if self.augment and not datasets.info.is_cifar(name):
+            raise ConfigError(f"is defined for cifar10/cifar100 only, not {name!r}",
+                              key=("augment",))
+
+    def _check_user_function(self) -> None:
+        """A user's function is imported and its arguments checked now; it is called (and
+        what it returns is checked) when the plan is checked against the model."""
+        for key, meaningless in (("root", self.root is not None), ("download", self.download),
+                                 ("augment", self.augment)):
+            if meaningless:
+                raise ConfigError(f"does not apply to data from a function ({self.name}); "
+                                  f"pass what it needs in data.options", key=(key,))
+        with within("name"):
+            function = import_factory(self.name, "data function")
+        with within("options"):
+            check_kwargs(f"data function {self.name!r}", function, self.options)
+
+
+@dataclass
+class PruneConfig:
+    """``prune``: the method, its options (every other key of the section), the target rules
+    and the stage's training settings (checked as a :class:`TrainConfig` by :class:`Plan`)."""
+
+    SECTION_KEYS: ClassVar[tuple[str, ...]] = ("method", "targets", "train")
+
+    method: str | None = None
+    targets: list[dict[str, Any]] | None = None
+    train: dict[str, Any] | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_method_options(self.method, self.options, "prune")
+        if not isinstance(self.targets, list) or not self.targets:
+            raise ConfigError("must be a non-empty list of target rules", key=("targets",))
+        with within("targets"):
+            for index, rule in enumerate(self.targets):
+                check_rule(rule, index)
+        _expect(self.train, "train", (dict,), "a mapping")
+
+    @classmethod
+    def from_dict(cls, d: Any) -> PruneConfig:
+        return _with_options(cls, d)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"method": self.method, **_plain(self.options)}
+        if self.train is not None:
+            out["train"] = _plain(self.train)
+        out["targets"] = _plain(self.targets)
+        return out
+
+
+@dataclass
+class QuantizeConfig:
+    """``quantize``: method (``admm``, ``ptq``, ``ste``) and its options, bits (one number
+    or ``{layer: bits}``), the level set, which layers (default: the pruned ones), the
+    storage of the other weights, and the training and retraining settings."""
+
+    SECTION_KEYS: ClassVar[tuple[str, ...]] = (
+        "method", "bits", "scale", "levels", "layers", "rest", "train", "retrain")
+
+    method: str = "admm"
+    bits: int | dict[str, int] = 8
+    scale: str = "layer"
+    levels: str = "uniform"
+    layers: str | list[str] | None = None
+    rest: str = "float32"
+    train: dict[str, Any] | None = None
+    retrain: dict[str, Any] | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        from .constraints import QUANT_MODES  # noqa: PLC0415  (torch only when quantizing)
+
+        if self.method not in QUANT_METHODS:
+            raise ConfigError(f"must be one of {', '.join(QUANT_METHODS)}, got "
+                              f"{self.method!r}", key=("method",))
+        check_method_options(self.method, self.options, "quantize")
+        with within("bits"):
+            bits = self.bits.values() if isinstance(self.bits, Mapping) else [self.bits]
+            for b in bits:  # the level set of every bit width, without a model
+                schemes.get("quant", bits=b, scale=self.scale, levels=self.levels)
+        if self.layers is not None and not (
+                isinstance(self.layers, str)
+                or isinstance(self.layers, list) and all(isinstance(x, str) for x in self.layers)):
+            raise ConfigError(f"must be a layer glob or a list of them, got {self.layers!r}",
+                              key=("layers",))
+        if self.rest not in QUANT_REST:
+            raise ConfigError(f"must be one of {', '.join(QUANT_REST)}, got {self.rest!r}",
+                              key=("rest",))
+        for key in ("train", "retrain"):
+            _expect(getattr(self, key), key, (dict,), "a mapping")
+        retrain = {**QUANT_RETRAIN_DEFAULTS, **(self.retrain or {})}
+        with within("retrain"):
+            if retrain["mode"] not in QUANT_MODES:
+                raise ConfigError(f"must be one of {', '.join(QUANT_MODES)}, got "
+                                  f"{retrain['mode']!r}", key=("mode",))
+            fraction = retrain["fix_fraction"]
+            if isinstance(fraction, bool) or not isinstance(fraction, int | float) \
+                    or not 0 < fraction <= 1:
+                raise ConfigError(f"must be a fraction in (0, 1], got {fraction!r}",
+                                  key=("fix_fraction",))
+
+    @classmethod
+    def from_dict(cls, d: Any) -> QuantizeConfig:
+        return _with_options(cls, d)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {f.name: _plain(getattr(self, f.name)) for f in fields(self) if f.name != "options"}
+        out.update(_plain(self.options))
+        return out
+
+
+def stage_settings(train: Mapping[str, Any], seed: int, where: tuple[str, ...],
+                   overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The settings of a training stage: the ``train`` section itself for dense training;
+    for later stages their own section plus the shared settings (:data:`INHERITED`)."""
+    if where == ("train",):
+        return {"seed": seed, **train}
+    shared = {k: train[k] for k in INHERITED if k in train}
+    return {"seed": seed, **shared, **(overrides or {})}
+
+
+@dataclass
+class Plan:
+    """A whole recipe, checked. ``train`` and ``retrain`` hold the settings as written
+    (later stages inherit some of ``train``'s, see :func:`stage_settings`); the checked
+    :class:`TrainConfig` of every stage is :meth:`stage_train`."""
+
+    SECTIONS: ClassVar[tuple[str, ...]] = (
+        "version", "name", "seed", "model", "data", "train", "prune", "retrain", "quantize")
+
+    model: ModelConfig
+    data: DataConfig
+    train: dict[str, Any] = field(default_factory=lambda: {"epochs": 0})
+    prune: PruneConfig | None = None
+    retrain: dict[str, Any] | None = None
+    quantize: QuantizeConfig | None = None
+    name: str = "recipe"
+    seed: int = 0
+    version: int = PLAN_VERSION
+
+    def __post_init__(self) -> None:
+        _expect(self.version, "version", (int,), "an integer")
+        if self.version != PLAN_VERSION:
+            raise ConfigError(f"this prunekit reads plan version {PLAN_VERSION}, the recipe "
+                              f"is version {self.version}", key=("version",))
+        _expect(self.name, "name", (str,), "a string")
+        _expect(self.seed, "seed", (int,), "an integer")
+        if self.seed is None or self.seed < 0:
+            raise ConfigError(f"must be a non-negative integer, got {self.seed!r}", key=("seed",))
+        _mapping(self.train, "train")
+        _expect(self.retrain, "retrain", (dict,), "a mapping")
+        self.trains = {where: self._stage_train(where) for where in self.training_stages()}
+
+    def training_stages(self) -> list[tuple[str, ...]]:
+        """Where each training stage's settings live, in the order the stages run."""
+        found = [("train",)]
+        if self.prune is not None:
+            found.append(("prune", "train"))
+            if self.retrain:
+                found.append(("retrain",))
+        if self.quantize is not None:
+            found.append(("quantize", "train"))
+            if self.quantize.retrain:
+                found.append(("quantize", "retrain"))
+        return found
+
+    def stage_overrides(self, where: tuple[str, ...]) -> Mapping[str, Any] | None:
+        """A stage's own settings (before inheriting from ``train``)."""
+        if where == ("train",):
+            return None
+        if where == ("prune", "train"):
+            return self.prune.train if self.prune else None
+        if where == ("retrain",):
+            return self.retrain
+        q = self.quantize
+        if where == ("quantize", "train"):
+            return (q.train if q else None) or {"epochs": 0}
+        if where == ("quantize", "retrain"):
+            return {k: v for k, v in ((q.retrain if q else None) or {}).items()
+                    if k not in QUANT_RETRAIN_KEYS}
+        raise KeyError(where)
+
+    def _stage_train(self, where: tuple[str, ...]) -> TrainConfig:
+        with within(*where):
+            return TrainConfig.from_dict(stage_settings(self.train, self.seed, where,
+                                                        self.stage_overrides(where)))
+
+    def stage_train(self, where: tuple[str, ...]) -> TrainConfig:
+        """The checked training settings of the stage whose section is ``where``."""
+        return self.trains[where] if where in self.trains else self._stage_train(where)
+
+    @classmethod
+    def from_dict(cls, d: Any) -> Plan:
+        """A plan from a recipe's parsed YAML; errors carry the key path they are about."""
+        d = _mapping({} if d is None else d)
+        for key in d:
+            if key in REMOVED_SECTIONS:
+                raise ConfigError(f"section {key!r} is gone: {REMOVED_SECTIONS[key]}",
+                                  key=(str(key),))
+            if key not in cls.SECTIONS:
+                close = difflib.get_close_matches(str(key), cls.SECTIONS, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ConfigError(f"unknown section {key!r}{hint}; valid sections: "
+                                  f"{', '.join(cls.SECTIONS)}", key=(str(key),))
+        with within("model"):
+            model = _build(ModelConfig, d.get("model"), "model")
+        with within("data"):
+            data = _build(DataConfig, d.get("data"), "data")
+        sections: dict[str, Any] = {}
+        for key, build in (("prune", PruneConfig.from_dict),
+                           ("quantize", QuantizeConfig.from_dict)):
+            if d.get(key) is not None and (key == "prune" or d[key] != {}):
+                with within(key):
+                    sections[key] = build(d[key])
+        scalars = {k: d[k] for k in ("version", "name", "seed", "retrain") if k in d}
+        train = d.get("train")
+        return cls(model=model, data=data, train={"epochs": 0} if train is None else train,
+                   **sections, **scalars)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dicts (the recipe with every default filled in)."""
+        return {
+            "version": self.version,
+            "name": self.name,
+            "seed": self.seed,
+            "model": _plain({f.name: getattr(self.model, f.name) for f in fields(self.model)}),
+            "data": _plain({f.name: getattr(self.data, f.name) for f in fields(self.data)}),
+            "train": _plain(self.train),
+            "prune": self.prune.to_dict() if self.prune else None,
+            "retrain": _plain(self.retrain),
+            "quantize": self.quantize.to_dict() if self.quantize else None,
+        }
+
+
+__all__ = [
+    "INHERITED",
+    "PLAN_VERSION",
+    "QUANT_METHODS",
+    "QUANT_REST",
+    "QUANT_RETRAIN_DEFAULTS",
+    "QUANT_RETRAIN_KEYS",
+    "DataConfig",
+    "ModelConfig",
+    "Plan",
+    "PruneConfig",
+    "QuantizeConfig",
+    "check_fits_data",
+    "check_method_options",
+    "option_key",
+    "stage_settings",
+]
