@@ -30,15 +30,15 @@ from torch import nn
 from . import artifacts, methods, models
 from . import data as datasets
 from .constraints import Frozen, MaskEnforcer, Rounded
-from .errors import ConfigError
-from .io import atomic_write_text, load_checkpoint
+from .errors import ConfigError, DataError
+from .io import CorruptFileError, atomic_write_text, load_checkpoint, remove_stale_temps, set_aside
 from .methods.quantize import ProgressiveFixing
 from .plan import check_fits_data, option_key, stage_settings
 from .recipe import QUANT_RETRAIN_DEFAULTS, QUANT_RETRAIN_KEYS, Recipe
 from .report import build_report, format_report, write_report
 from .schemes import get as get_scheme
 from .targets import Target, resolve
-from .training import TrainConfig, Trainer, evaluate, set_seed
+from .training import TrainConfig, Trainer, distributed, evaluate, set_seed
 
 #: keys of the prune / quantize sections that are not options of the method
 PRUNE_KEYS = {"method", "targets", "train"}
@@ -115,6 +115,9 @@ class Run:
             seed=self.recipe["seed"], augment=d["augment"], limit_train=d["limit_train"],
             limit_test=d["limit_test"], **options,
         )
+        # under torchrun: this rank's share, the same global batches as one process
+        self.train_loader = distributed.shard_loader(self.train_loader, train=True)
+        self.test_loader = distributed.shard_loader(self.test_loader, train=False)
 
     def model_spec(self) -> dict[str, Any]:
         """How to rebuild the model: zoo name or factory, its arguments, the data's shape."""
@@ -151,9 +154,22 @@ class Run:
 
     # ------------------------------------------------------------------ driver
     def run(self, resume: bool = False) -> dict[str, Any]:
+        """Run (or with ``resume``, continue) the recipe; under torchrun every rank calls
+        this, rank 0 alone writes the run directory (see :mod:`.training.distributed`)."""
+        with distributed.session(str(self.recipe["train"].get("device", "cpu"))):
+            return self._run(resume)
+
+    def say(self, message: str) -> None:
+        if distributed.is_main():
+            self.echo(message)
+
+    def _run(self, resume: bool) -> dict[str, Any]:
         start = time.perf_counter()
-        self.out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.out / "recipe.yaml", self.recipe.to_yaml())
+        if distributed.is_main():
+            self.out.mkdir(parents=True, exist_ok=True)
+            if resume:
+                remove_stale_temps(self.out)
+            atomic_write_text(self.out / "recipe.yaml", self.recipe.to_yaml())
         set_seed(self.recipe["seed"])
         self.info = datasets.dataset_info(self.recipe["data"]["name"], **self.data_options())
         state = State(self.build_model())
@@ -162,17 +178,54 @@ class Run:
         self.started = start
         for stage in self.stages():
             path = self.out / stage.artifact
-            if resume and path.exists():
-                if stage.checkpoint:
-                    self.load_stage(path, stage.name, state)
-                elif stage.name == "report":
-                    self.report = self.report_stage(state, resume)
+            if resume and self.resume_stage(stage, path, state):
                 continue
             stage.run(state, resume)
             if stage.checkpoint:
-                self.save_stage(path, stage.name, state)
+                self.check_ranks(state, f"the {stage.name} stage")
+                if distributed.is_main():
+                    self.save_stage(path, stage.name, state)
         assert self.report is not None
         return self.report
+
+    def resume_stage(self, stage: Stage, path: Path, state: State) -> bool:
+        """Take a finished stage's artifact instead of running the stage; False when there
+        is none, or when it fails its check: such a file is set aside (``*.corrupt``) and
+        the stage runs again, which gives the same result because every stage is
+        deterministic. The report is always rebuilt from the model file."""
+        if stage.name == "report" or not distributed.rank0_says(path.exists()):
+            return False
+        failed: DataError | None = None
+        try:
+            if stage.checkpoint:
+                self.load_stage(path, stage.name, state)
+            else:  # the model file: its CRC and manifest are checked on reading
+                artifacts.load(path, model=self.build_model())
+        except CorruptFileError as exc:
+            failed = exc
+        except DataError as exc:
+            if stage.checkpoint:
+                raise
+            failed = exc
+        if distributed.any_rank(failed is not None):
+            if distributed.is_main():
+                moved = set_aside(path)
+                self.say(f"warning: {failed or path}; moved to {moved.name}, redoing stage "
+                         f"{stage.name}")
+            distributed.barrier()
+            return False
+        if stage.checkpoint:
+            self.check_ranks(state, f"the resumed {stage.name} artifact")
+        return True
+
+    def check_ranks(self, state: State, when: str) -> None:
+        """Every rank must hold the same weights and frozen constraints (masks, levels):
+        compared across ranks after each stage, never assumed."""
+        if distributed.active():
+            distributed.check_identical(
+                {"weights": state.model.state_dict(),
+                 "constraints": {n: c.state_dict() for n, c in state.constraints.items()}},
+                f"weights or frozen constraints after {when}")
 
     def check_plan(self, model: nn.Module) -> None:
         """Check the plan against the model before any data is loaded or anything trains,
@@ -218,7 +271,7 @@ class Run:
                 state.history += self.trainer(state.model, "pretrain", config,
                                               []).fit(resume=resume)
         state.meta["accuracy_dense"] = evaluate(state.model, self.test_loader)["accuracy"]
-        self.echo(f"dense accuracy: {state.meta['accuracy_dense']:.4f}")
+        self.say(f"dense accuracy: {state.meta['accuracy_dense']:.4f}")
 
     def prune_targets(self, model: nn.Module) -> list[Target]:
         try:
@@ -336,17 +389,30 @@ class Run:
                                   fixing)
 
     def export_stage(self, state: State, resume: bool) -> None:
-        accuracy = evaluate(state.model, self.test_loader)["accuracy"]
+        accuracy = evaluate(state.model, self.test_loader)["accuracy"]  # every rank's share
+        if not distributed.is_main():
+            distributed.barrier()  # the others read the file only once rank 0 has written it
+            return
         artifacts.save(state.model, self.out / "model.pkz", state.constraints,
                        spec=self.model_spec(), recipe=self.recipe.to_yaml(),
                        meta={"accuracy_dense": state.meta.get("accuracy_dense"),
                              "accuracy_compressed": accuracy,
                              "methods": state.meta.get("methods", [])})
+        distributed.barrier()
 
     def report_stage(self, state: State, resume: bool) -> dict[str, Any]:
         """The report of what ``model.pkz`` holds: the model, its constraints and every byte
         figure are read back from the file; its accuracy is the one the export measured on
-        the weights it wrote (a loaded model's outputs equal them exactly)."""
+        the weights it wrote (a loaded model's outputs equal them exactly). Rank 0 writes
+        it; the other ranks of a distributed run receive the same report."""
+        if distributed.active():
+            report = distributed.broadcast_json(self._report(state) if distributed.is_main()
+                                                else None)
+            self.report = report
+            return report
+        return self._report(state)
+
+    def _report(self, state: State) -> dict[str, Any]:
         loaded = artifacts.load(self.out / "model.pkz", model=self.build_model())
         accuracy = loaded.meta.get("accuracy_compressed")
         history = state.history
@@ -375,6 +441,7 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, *, resume: bool = False,
                progress: bool = True, echo: Callable[[str], Any] = print) -> dict[str, Any]:
     """Execute ``recipe`` into ``out_dir`` and return its report."""
     report = Run(recipe, out_dir, progress=progress, echo=echo).run(resume=resume)
-    echo(format_report(report))
-    echo(f"results: {Path(out_dir).resolve()}")
+    if distributed.is_main():
+        echo(format_report(report))
+        echo(f"results: {Path(out_dir).resolve()}")
     return report

@@ -32,7 +32,7 @@ def load_stage(path: Path, stage: str, model: nn.Module
                ) -> tuple[dict[str, Frozen], list[dict[str, Any]], dict[str, Any]]:
     """Load the weights of stage ``stage``'s artifact into ``model``; returns its
     constraints, history and meta. A file of another stage or format is a DataError."""
-    saved = load_checkpoint(path)
+    saved = load_checkpoint(path, verified=True)
     if not isinstance(saved, dict) or saved.get("format") != STAGE_FORMAT \
             or saved.get("stage") != stage:
         raise DataError(f"{path} is not the {stage!r} stage artifact of a prunekit run "

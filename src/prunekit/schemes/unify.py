@@ -56,6 +56,8 @@ _SAMPLE = 8192
 _COARSE = 1024
 #: width of a price box, in standard deviations of the sample's rank error
 _WIDTH = 4.0
+#: most widenings of a price bracket (each quadruples it: 2^1200 spans every double)
+_WIDEN = 600
 
 
 def _smallest_sums(values: np.ndarray, k: int) -> np.ndarray:
@@ -131,12 +133,19 @@ def _prices(
     lo, hi = (floor, ceiling) if around is None else around
     f_lo, p_lo = count(lo)
     f_hi, p_hi = count(hi)
-    step = hi - lo
-    while f_lo > 0 and lo > floor:  # widen until the bracket holds the crossing
+    # Widen until the bracket holds the crossing. The step starts positive and quadruples,
+    # so a few hundred rounds span any float range; the cap makes that explicit, because
+    # a zero step (a degenerate bracket) would otherwise never move.
+    step = hi - lo if hi > lo else max(ceiling - floor, 1.0)
+    for _ in range(_WIDEN):
+        if not (f_lo > 0 and lo > floor):
+            break
         step *= 4
         lo = max(lo - step, floor)
         f_lo, p_lo = count(lo)
-    while f_hi < 0 and hi < ceiling:
+    for _ in range(_WIDEN):
+        if not (f_hi < 0 and hi < ceiling):
+            break
         step *= 4
         hi = min(hi + step, ceiling)
         f_hi, p_hi = count(hi)

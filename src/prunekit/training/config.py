@@ -23,7 +23,9 @@ SCHEDULES = ("cosine", "step", "constant")
 _INT_KEYS = ("epochs", "warmup_epochs", "seed")
 _FLOAT_KEYS = ("lr", "momentum", "weight_decay", "gamma", "label_smoothing")
 _BOOL_KEYS = ("nesterov", "progress")
-_STR_KEYS = ("optimizer", "schedule", "device")
+_STR_KEYS = ("optimizer", "schedule", "device", "on_nan")
+#: what a non-finite loss does: stop the run (naming stage, epoch and step), or skip the batch
+ON_NAN = ("stop", "skip_batch")
 
 
 @dataclass
@@ -35,7 +37,9 @@ class TrainConfig:
     (0-based, as in ``torch.optim.lr_scheduler.MultiStepLR``) at which the rate is multiplied
     by ``gamma``; ``step_size`` decays it every ``step_size`` epochs instead. A linear warmup
     of ``warmup_epochs`` epochs comes first; cosine then anneals over the remaining epochs.
-    ``device`` is a torch device string or ``"auto"`` (CUDA when available).
+    ``device`` is a torch device string or ``"auto"`` (CUDA when available). ``on_nan``:
+    a NaN or inf loss stops the run (``"stop"``, keeping the last checkpoint) or leaves
+    that batch out (``"skip_batch"``, counted in the history as ``skipped_batches``).
     """
 
     epochs: int = 10
@@ -54,6 +58,7 @@ class TrainConfig:
     progress: bool = True
     label_smoothing: float = 0.0
     grad_clip: float | None = None
+    on_nan: str = "stop"
 
     def __post_init__(self) -> None:
         for key in _INT_KEYS:
@@ -99,6 +104,8 @@ class TrainConfig:
             )
         self._check_step_options()
         _check_device(self.device)
+        _require(self.on_nan in ON_NAN, "on_nan",
+                 f"must be one of {', '.join(ON_NAN)}, got {self.on_nan!r}")
 
     def _check_step_options(self) -> None:
         _require(self.step_size is None or self.step_size >= 1, "step_size",

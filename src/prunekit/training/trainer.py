@@ -18,7 +18,6 @@ Two optional plugin attributes steer the loop, read after every epoch's ``end_ep
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 import time
@@ -33,7 +32,8 @@ from tqdm import tqdm
 
 from ..artifacts.formats import TRAIN_FORMAT
 from ..errors import ConfigError, DataError, PrunekitError
-from ..io import load_checkpoint, save_checkpoint
+from ..io import CorruptFileError, load_checkpoint, save_checkpoint, set_aside
+from . import distributed
 from .config import TrainConfig
 from .optim import build_optimizer, build_scheduler
 from .plugins import FunctionPlugin, PluginSet, check_plain
@@ -42,7 +42,9 @@ from .seeding import seed_epoch
 _CHECKPOINT_KEYS = ("format", "stage", "epoch", "model", "optimizer", "scheduler", "history",
                     "plugins", "config", "lr_cycle")
 # Options that change how a run is shown or where it runs, not what it computes.
-_RESUME_FREE_KEYS = ("progress", "device")
+# ``on_nan`` too: after a run stopped on a NaN, resuming with ``on_nan: skip_batch`` is the
+# usual way on.
+_RESUME_FREE_KEYS = ("progress", "device", "on_nan")
 _HOOKS = ("penalty", "after_step", "end_epoch", "state_dict", "load_state_dict", "progress")
 
 
@@ -89,13 +91,32 @@ def _correct(outputs: Tensor, targets: Tensor) -> Tensor | None:
     return (outputs.argmax(dim=1) == targets).sum()
 
 
+class TrainingDiverged(PrunekitError):
+    """The loss or the weights became NaN or inf; names the stage, epoch and step."""
+
+    def __init__(self, message: str, *, stage: str, epoch: int, step: int) -> None:
+        super().__init__(message)
+        self.stage, self.epoch, self.step = stage, epoch, step
+
+
+def _scalar(value: Tensor | float) -> float:
+    return float(value.detach()) if isinstance(value, Tensor) else float(value)
+
+
+def _finite_grads(model: nn.Module) -> bool:
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    return not grads or bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
+
+
 class _Meter:
-    """Sample-weighted sums kept on the device, read once per epoch (no sync per step)."""
+    """Sample-weighted sums kept on the device, read once per epoch."""
 
     def __init__(self) -> None:
         self.sums: dict[str, Tensor | float] = {}
         self.correct: Tensor | int | None = 0
         self.seen = 0
+        self.steps = 0  # batches drawn this epoch
+        self.skipped = 0  # batches left out for a non-finite loss or gradient
 
     def add(self, n: int, correct: Tensor | None, **values: Tensor | float) -> None:
         for key, value in values.items():
@@ -113,11 +134,27 @@ class _Meter:
     def accuracy(self) -> float | None:
         return None if self.correct is None else float(self.correct) / self.seen
 
+    def reduce(self) -> None:
+        """Sum the counts of every rank (each saw its own share of the data); one
+        collective, run by every rank at the same point."""
+        if not distributed.active():
+            return
+        keys = sorted(self.sums)
+        has_correct = self.correct is not None
+        values = [float(self.sums[k]) for k in keys] + [float(self.seen)]
+        values.append(float(self.correct) if has_correct else 0.0)
+        totals = distributed.all_sum(values)
+        self.sums = dict(zip(keys, totals[:len(keys)], strict=True))
+        self.seen = int(round(totals[len(keys)]))
+        self.correct = totals[-1] if has_correct else None
+
 
 def evaluate(model: nn.Module, loader: Iterable, device: str | torch.device = "cpu",
              loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None) -> dict[str, Any]:
     """Mean loss and top-1 accuracy of ``model`` over ``loader`` (accuracy is None when the
-    outputs are not class scores). The model's train/eval mode is restored afterwards."""
+    outputs are not class scores). The model's train/eval mode is restored afterwards. A
+    loader made by :func:`.distributed.shard_loader` holds one rank's share: the counts of
+    every rank are summed, so each rank returns the figures of the whole data set."""
     device = resolve_device(device)
     loss_fn = nn.CrossEntropyLoss() if loss_fn is None else loss_fn
     was_training = model.training
@@ -132,6 +169,8 @@ def evaluate(model: nn.Module, loader: Iterable, device: str | torch.device = "c
                           loss=loss_fn(outputs, targets))
     finally:
         model.train(was_training)
+    if distributed.is_sharded(loader):
+        meter.reduce()
     if meter.seen == 0:
         raise DataError("the evaluation loader yielded no samples")
     return {"loss": meter.mean("loss"), "accuracy": meter.accuracy()}
@@ -213,14 +252,14 @@ class Trainer:
         self._forward_model = self._distribute(self.model)
 
     def _distribute(self, model: nn.Module) -> nn.Module:
-        """The module that runs the training forward pass.
+        """The module that runs the training forward pass: ``DistributedDataParallel``
+        when several ranks train (see :mod:`.distributed`), else the model itself.
 
-        The one place to wrap the model for data-parallel training (for example
-        ``DistributedDataParallel`` under ``torchrun``); the training loop calls only what
-        this returns, while evaluation and checkpoints use the bare ``self.model``. Samplers
-        with ``set_epoch`` are already told the epoch by :func:`.seeding.seed_epoch`.
+        The training loop calls only what this returns, while evaluation and checkpoints use
+        the bare ``self.model``. Samplers with ``set_epoch`` are already told the epoch by
+        :func:`.seeding.seed_epoch`.
         """
-        return model
+        return distributed.wrap(model, self.device)
 
     # ----------------------------------------------------------------- main loop
     def fit(self, resume: bool = False) -> list[dict[str, Any]]:
@@ -232,19 +271,37 @@ class Trainer:
         if resume:
             if self.checkpoint_path is None:
                 raise ConfigError("fit(resume=True) needs a checkpoint_path")
-            if self.checkpoint_path.exists():
-                self._restore(self.checkpoint_path)
+            if distributed.rank0_says(self.checkpoint_path.exists()):
+                self._resume_from(self.checkpoint_path)
         for epoch in range(self.epoch, self.config.epochs):
             if self._stop_requested():
                 break
             record = self._run_epoch(epoch)
             self.history.append(record)
             self.epoch = epoch + 1
-            if self.checkpoint_path is not None:
+            if self.checkpoint_path is not None and distributed.is_main():
                 self.save(self.checkpoint_path)
             if self.log is not None:
                 self.log(dict(record))
         return [dict(r) for r in self.history]
+
+    def _resume_from(self, path: Path) -> None:
+        """Continue from ``path``, unless it fails its check: then it is set aside
+        (``*.corrupt``) and the stage starts again from its first epoch, which ends in the
+        same weights because every epoch is reseeded from (seed, epoch)."""
+        failed: CorruptFileError | None = None
+        try:
+            self._restore(path)
+        except CorruptFileError as exc:
+            failed = exc
+        if distributed.any_rank(failed is not None):
+            if distributed.is_main():
+                moved = set_aside(path)
+                print(f"warning: {failed or path}; moved to {moved.name}, {self.stage} starts "
+                      f"again from epoch 1", file=sys.stderr)
+            distributed.barrier()
+            return
+        self._check_ranks_agree("the resumed checkpoint")
 
     def _run_epoch(self, epoch: int) -> dict[str, Any]:
         start = time.perf_counter()
@@ -252,9 +309,12 @@ class Trainer:
         lr = float(self.optimizer.param_groups[0]["lr"])
         bar = tqdm(self.train_loader, desc=f"{self.stage} {epoch + 1}/{self.config.epochs}",
                    leave=True, dynamic_ncols=True,
-                   disable=not (self.config.progress and _interactive()))
+                   disable=not (self.config.progress and _interactive() and
+                                distributed.is_main()))
         try:
             meter = self._train_batches(bar, epoch)
+            distributed.broadcast_buffers(self.model)
+            self._check_finite_weights(epoch, meter.steps)
             self.plugins.end_epoch()
             self._take_lr_resets(epoch)
             self.scheduler.step()
@@ -267,6 +327,10 @@ class Trainer:
                 "test_loss": test["loss"], "test_accuracy": test["accuracy"],
             }
             record.update(self.plugins.progress())
+            if meter.skipped:
+                record["skipped_batches"] = meter.skipped
+            # before the checkpoint, so that no rank ever saves or goes on from a drifted state
+            self._check_ranks_agree(f"{self.stage} epoch {epoch + 1}")
             record["seconds"] = time.perf_counter() - start
             self._show(bar, record)
         finally:
@@ -276,14 +340,28 @@ class Trainer:
     def _train_batches(self, batches: Iterable, epoch: int) -> _Meter:
         self.model.train()
         meter = _Meter()
-        for batch in batches:
+        skip = self.config.on_nan == "skip_batch"
+        for step, batch in enumerate(batches, start=1):
+            meter.steps = step
             inputs, targets = _to_device(*_unpack(batch), self.device)
             self.optimizer.zero_grad(set_to_none=True)
             outputs = self._forward_model(inputs)
             task_loss = self.loss_fn(outputs, targets)
             penalty = self.plugins.penalty()
             loss = task_loss + penalty
+            # one flag per step, agreed by every rank, so that all of them stop or skip
+            if distributed.any_rank(not bool(torch.isfinite(loss.detach()).all())):
+                if not skip:
+                    raise self._diverged(epoch, step, f"the loss is {_scalar(loss)} (task "
+                                         f"loss {_scalar(task_loss)}, penalty "
+                                         f"{_scalar(penalty)})")
+                meter.skipped += 1
+                continue
             loss.backward()
+            if skip and distributed.any_rank(not _finite_grads(self.model)):
+                self.optimizer.zero_grad(set_to_none=True)
+                meter.skipped += 1
+                continue
             if self.config.grad_clip is not None:
                 nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
             self.optimizer.step()
@@ -293,16 +371,38 @@ class Trainer:
             if isinstance(batches, tqdm) and not batches.disable:
                 batches.set_postfix_str(_format_fields(
                     {"loss": meter.mean("loss"), "acc": meter.accuracy()}), refresh=False)
+        meter.reduce()
         if meter.seen == 0:
-            raise DataError(f"the training loader yielded no samples ({self.stage} epoch "
-                            f"{epoch + 1})")
-        value = meter.mean("loss")
-        if not math.isfinite(value):
-            raise PrunekitError(
-                f"{self.stage} epoch {epoch + 1}: the training loss is {value}; lower the "
-                f"learning rate or the penalty (the last checkpoint is kept)"
-            )
+            what = (f"every one of its {meter.skipped} batches had a non-finite loss or "
+                    f"gradient" if meter.skipped else "the training loader yielded no samples")
+            raise DataError(f"{self.stage} epoch {epoch + 1}: {what}")
         return meter
+
+    def _check_finite_weights(self, epoch: int, steps: int) -> None:
+        """Stop before a NaN or inf weight reaches a checkpoint (the last one stays good)."""
+        bad = [n for n, p in self.model.named_parameters()
+               if not bool(torch.isfinite(p.detach()).all())]
+        if distributed.any_rank(bool(bad)):
+            raise self._diverged(epoch, steps, f"weights {', '.join(bad[:4]) or 'of a rank'} "
+                                 f"hold NaN or inf")
+
+    def _diverged(self, epoch: int, step: int, what: str) -> TrainingDiverged:
+        kept = ("nothing was checkpointed yet" if self.epoch == 0 or self.checkpoint_path
+                is None else f"the checkpoint {self.checkpoint_path} of epoch {self.epoch} "
+                f"is kept")
+        return TrainingDiverged(
+            f"{self.stage} epoch {epoch + 1} step {step}: {what}; {kept}. Lower the learning "
+            f"rate or the penalty, or set the stage's train option on_nan: skip_batch, then "
+            f"resume", stage=self.stage, epoch=epoch + 1, step=step)
+
+    def _check_ranks_agree(self, when: str) -> None:
+        """Every rank must hold the same weights and plugin state (masks, Z/U, penalties):
+        compared across ranks, not assumed."""
+        if distributed.active():
+            distributed.check_identical(
+                {"weights": dict(self.model.named_parameters()),
+                 "plugins": self.plugins.state_dicts()},
+                f"weights or method state after {when}")
 
     def _take_lr_resets(self, epoch: int) -> None:
         """Start a new learning-rate cycle at ``epoch + 1`` if a plugin asked for one."""
@@ -319,7 +419,7 @@ class Trainer:
         shown = {k: v for k, v in record.items() if k not in ("stage", "epoch", "seconds")}
         if not bar.disable:
             bar.set_postfix_str(_format_fields(shown))
-        elif self.config.progress:
+        elif self.config.progress and distributed.is_main():
             print(f"{self.stage} {record['epoch']}/{self.config.epochs}: "
                   f"{_format_fields(shown)} ({record['seconds']:.1f}s)", file=sys.stderr)
 
@@ -346,7 +446,7 @@ class Trainer:
         return save_checkpoint(self.state_dict(), path)
 
     def _restore(self, path: Path) -> None:
-        ckpt = load_checkpoint(path, map_location="cpu")
+        ckpt = load_checkpoint(path, map_location="cpu", verified=True)
         if not isinstance(ckpt, dict) or ckpt.get("format") != TRAIN_FORMAT:
             raise DataError(f"{path} is not a prunekit training checkpoint")
         missing = [k for k in _CHECKPOINT_KEYS if k not in ckpt]

@@ -1,0 +1,88 @@
+"""A user's own DDP training loop with prunekit's ADMM (no prunekit trainer), for
+tests/test_distributed.py: under torchrun every rank trains its shard and hardens; alone,
+the same loop is the one-process reference.
+
+    torchrun --nproc-per-node 2 tests/ddp_user_loop.py OUT.pt [drift]
+
+With ``drift``, rank 1 changes one weight before hardening, and each rank records whether
+:func:`prunekit.training.distributed.check_identical` caught it.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn import functional as F
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, TensorDataset
+
+import prunekit
+from prunekit.io import save_checkpoint
+from prunekit.training import distributed
+
+GLOBAL_BATCH = 16
+EPOCHS = 3
+
+
+def dataset() -> TensorDataset:
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(128) % 4
+    x = torch.randn(128, 12, generator=g) + torch.eye(4).repeat(1, 3)[y] * 2.0
+    return TensorDataset(x, y)
+
+
+def train(drift: bool = False) -> dict:
+    """Train, prune and harden; returns the masks and weights (and the drift verdict)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(12, 32), nn.ReLU(), nn.Linear(32, 4))
+    targets = prunekit.resolve(model, [{"layers": "*", "sparsity": 0.75}])
+    admm = prunekit.ADMM(model, targets, rho=0.05)
+    forward = DistributedDataParallel(model) if distributed.active() else model
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    data = dataset()
+    g = torch.Generator()
+    sampler = distributed.ShardSampler(data, distributed.world_size(), distributed.rank(),
+                                       generator=g, shuffle=True, pad=True)
+    loader = DataLoader(data, batch_size=GLOBAL_BATCH // distributed.world_size(),
+                        sampler=sampler, generator=g)
+    for epoch in range(EPOCHS):
+        g.manual_seed(epoch)  # same order on every rank, a new one every epoch
+        for x, y in loader:
+            loss = F.cross_entropy(forward(x), y) + admm.penalty()
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            admm.after_step()
+        admm.end_epoch()
+    if drift and distributed.rank() == 1:
+        with torch.no_grad():
+            model[0].weight[0, 0] += 1e-3
+    caught = False
+    try:
+        distributed.check_identical(dict(model.named_parameters()), "weights before hardening")
+    except distributed.RankMismatchError:
+        caught = True
+    masks = admm.harden()
+    if not drift:
+        distributed.check_identical(masks, "hardened masks")
+    return {"masks": masks, "weights": {k: v.detach().clone() for k, v in
+                                        model.state_dict().items()}, "caught": caught}
+
+
+def main() -> None:
+    out, drift = Path(sys.argv[1]), sys.argv[2:] == ["drift"]
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
+    try:
+        result = train(drift)
+        save_checkpoint(result, out.with_name(f"{out.stem}.rank{dist.get_rank()}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
