@@ -30,10 +30,12 @@ _EXPORTS = {
     "TrainConfig": "training",
     "load_recipe": "recipe",
     "run_recipe": "pipeline",
+    "compile": "runtime",
 }
 
 _SUBMODULES = {"schemes", "targets", "constraints", "artifacts", "methods", "training", "data",
-               "models", "report", "recipe", "pipeline", "errors", "io", "rate_tables"}
+               "models", "report", "recipe", "pipeline", "errors", "io", "rate_tables",
+               "structure", "runtime"}
 
 __all__ = ["__version__", *_EXPORTS]
 

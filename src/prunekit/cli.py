@@ -3,6 +3,7 @@
     prunekit compress RECIPE.yaml --out DIR [--set section.key=value ...] [--resume]
     prunekit report MODEL.pkz [--out DIR]
     prunekit export MODEL.pkz --onnx OUT.onnx [--opset N]
+    prunekit bench MODEL.pkz [--batch N] [--repeats N]
 
 Errors a user can fix (bad recipe, missing data, unknown layer) print one line and exit 2;
 nothing else is caught, so a genuine bug still shows its traceback.
@@ -42,6 +43,11 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("model", help="model.pkz written by `prunekit compress`")
     export.add_argument("--onnx", required=True, metavar="OUT.onnx", help="ONNX file to write")
     export.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
+
+    bench = sub.add_parser("bench", help="dense vs compiled CPU latency of a saved model")
+    bench.add_argument("model", help="model.pkz written by `prunekit compress`")
+    bench.add_argument("--batch", type=int, default=1, help="input batch size (default 1)")
+    bench.add_argument("--repeats", type=int, default=20, help="timed calls (median; default 20)")
     return parser
 
 
@@ -62,6 +68,10 @@ def main(argv: list[str] | None = None) -> int:
             from .artifacts.onnx_export import export_saved_model
 
             print(f"wrote {export_saved_model(Path(args.model), Path(args.onnx), args.opset)}")
+        elif args.command == "bench":
+            from .runtime.bench import bench_saved_model
+
+            bench_saved_model(Path(args.model), batch=args.batch, repeats=args.repeats)
     except PrunekitError as exc:
         print(f"prunekit: error: {exc}", file=sys.stderr)
         return 2

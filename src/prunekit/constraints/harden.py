@@ -111,10 +111,36 @@ def freeze(model: nn.Module, targets: Iterable[Target], *, mode: str = "snap",
         except PrunekitError as exc:
             raise type(exc)(f"target {target.name!r} (scheme {target.scheme_name!r}): "
                             f"{exc}") from None
+    biases = _filter_biases(model, targets, frozen)
+    frozen.update(biases)
     with torch.no_grad():
         for target in targets:
             frozen[target.name].to(target.param.device).apply_(target.param.data)
+        for name, support in biases.items():
+            support.to(params[name].device).apply_(params[name].data)
     return frozen
+
+
+def _filter_biases(model: nn.Module, targets: list[Target],
+                   frozen: Mapping[str, Frozen]) -> dict[str, Support]:
+    """A bias entry goes with its filter: a pruned filter whose bias stayed would still
+    emit a constant, so the channel would be alive and the layer could not shrink. For
+    every target whose scheme prunes whole filters, the bias of its pruned rows is frozen
+    at zero too (unless another target already constrains that bias)."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    out: dict[str, Support] = {}
+    for target in targets:
+        parts = target.scheme.parts if isinstance(target.scheme, Composite) else [target.scheme]
+        if target.gates != 1 or not any(getattr(p, "name", "") == "filter" for p in parts):
+            continue
+        bias = getattr(model.get_submodule(target.module_name), "bias", None)
+        name = names.get(id(bias))
+        if not isinstance(bias, nn.Parameter) or name is None or name in frozen:
+            continue
+        rows = frozen[target.name].mask.reshape(target.shape[0], -1).any(1)
+        if bias.shape == rows.shape and not bool(rows.all()):
+            out[name] = Support(rows.to(bias.device), {"scheme": "filter"})
+    return out
 
 
 def harden(model: nn.Module, targets: Iterable[Target]) -> dict[str, Tensor]:

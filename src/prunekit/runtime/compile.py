@@ -1,0 +1,195 @@
+"""``prunekit.compile(model, example)``: a pruned model rebuilt to run faster on CPU.
+
+Two passes, each keeping the outputs of the (masked) model:
+
+1. **Shrink.** The model is traced (:mod:`prunekit.structure`) and every dead channel
+   unit (pruned filters with their biases and BatchNorm entries, or channels no layer
+   reads) is physically removed: convs, linears and norms become smaller dense layers.
+   A model torch.fx cannot trace skips this pass; the reason is in ``plan``.
+2. **Sparse kernels.** Every remaining conv, linear and GRU/LSTM whose weight still has
+   zeros gets candidate implementations (gathered-dense block kernel, torch CSR; for convs
+   the same behind im2col; for recurrent layers sparse gate products), each is timed on
+   the input that layer receives for ``example`` (:mod:`.choose`), and the fastest
+   replaces the layer; dense stays where nothing sparse is faster.
+
+Finally the compiled model runs on ``example`` and must match the input model to
+``rtol`` (max abs error over max abs output); otherwise :class:`CompileError` says which
+layer's choice broke it. The compiled model is for inference (eval mode, no gradients).
+It holds plain layers only when ``engines=()``: such a model exports to ONNX like any
+other.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import ConfigError, PrunekitError
+from ..structure import build
+from . import choose
+from .formats import choose_rows, padded_work
+from .modules import ENGINES, Im2colConv2d, SparseLinear, SparseRNN, sparsity
+from .shrink import dead_units, shrink
+
+#: below this fraction of zeros no sparse kernel is tried
+MIN_SPARSITY = 0.3
+#: default candidate engines (``bsr`` is measured by the benchmark only)
+DEFAULT_ENGINES = ("gathered", "gathered_parallel", "csr")
+
+
+class CompileError(PrunekitError):
+    """The compiled model does not compute what the input model computes."""
+
+
+@dataclass
+class Choice:
+    """What compile did to one layer: the engine and every candidate's fastest call (ms)."""
+
+    layer: str
+    kind: str
+    engine: str
+    sparsity: float
+    times_ms: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Plan:
+    """``shrunk``: channels removed (or why shrinking was skipped); ``layers``: choices."""
+
+    removed_channels: int = 0
+    shrink_note: str = ""
+    layers: list[Choice] = field(default_factory=list)
+    max_rel_error: float = 0.0
+
+    def describe(self) -> str:
+        lines = [f"removed {self.removed_channels} channels" + (
+            f" ({self.shrink_note})" if self.shrink_note else "")]
+        for c in self.layers:
+            times = ", ".join(f"{k} {v:.3g} ms" for k, v in c.times_ms.items())
+            lines.append(f"{c.layer} ({c.kind}, {c.sparsity:.0%} zeros): {c.engine}"
+                         + (f" [{times}]" if times else ""))
+        lines.append(f"max relative error vs the input model: {self.max_rel_error:.2e}")
+        return "\n".join(lines)
+
+
+def compile(model: nn.Module, example: Tensor, *, engines: Sequence[str] = DEFAULT_ENGINES,
+            shrink_channels: bool = True, rtol: float = 1e-4) -> nn.Module:
+    """The fastest correct version of ``model`` for inputs shaped like ``example`` (see
+    the module docstring). ``engines``: sparse engines to try (``"gathered"``,
+    ``"gathered_parallel"``, ``"gathered_torch"``, ``"csr"``, ``"bsr"``; ``()`` keeps dense
+    layers only; without numba the gathered engines run the torch kernel). The
+    result carries ``prunekit_plan`` (:class:`Plan`)."""
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"compile expects a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(example, Tensor):
+        raise ConfigError(f"compile needs an example input tensor (one batch of the shape "
+                          f"it will run on), got {type(example).__name__}")
+    unknown = [e for e in engines if e not in ENGINES]
+    if unknown:
+        raise ConfigError(f"unknown engines {unknown}; engines: {', '.join(ENGINES)}")
+    model = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        reference = model(example)
+    plan = Plan()
+    if shrink_channels:
+        model = _shrink(model, example, plan)
+    if engines:
+        _replace(model, example, tuple(engines), plan)
+    model.eval()
+    with torch.no_grad():
+        plan.max_rel_error = _rel_error(model(example), reference)
+    if plan.max_rel_error > rtol:
+        raise CompileError(f"the compiled model differs from the input model by "
+                           f"{plan.max_rel_error:.2e} (relative), more than rtol={rtol}; "
+                           f"choices: {plan.describe()}")
+    model.prunekit_plan = plan
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def _rel_error(a: Any, b: Any) -> float:
+    if isinstance(a, (tuple, list)):
+        return max(_rel_error(x, y) for x, y in zip(a, b, strict=True))
+    scale = float(b.abs().max()) or 1.0
+    return float((a - b).abs().max()) / scale
+
+
+def _shrink(model: nn.Module, example: Tensor, plan: Plan) -> nn.Module:
+    try:
+        structure = build(model, example)
+    except ConfigError as exc:
+        plan.shrink_note = f"not shrunk: {exc}"
+        return model
+    dead = dead_units(structure, model)
+    plan.removed_channels = len(dead)
+    return shrink(structure, dead) if dead else model
+
+
+def _inputs(model: nn.Module, example: Tensor, kinds: tuple[type, ...]) -> dict[str, tuple]:
+    """The inputs every module of ``kinds`` receives on ``example`` (first call)."""
+    seen: dict[str, tuple] = {}
+
+    def record(name: str, args: tuple) -> None:  # a hook that returns nothing
+        if name not in seen:
+            seen[name] = tuple(a.detach().clone() if isinstance(a, Tensor) else a for a in args)
+
+    handles = [m.register_forward_pre_hook(lambda mod, args, name=name: record(name, args))
+               for name, m in model.named_modules() if isinstance(m, kinds)]
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for h in handles:
+            h.remove()
+    return seen
+
+
+def _candidates(m: nn.Module, engines: tuple[str, ...]) -> dict[str, nn.Module] | None:
+    if isinstance(m, nn.Linear):
+        return {e: SparseLinear(m.weight, m.bias, e) for e in engines}
+    if isinstance(m, nn.Conv2d):
+        if m.groups != 1 or m.padding_mode != "zeros" or isinstance(m.padding, str):
+            return None
+        return {f"im2col_{e}": Im2colConv2d(m, e) for e in engines}
+    if isinstance(m, (nn.GRU, nn.LSTM)):
+        if m.bidirectional or getattr(m, "proj_size", 0):
+            return None
+        return {e: SparseRNN(m, e) for e in engines if e != "bsr"}
+    return None
+
+
+def _weight(m: nn.Module) -> Tensor:
+    if isinstance(m, nn.RNNBase):
+        return torch.cat([getattr(m, n).detach().reshape(-1) for n, _ in m.named_parameters()
+                          if n.startswith("weight_")])
+    return m.weight.detach()
+
+
+def _replace(model: nn.Module, example: Tensor, engines: tuple[str, ...], plan: Plan) -> None:
+    kinds = (nn.Linear, nn.Conv2d, nn.GRU, nn.LSTM)
+    inputs = _inputs(model, example, kinds)
+    for name, m in list(model.named_modules()):
+        if name not in inputs or not isinstance(m, kinds):
+            continue
+        w = _weight(m)
+        zeros = sparsity(w)
+        if zeros < MIN_SPARSITY:
+            continue
+        cands = _candidates(m, engines)
+        if not cands:
+            continue
+        mask = (w != 0).reshape(w.shape[0], -1) if w.dim() > 1 else (w != 0).reshape(1, -1)
+        rows = choose_rows(mask)
+        key = (*choose.shape_key(type(m).__name__, w, inputs[name]), rows,
+               padded_work(mask, rows))
+        best, times = choose.fastest(key, {"dense": m, **cands}, inputs[name])
+        plan.layers.append(Choice(name, type(m).__name__, best, zeros, times))
+        if best != "dense":
+            parent, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, attr, cands[best])

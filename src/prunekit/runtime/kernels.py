@@ -1,0 +1,135 @@
+"""Gathered-dense GEMM kernels: ``y = x @ W.T + b`` for ``W`` in the :class:`Gathered`
+layout, compiled by numba when it is installed (``pip install prunekit[compile]``), with
+a pure-torch kernel that always works.
+
+Thread pools. torch runs its ops on its own OpenMP pool (the libgomp it bundles). numba's
+``omp`` threading layer would load a second OpenMP runtime into the process; on a
+2-core machine the two pools' spinning workers stall each other for milliseconds. So,
+unless the user chose a layer with ``NUMBA_THREADING_LAYER``, the kernels use numba's
+``workqueue`` layer, whose workers sleep instead of spinning, and run on as many threads
+as ``torch.get_num_threads()`` (set per call, so ``torch.set_num_threads`` governs both).
+``bench/inference.py`` measures the result at 1 and 2 threads.
+
+The numba kernel gathers each band's input columns into a small contiguous buffer for
+four input rows at a time, then computes every row of the band as dot products with four
+accumulators (one per input row), so each weight value is loaded once per four rows. It
+comes serial and parallel over bands: a parallel launch costs tens of microseconds, more
+than a whole small layer, so :mod:`.choose` measures both.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cache
+
+import torch
+from torch import Tensor
+
+from .formats import Gathered
+
+
+def _make_kernel(numba, np, parallel: bool):
+    """The gathered kernel, serial or over bands in parallel. Loop bounds are uint32: with
+    signed bounds numba guards every index against negative wrap-around and the inner dot
+    products do not vectorise (about 10x slower). Not cached on disk: numba's cache keys a
+    function by its name and file, so the serial and parallel builds of this one function
+    would overwrite each other (compiling both takes a few seconds per process)."""
+
+    @numba.njit(parallel=parallel, fastmath=True, nogil=True)
+    def gathered_mm(x, y, bias, rows, col_ptr, cols, val_ptr, vals, scratch):  # pragma: no cover
+        n_rows, out_features = x.shape[0], y.shape[1]
+        bands = col_ptr.shape[0] - 1
+        for b in numba.prange(bands):
+            buf = scratch[numba.get_thread_id()]
+            c0 = col_ptr[b]
+            k = np.uint32(col_ptr[b + 1] - c0)
+            r0 = b * rows
+            height = min(rows, out_features - r0)
+            v0 = val_ptr[b]
+            idx = cols[c0:c0 + k]
+            b0, b1, b2, b3 = buf[0], buf[1], buf[2], buf[3]
+            full = n_rows - n_rows % 4
+            for n0 in range(0, full, 4):
+                for t in range(4):
+                    xr, bt = x[n0 + t], buf[t]
+                    for j in range(k):
+                        bt[j] = xr[idx[j]]
+                for r in range(height):
+                    w = vals[v0 + r * k:v0 + (r + 1) * k]
+                    a0 = np.float32(0.0)
+                    a1 = np.float32(0.0)
+                    a2 = np.float32(0.0)
+                    a3 = np.float32(0.0)
+                    for j in range(k):
+                        wj = w[j]
+                        a0 += wj * b0[j]
+                        a1 += wj * b1[j]
+                        a2 += wj * b2[j]
+                        a3 += wj * b3[j]
+                    bias_r = bias[r0 + r]
+                    y[n0, r0 + r] = a0 + bias_r
+                    y[n0 + 1, r0 + r] = a1 + bias_r
+                    y[n0 + 2, r0 + r] = a2 + bias_r
+                    y[n0 + 3, r0 + r] = a3 + bias_r
+            for n in range(full, n_rows):  # the last rows (all of them at batch 1)
+                xr = x[n]
+                for j in range(k):
+                    b0[j] = xr[idx[j]]
+                for r in range(height):
+                    w = vals[v0 + r * k:v0 + (r + 1) * k]
+                    a0 = np.float32(0.0)
+                    for j in range(k):
+                        a0 += w[j] * b0[j]
+                    y[n, r0 + r] = a0 + bias[r0 + r]
+        return y
+
+    return gathered_mm
+
+
+@cache
+def numba_kernels():
+    """``{"serial": run, "parallel": run}``, or None where numba is not installed."""
+    try:
+        import numba  # noqa: PLC0415  (optional dependency)
+    except ImportError:
+        return None
+    if "NUMBA_THREADING_LAYER" not in os.environ:
+        numba.config.THREADING_LAYER = "workqueue"
+    import numpy as np  # noqa: PLC0415
+
+    def runner(kernel, parallel: bool):
+        def run(x: Tensor, fmt: Gathered, bias: Tensor) -> Tensor:
+            threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+            if parallel:
+                numba.set_num_threads(threads)
+            scratch = fmt.scratch(numba.config.NUMBA_NUM_THREADS)
+            y = torch.empty(x.shape[0], fmt.out_features)
+            kernel(x.numpy(), y.numpy(), bias.numpy(), fmt.rows, fmt.col_ptr.numpy(),
+                   fmt.cols_u32, fmt.val_ptr.numpy(), fmt.vals.numpy(), scratch)
+            return y
+        return run
+
+    return {"serial": runner(_make_kernel(numba, np, False), False),
+            "parallel": runner(_make_kernel(numba, np, True), True)}
+
+
+def has_numba() -> bool:
+    return numba_kernels() is not None
+
+
+def torch_gathered(x: Tensor, idx: Tensor, vals: Tensor, bias: Tensor,
+                   out_features: int) -> Tensor:
+    """Pure-torch gathered multiply: one gather ``x[:, idx]`` ``[n, bands, k]`` and one
+    batched multiply by the padded band values ``[bands, rows, k]``."""
+    gathered = x[:, idx].permute(1, 2, 0)  # [bands, k, n]
+    y = torch.bmm(vals, gathered)  # [bands, rows, n]
+    return y.reshape(-1, x.shape[0])[:out_features].t() + bias
+
+
+def numba_gathered(x: Tensor, fmt: Gathered, bias: Tensor, parallel: bool = False) -> Tensor:
+    """The numba kernel on ``x [n, in]`` (serial, or over bands on torch's thread count)."""
+    runs = numba_kernels()
+    if runs is None:
+        raise RuntimeError("numba is not installed")
+    run = runs["parallel" if parallel else "serial"]
+    return run(x.detach().float().contiguous(), fmt, bias.detach().float().contiguous())

@@ -1,0 +1,16 @@
+"""Coupled slices of layers, traced with torch.fx: which channels must go together.
+
+- :func:`build` traces a model on an example input and returns its :class:`Structure`:
+  channel groups (a filter, its bias, the BatchNorm entries after it, the input columns of
+  every layer reading it, residual and concat partners), and for every channel that can
+  never be removed the layer and the reason (:meth:`Structure.report`);
+- :func:`prune` filter-prunes whole groups by group norm and returns the frozen constraints
+  (biases and BatchNorm included) that keep the removed channels exactly zero, so
+  :func:`prunekit.compile` can shrink the layers without changing the outputs.
+"""
+
+from .groups import Group, Pruned, Structure, build, constraints_for, prune, select, unit_scores
+from .trace import Traced, trace
+
+__all__ = ["Group", "Pruned", "Structure", "Traced", "build", "constraints_for", "prune",
+           "select", "trace", "unit_scores"]
