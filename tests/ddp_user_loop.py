@@ -2,10 +2,11 @@
 tests/test_distributed.py: under torchrun every rank trains its shard and hardens; alone,
 the same loop is the one-process reference.
 
-    torchrun --nproc-per-node 2 tests/ddp_user_loop.py OUT.pt [drift]
+    torchrun --nproc-per-node 2 tests/ddp_user_loop.py DIR
 
-With ``drift``, rank 1 changes one weight before hardening, and each rank records whether
-:func:`prunekit.training.distributed.check_identical` caught it.
+writes ``DIR/plain.rankR.pt`` (masks, weights) and ``DIR/drift.rankR.pt``: the same run in
+which rank 1 changes one weight before hardening, with whether
+:func:`prunekit.training.distributed.check_identical` caught it on that rank.
 """
 
 from __future__ import annotations
@@ -74,12 +75,13 @@ def train(drift: bool = False) -> dict:
 
 
 def main() -> None:
-    out, drift = Path(sys.argv[1]), sys.argv[2:] == ["drift"]
+    out = Path(sys.argv[1])
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
     try:
-        result = train(drift)
-        save_checkpoint(result, out.with_name(f"{out.stem}.rank{dist.get_rank()}.pt"))
+        for name in ("plain", "drift"):
+            result = train(drift=name == "drift")
+            save_checkpoint(result, out / f"{name}.rank{dist.get_rank()}.pt")
     finally:
         dist.destroy_process_group()
 

@@ -84,11 +84,18 @@ def test_torchrun_resume_after_a_kill_is_the_uninterrupted_run(runs, tmp_path):
     assert_same_run(runs["ddp"], out, "retrained.pt")
 
 
-@pytest.mark.slow
-def test_a_users_own_ddp_loop_gets_identical_masks_on_every_rank(tmp_path):
-    result = launch(Path(ddp_user_loop.__file__), [str(tmp_path / "out.pt")], nproc=2)
+@pytest.fixture(scope="module")
+def user_loop(tmp_path_factory) -> Path:
+    """tests/ddp_user_loop.py under torchrun, 2 ranks: a plain run and a drifted one."""
+    out = tmp_path_factory.mktemp("user_loop")
+    result = launch(Path(ddp_user_loop.__file__), [str(out)], nproc=2)
     assert result.returncode == 0, describe(result)
-    ranks = [load_checkpoint(tmp_path / f"out.rank{r}.pt", verified=True) for r in (0, 1)]
+    return out
+
+
+@pytest.mark.slow
+def test_a_users_own_ddp_loop_gets_identical_masks_on_every_rank(user_loop):
+    ranks = [load_checkpoint(user_loop / f"plain.rank{r}.pt", verified=True) for r in (0, 1)]
     assert fingerprint(ranks[0]["masks"]) == fingerprint(ranks[1]["masks"])
     assert not ranks[0]["caught"] and not ranks[1]["caught"]
     alone = ddp_user_loop.train()  # one process, the same global batch
@@ -100,10 +107,8 @@ def test_a_users_own_ddp_loop_gets_identical_masks_on_every_rank(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_rank_that_drifted_is_caught_on_every_rank(tmp_path):
-    result = launch(Path(ddp_user_loop.__file__), [str(tmp_path / "out.pt"), "drift"], nproc=2)
-    assert result.returncode == 0, describe(result)
-    assert all(load_checkpoint(tmp_path / f"out.rank{r}.pt")["caught"] for r in (0, 1))
+def test_a_rank_that_drifted_is_caught_on_every_rank(user_loop):
+    assert all(load_checkpoint(user_loop / f"drift.rank{r}.pt")["caught"] for r in (0, 1))
 
 
 # ------------------------------------------------------------------ no processes needed

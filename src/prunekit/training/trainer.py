@@ -14,6 +14,14 @@ Two optional plugin attributes steer the loop, read after every epoch's ``end_ep
   the next epoch, decaying over ``lr_cycle_epochs`` epochs (the plugin's, else the epochs
   left), as ADMM-NN's solver restarts it at every Z/U update; the flag is then cleared;
 - ``stop_requested`` (ADMM with a convergence tolerance): the run ends after this epoch.
+
+A NaN or inf loss is caught at the step it appears (one device sync per step, the price of
+naming that step and of never taking it), a NaN or inf weight before the checkpoint it
+would spoil; either stops the run (:class:`TrainingDiverged`, the last checkpoint kept) or,
+with ``on_nan="skip_batch"``, the batch is left out. Under torchrun the model trains inside
+DistributedDataParallel (:mod:`.distributed`): the ranks agree on every such decision,
+their metrics are summed, rank 0 alone writes checkpoints, and after every epoch the
+weights and plugin state are compared across ranks.
 """
 
 from __future__ import annotations
