@@ -600,8 +600,9 @@ def allocate_global(
     one), which each gate rounds back to exactly ``k`` groups, so the plan is what the
     projection prunes. Each rate stays within ``[min_sparsity, max_sparsity]`` and always
     keeps at least one step, so no layer is cut off entirely: layers with small weights get
-    high rates. When all steps have one size (``irregular``) the threshold is found by one
-    selection (``kthvalue``) over the concatenated scores, not a sort.
+    high rates. When all step sizes are whole multiples of one size (``irregular``, gated or
+    not) the threshold is found by one selection (``kthvalue``) over the concatenated
+    scores, not a sort.
     """
     sparsity = _check_rate(sparsity, f"{where}: sparsity")
     if min_sparsity > max_sparsity:
@@ -611,8 +612,9 @@ def allocate_global(
         return
     units = [_Unit(t, min_sparsity, max_sparsity, where) for t in targets]
     need = _budget(units, sparsity, min_sparsity, max_sparsity, where)
-    if len({u.step for u in units}) == 1:
-        extra = _take_equal_steps(units, need)
+    copies = _step_copies(units)
+    if copies is not None:
+        extra = _take_equal_steps(units, need, copies)
     else:
         extra = _take_sorted_steps(units, need)
     for unit, more in zip(units, extra, strict=True):
@@ -641,17 +643,41 @@ def _budget(units: Sequence[_Unit], sparsity: float, min_sparsity: float, max_sp
     return budget - forced
 
 
-def _take_equal_steps(units: Sequence[_Unit], need: float) -> list[int]:
-    """Optional steps each unit takes when all steps have one size: the ``k`` lowest scores
-    of all candidates (``k`` nearest ``need / step``, a tie taking fewer), by one
-    ``kthvalue`` over the concatenation; ties go to the earlier unit and position."""
-    step = units[0].step
-    pool = torch.cat([u.candidates for u in units])
-    count = sum(u.high - u.low for u in units)
-    whole = math.floor(need / step) if need > 0 else 0
-    take = min(count, max(0, whole + (need / step - whole > 0.5)))
+def _step_copies(units: Sequence[_Unit]) -> list[int] | None:
+    """Steps as whole multiples of one common size: how many copies of it each unit's step
+    is (a gated step prunes one weight per gate), or None when sizes are not whole numbers
+    (then the candidates are sorted instead)."""
+    sizes = [round(u.step) for u in units]
+    if any(abs(u.step - n) > 1e-9 or n < 1 for u, n in zip(units, sizes, strict=True)):
+        return None
+    common = math.gcd(*sizes)
+    return [n // common for n in sizes]
+
+
+def _take_equal_steps(units: Sequence[_Unit], need: float, copies: Sequence[int]) -> list[int]:
+    """Optional steps each unit takes when every step is a whole number of copies of one
+    size: each step's score is repeated once per copy, and the ``k`` lowest scores of that
+    pool (``k`` nearest ``need / size``, a tie taking fewer) are found by one ``kthvalue``,
+    not a sort; the one step whose copies straddle the cut is taken when that is nearer
+    ``need``. Ties go to the earlier unit and position."""
+    size = units[0].step / copies[0]
+    pool = torch.cat([u.candidates if n == 1 else u.candidates.repeat_interleave(n)
+                      for u, n in zip(units, copies, strict=True)])
+    count = sum((u.high - u.low) * n for u, n in zip(units, copies, strict=True))
+    whole = math.floor(need / size) if need > 0 else 0
+    take = min(count, max(0, whole + (need / size - whole > 0.5)))
     pruned = ~keep_largest(pool, take)
-    return [int(part.sum()) for part in pruned.split([u.candidates.numel() for u in units])]
+    parts = pruned.split([u.candidates.numel() * n for u, n in zip(units, copies, strict=True)])
+    steps, taken = [], 0
+    for part, n in zip(parts, copies, strict=True):
+        whole, rest = divmod(int(part.sum()), n)
+        steps.append(whole)
+        taken += whole * n
+        if rest:  # the step that straddles the cut (ties keep it to one): nearest wins
+            straddle = len(steps) - 1
+    if taken != take and abs((taken + copies[straddle]) * size - need) < abs(taken * size - need):
+        steps[straddle] += 1
+    return steps
 
 
 def _take_sorted_steps(units: Sequence[_Unit], need: float) -> list[int]:
