@@ -4,8 +4,9 @@ the same loop is the one-process reference.
 
     torchrun --nproc-per-node 2 tests/ddp_user_loop.py DIR
 
-writes ``DIR/plain.rankR.pt`` (masks, weights) and ``DIR/drift.rankR.pt``: the same run in
-which rank 1 changes one weight before hardening, with whether
+writes ``DIR/plain.rankR.pt`` (masks, weights of ADMM), ``DIR/reweighted.rankR.pt`` (the
+same with reweighted penalties) and ``DIR/drift.rankR.pt``: the ADMM run in which rank 1
+changes one weight before hardening, with whether
 :func:`prunekit.training.distributed.check_identical` caught it on that rank.
 """
 
@@ -36,12 +37,13 @@ def dataset() -> TensorDataset:
     return TensorDataset(x, y)
 
 
-def train(drift: bool = False) -> dict:
+def train(drift: bool = False, method: str = "admm") -> dict:
     """Train, prune and harden; returns the masks and weights (and the drift verdict)."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(12, 32), nn.ReLU(), nn.Linear(32, 4))
     targets = prunekit.resolve(model, [{"layers": "*", "sparsity": 0.75}])
-    admm = prunekit.ADMM(model, targets, rho=0.05)
+    admm = (prunekit.ADMM(model, targets, rho=0.05) if method == "admm" else
+            prunekit.Reweighted(model, targets, lam=1e-3))
     forward = DistributedDataParallel(model) if distributed.active() else model
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
     data = dataset()
@@ -79,8 +81,9 @@ def main() -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
     try:
-        for name in ("plain", "drift"):
-            result = train(drift=name == "drift")
+        for name in ("plain", "drift", "reweighted"):
+            result = train(drift=name == "drift", method="admm" if name != "reweighted"
+                           else "reweighted")
             save_checkpoint(result, out / f"{name}.rank{dist.get_rank()}.pt")
     finally:
         dist.destroy_process_group()

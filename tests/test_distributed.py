@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
 import ddp_user_loop
 from processes import (
@@ -23,7 +24,9 @@ from processes import (
     tiny_recipe,
 )
 from prunekit.cli import main
+from prunekit.errors import ConfigError
 from prunekit.io import load_checkpoint
+from prunekit.training import distributed
 from prunekit.training.distributed import ShardSampler, fingerprint
 
 RECIPE = tiny_recipe("ddp", 5, train=1, prune=3, retrain=2)
@@ -94,11 +97,13 @@ def user_loop(tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
-def test_a_users_own_ddp_loop_gets_identical_masks_on_every_rank(user_loop):
-    ranks = [load_checkpoint(user_loop / f"plain.rank{r}.pt", verified=True) for r in (0, 1)]
+@pytest.mark.parametrize("method", ["admm", "reweighted"])
+def test_a_users_own_ddp_loop_gets_identical_masks_on_every_rank(user_loop, method):
+    run = "plain" if method == "admm" else method
+    ranks = [load_checkpoint(user_loop / f"{run}.rank{r}.pt", verified=True) for r in (0, 1)]
     assert fingerprint(ranks[0]["masks"]) == fingerprint(ranks[1]["masks"])
     assert not ranks[0]["caught"] and not ranks[1]["caught"]
-    alone = ddp_user_loop.train()  # one process, the same global batch
+    alone = ddp_user_loop.train(method=method)  # one process, the same global batch
     for name, mask in alone["masks"].items():
         assert torch.equal(mask, ranks[0]["masks"][name])
         assert mask.float().mean().item() == pytest.approx(0.25, abs=0.01)
@@ -148,3 +153,20 @@ def test_fingerprint_sees_one_changed_bit():
     changed["a"].view(torch.int32)[0, 0] ^= 1
     assert fingerprint(state) != fingerprint(changed)
     assert fingerprint(torch.zeros(6)) != fingerprint(torch.zeros(2, 3))
+
+
+def test_shard_loader_splits_the_global_batch_or_says_why_not(monkeypatch):
+    monkeypatch.setattr(distributed, "active", lambda: True)
+    monkeypatch.setattr(distributed, "world_size", lambda: 3)
+    monkeypatch.setattr(distributed, "rank", lambda: 2)
+    data = list(range(90))
+    g = torch.Generator()
+    with pytest.raises(ConfigError, match=r"batch_size \(32\) must be a multiple of .* \(3\)"):
+        distributed.shard_loader(DataLoader(data, batch_size=32, shuffle=True, generator=g),
+                                 train=True)
+    train = distributed.shard_loader(DataLoader(data, batch_size=30, shuffle=True, generator=g),
+                                     train=True)
+    assert train.batch_size == 10 and train.generator is g
+    assert isinstance(train.sampler, ShardSampler) and train.sampler.rank == 2
+    test = distributed.shard_loader(DataLoader(data, batch_size=50), train=False)
+    assert test.batch_size == 50 and [int(x) for b in test for x in b] == list(range(2, 90, 3))
