@@ -237,6 +237,7 @@ class ModelConfig:
         if not self.name:
             raise ConfigError("is required (a zoo name or 'module:function')", key=("name",))
         _expect(self.name, "name", (str,), "a string")
+        self.kwargs = {} if self.kwargs is None else self.kwargs  # ``kwargs:`` left empty
         _expect(self.kwargs, "kwargs", (dict,), "a mapping")
         _expect(self.checkpoint, "checkpoint", (str,), "a path")
         if self.input_shape is not None:
@@ -271,6 +272,7 @@ class DataConfig:
             _positive(getattr(self, key), key)
         for key in ("download", "augment"):
             _expect(getattr(self, key), key, (bool,), "true or false")
+        self.options = {} if self.options is None else self.options  # ``options:`` left empty
         _expect(self.options, "options", (dict,), "a mapping")
         if is_factory_spec(self.name):
             self._check_user_function()

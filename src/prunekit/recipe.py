@@ -130,7 +130,10 @@ def _compose_with_lines(text: str, source: str) -> tuple[Any, dict[tuple[str, ..
 
     if node is not None:
         walk(node, ())
-    return parse_yaml(text), lines
+    try:
+        return parse_yaml(text), lines
+    except yaml.YAMLError as exc:  # e.g. a python/object tag: safe YAML builds no objects
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

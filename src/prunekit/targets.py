@@ -547,6 +547,7 @@ def _targets(
             param = module._parameters[attr]
             name = ctx.param_names[id(param)]
             if check:
+                _check_values(param, f"rule {index}: layer {layer!r} ({kind}, weight {name})")
                 try:
                     check_fit(scheme, tuple(param.shape), rate, gates=gates)
                 except PrunekitError as exc:
@@ -558,6 +559,17 @@ def _targets(
             out.append(Target(name, layer, param, scheme,
                               None if rate is None else float(rate), kind, gates))
     return out
+
+
+def _check_values(param: Tensor, what: str) -> None:
+    """A weight that can be pruned at all: it has elements, and (unless it is on the meta
+    device, where only shapes exist) only finite values, since NaN ranks as nothing and a
+    projection of it is garbage that would look like a result."""
+    if param.numel() == 0:
+        raise TargetError(f"{what} is empty (shape {tuple(param.shape)}): nothing to prune")
+    if not param.is_meta and not bool(torch.isfinite(param.detach()).all()):
+        raise TargetError(f"{what} holds NaN or inf values; pruning needs finite weights "
+                          f"(check the checkpoint or the training that made them)")
 
 
 def check_fit(scheme: Scheme, shape: tuple[int, ...], rate: float | None, *,
@@ -610,6 +622,10 @@ def allocate_global(
                           f"{max_sparsity}")
     if not targets:
         return
+    on_meta = [t.name for t in targets if t.param.is_meta]
+    if on_meta:
+        raise TargetError(f"{where}: allocation: global ranks weights by their values, and "
+                          f"{on_meta[0]} is on the meta device (shapes only, no values)")
     units = [_Unit(t, min_sparsity, max_sparsity, where) for t in targets]
     need = _budget(units, sparsity, min_sparsity, max_sparsity, where)
     copies = _step_copies(units)

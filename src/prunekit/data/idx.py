@@ -11,6 +11,7 @@ uint32 sizes; then the values in C order, big-endian.
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import zlib
 from pathlib import Path
@@ -74,7 +75,8 @@ def parse_idx(data: bytes, source: str = "<bytes>") -> np.ndarray:
         raise DataError(f"{source} is truncated inside its IDX header; {REFETCH_HINT}")
     dims = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
     dtype = IDX_DTYPES[code]
-    expected = header_size + int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    # Python integers: a hostile header's sizes must not wrap around to a small total
+    expected = header_size + math.prod(dims) * dtype.itemsize
     if len(data) < expected:
         raise DataError(
             f"{source} is truncated: header declares shape {dims} ({expected} bytes) but the "

@@ -112,6 +112,9 @@ def check_targets(model: nn.Module, targets: Iterable[Target]) -> list[Target]:
             raise ConfigError(f"targets must be prunekit Target objects, got {type(t).__name__}")
         if params.get(t.name) is not t.param:
             raise TargetError(f"target {t.name!r} is not a parameter of this model")
+        if t.param.is_meta:  # a method starts from the weights' values
+            raise TargetError(f"target {t.name!r} is on the meta device, which holds shapes "
+                              f"but no values; build or load real weights first")
         if t.name in seen:
             raise TargetError(f"target {t.name!r} is listed twice")
         seen.add(t.name)

@@ -106,7 +106,10 @@ def from_spec(spec: str, **kwargs: Any) -> nn.Module:
         return get(spec, **kwargs)
     factory = import_factory(spec, "model spec")
     _check_kwargs(f"model factory {spec!r}", factory, kwargs)
-    model = factory(**kwargs)
+    try:
+        model = factory(**kwargs)
+    except Exception as e:  # the user's code may fail in any way; say whose code it was
+        raise ConfigError(f"model factory {spec!r} failed: {type(e).__name__}: {e}") from e
     if not isinstance(model, nn.Module):
         raise ConfigError(
             f"model factory {spec!r} returned {type(model).__name__}, not a torch.nn.Module"
