@@ -7,7 +7,8 @@ the same loop is the one-process reference.
 writes ``DIR/plain.rankR.pt`` (masks, weights of ADMM), ``DIR/reweighted.rankR.pt`` (the
 same with reweighted penalties) and ``DIR/drift.rankR.pt``: the ADMM run in which rank 1
 changes one weight before hardening, with whether
-:func:`prunekit.training.distributed.check_identical` caught it on that rank.
+:func:`prunekit.training.distributed.check_identical` caught it on that rank; and
+``DIR/stop.rankR.pt``, ``DIR/skip_batch.rankR.pt`` from :func:`trainer_run`.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import prunekit
 from prunekit.io import save_checkpoint
-from prunekit.training import distributed
+from prunekit.training import TrainConfig, Trainer, distributed
+from prunekit.training.trainer import TrainingDiverged
 
 GLOBAL_BATCH = 16
 EPOCHS = 3
@@ -76,6 +78,27 @@ def train(drift: bool = False, method: str = "admm") -> dict:
                                         model.state_dict().items()}, "caught": caught}
 
 
+def trainer_run(on_nan: str) -> dict:
+    """prunekit's Trainer in the user's script, on data with one NaN sample that only rank 1
+    sees (global batch 2 of every epoch): with ``on_nan="stop"`` every rank must stop at
+    that step (none may wait for the other), with ``"skip_batch"`` every rank skips it."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(12, 32), nn.ReLU(), nn.Linear(32, 4))
+    x, y = dataset().tensors
+    x = x.clone()
+    x[33, 0] = float("nan")  # in order, rank r gets samples r, r + 2, ...: 33 is rank 1's
+    loader = DataLoader(TensorDataset(x, y), batch_size=2 * GLOBAL_BATCH)
+    config = TrainConfig(epochs=2, lr=0.05, schedule="constant", progress=False,
+                         on_nan=on_nan)
+    trainer = Trainer(model, config, distributed.shard_loader(loader, train=True))
+    try:
+        history = trainer.fit()
+    except TrainingDiverged as exc:
+        return {"stopped": [exc.epoch, exc.step]}
+    return {"skipped": [r["skipped_batches"] for r in history],
+            "weights": {k: v.detach().clone() for k, v in model.state_dict().items()}}
+
+
 def main() -> None:
     out = Path(sys.argv[1])
     torch.set_num_threads(1)
@@ -85,6 +108,8 @@ def main() -> None:
             result = train(drift=name == "drift", method="admm" if name != "reweighted"
                            else "reweighted")
             save_checkpoint(result, out / f"{name}.rank{dist.get_rank()}.pt")
+        for on_nan in ("stop", "skip_batch"):
+            save_checkpoint(trainer_run(on_nan), out / f"{on_nan}.rank{dist.get_rank()}.pt")
     finally:
         dist.destroy_process_group()
 

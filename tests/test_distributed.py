@@ -116,6 +116,19 @@ def test_a_rank_that_drifted_is_caught_on_every_rank(user_loop):
     assert all(load_checkpoint(user_loop / f"drift.rank{r}.pt")["caught"] for r in (0, 1))
 
 
+@pytest.mark.slow
+def test_a_nan_on_one_rank_stops_or_skips_on_every_rank(user_loop):
+    stop = [load_checkpoint(user_loop / f"stop.rank{r}.pt") for r in (0, 1)]
+    assert stop[0] == stop[1] == {"stopped": [1, 2]}
+    skip = [load_checkpoint(user_loop / f"skip_batch.rank{r}.pt") for r in (0, 1)]
+    assert skip[0]["skipped"] == skip[1]["skipped"] == [1, 1]
+    assert fingerprint(skip[0]["weights"]) == fingerprint(skip[1]["weights"])
+    alone = ddp_user_loop.trainer_run("skip_batch")
+    assert alone["skipped"] == [1, 1]
+    for name, w in alone["weights"].items():
+        assert torch.allclose(w, skip[0]["weights"][name], rtol=0, atol=1e-5)
+
+
 # ------------------------------------------------------------------ no processes needed
 def test_the_shards_of_a_step_are_the_one_process_batch():
     data = list(range(100))

@@ -33,7 +33,7 @@ from .constraints import Frozen, MaskEnforcer, Rounded
 from .errors import ConfigError, DataError
 from .io import CorruptFileError, atomic_write_text, load_checkpoint, remove_stale_temps, set_aside
 from .methods.quantize import ProgressiveFixing
-from .plan import check_fits_data, option_key, stage_settings
+from .plan import PruneConfig, QuantizeConfig, check_fits_data, option_key, stage_settings
 from .recipe import QUANT_RETRAIN_DEFAULTS, QUANT_RETRAIN_KEYS, Recipe
 from .report import build_report, format_report, write_report
 from .schemes import get as get_scheme
@@ -41,8 +41,8 @@ from .targets import Target, resolve
 from .training import TrainConfig, Trainer, distributed, evaluate, set_seed
 
 #: keys of the prune / quantize sections that are not options of the method
-PRUNE_KEYS = {"method", "targets", "train"}
-QUANT_KEYS = {"method", "bits", "scale", "levels", "layers", "rest", "train", "retrain"}
+PRUNE_KEYS = frozenset(PruneConfig.SECTION_KEYS)
+QUANT_KEYS = frozenset(QuantizeConfig.SECTION_KEYS)
 
 def stage_config(recipe: Recipe, where: tuple[str, ...],
                  overrides: Mapping[str, Any] | None) -> TrainConfig:
@@ -417,7 +417,7 @@ class Run:
         accuracy = loaded.meta.get("accuracy_compressed")
         history = state.history
         dense = self.out / "dense.pt"
-        before = (load_checkpoint(dense)["state_dict"] if dense.exists() else {})
+        before = (load_checkpoint(dense, verified=True)["state_dict"] if dense.exists() else {})
         report = build_report(
             loaded.model, torch.zeros(1, *self.info.input_shape), constraints=loaded.constraints,
             storage=loaded.storage, accuracy_dense=state.meta.get("accuracy_dense",
