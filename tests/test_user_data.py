@@ -210,3 +210,22 @@ def test_load_dataset_gives_one_split(user_module):
     test = data.load_dataset(f"{user_module}:datasets", train=False)
     assert len(train) == 128 and len(test) == 64
     assert torch.is_tensor(train[0][0])
+
+
+def test_the_users_training_set_shards_over_ranks_like_the_built_in_ones(user_module):
+    """Under torchrun the loader prunekit built is split by its own sampler: every rank a
+    disjoint share of the user's dataset, together the one-process epoch."""
+    from prunekit.training.distributed import ShardSampler
+
+    train, _ = data.get_loaders(f"{user_module}:datasets", batch_size=16, seed=2)
+    order = list(train.batch_sampler.sampler)
+    train.generator.manual_seed(5)
+    one_process = list(train.batch_sampler.sampler)
+    shards = []
+    for rank in range(2):
+        train.generator.manual_seed(5)
+        shards.append(list(ShardSampler(train.dataset, 2, rank, generator=train.generator,
+                                        shuffle=True, pad=True)))
+    assert sorted(shards[0] + shards[1]) == sorted(order) == list(range(128))
+    assert sorted(shards[0] + shards[1]) == sorted(one_process)
+    assert not set(shards[0]) & set(shards[1])
