@@ -417,7 +417,7 @@ class Run:
         accuracy = loaded.meta.get("accuracy_compressed")
         history = state.history
         dense = self.out / "dense.pt"
-        before = (load_checkpoint(dense)["state_dict"] if dense.exists() else {})
+        before = (load_checkpoint(dense, verified=True)["state_dict"] if dense.exists() else {})
         report = build_report(
             loaded.model, torch.zeros(1, *self.info.input_shape), constraints=loaded.constraints,
             storage=loaded.storage, accuracy_dense=state.meta.get("accuracy_dense",
