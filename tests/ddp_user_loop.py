@@ -110,6 +110,7 @@ def main() -> None:
             save_checkpoint(result, out / f"{name}.rank{dist.get_rank()}.pt")
         for on_nan in ("stop", "skip_batch"):
             save_checkpoint(trainer_run(on_nan), out / f"{on_nan}.rank{dist.get_rank()}.pt")
+        dist.barrier()  # leave together: see prunekit.training.distributed.session
     finally:
         dist.destroy_process_group()
 

@@ -21,6 +21,7 @@ not branch on whether they run distributed.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import math
@@ -90,8 +91,22 @@ def session(device: str = "auto") -> Iterator[None]:
     dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(seconds=seconds))
     try:
         yield
+        # a clean exit: no rank leaves while another still talks to it, and the DDP
+        # wrappers (whose reducers hold the group) are gone before the group is, or gloo's
+        # threads may abort the process at interpreter exit
+        dist.barrier()
     finally:
+        gc.collect()
         dist.destroy_process_group()
+
+
+def local_device(device: torch.device) -> torch.device:
+    """This rank's GPU (``LOCAL_RANK``) when several ranks train on CUDA, whatever index the
+    config names: two ranks on one GPU would make NCCL fail."""
+    if active() and device.type == "cuda":
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK",
+                                                       torch.cuda.current_device())))
+    return device
 
 
 def _device() -> torch.device:

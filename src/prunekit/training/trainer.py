@@ -157,12 +157,16 @@ class _Meter:
         self.correct = totals[-1] if has_correct else None
 
 
-def evaluate(model: nn.Module, loader: Iterable, device: str | torch.device = "cpu",
+def evaluate(model: nn.Module, loader: Iterable, device: str | torch.device | None = None,
              loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None) -> dict[str, Any]:
     """Mean loss and top-1 accuracy of ``model`` over ``loader`` (accuracy is None when the
-    outputs are not class scores). The model's train/eval mode is restored afterwards. A
-    loader made by :func:`.distributed.shard_loader` holds one rank's share: the counts of
-    every rank are summed, so each rank returns the figures of the whole data set."""
+    outputs are not class scores), with the batches moved to ``device`` (by default the
+    model's own, so a model a trainer left on a GPU is evaluated there). The model's
+    train/eval mode is restored afterwards. A loader made by
+    :func:`.distributed.shard_loader` holds one rank's share: the counts of every rank are
+    summed, so each rank returns the figures of the whole data set."""
+    if device is None:
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
     device = resolve_device(device)
     loss_fn = nn.CrossEntropyLoss() if loss_fn is None else loss_fn
     was_training = model.training
@@ -235,7 +239,7 @@ class Trainer:
             raise ConfigError(f"log must be callable, got {type(log).__name__}")
         self.config = config
         self.stage = str(stage)
-        self.device = resolve_device(config.device)
+        self.device = distributed.local_device(resolve_device(config.device))
         self.model = model.to(self.device)
         self.train_loader = train_loader
         self.test_loader = test_loader
