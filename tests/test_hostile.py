@@ -129,6 +129,27 @@ def test_a_mutated_recipe_loads_or_is_one_located_error(d):
     assert unchanged(model, before)
 
 
+OVERRIDE_KEYS = ["prune.rho", "prune.targets.0.sparsity", "prune.targets.9.x", "prune.targets.x",
+                 "data", "data.options.n", "train.lr", "a.b", ".", "prune.targets", "model.name",
+                 "seed", "quantize.bits", "retrain.epochs", "prune.train.epochs", "version",
+                 "model.kwargs.x"]
+OVERRIDE_VALUES = ["", "null", "1", "-1", "0.5", "[1, 2]", "{a: 1}", "[", "{", "1e9999", ".nan",
+                   "!!python/object/apply:os.system [ls]", "x: y: z", "&a [*a]", "'a:b'"]
+
+
+@BOUNDED
+@given(sets=st.lists(st.tuples(st.sampled_from(OVERRIDE_KEYS), st.sampled_from(["=", ":", ""]),
+                               st.sampled_from(OVERRIDE_VALUES)), min_size=1, max_size=3))
+def test_hostile_overrides_apply_or_are_one_error(sets):
+    overrides = ["".join(parts) for parts in sets]
+    try:
+        recipe = load_recipe(RECIPES[0], overrides)
+    except PrunekitError as exc:
+        assert str(exc)
+        return
+    assert recipe.plan.to_dict() == recipe.data
+
+
 @pytest.mark.parametrize("text,message", [
     ("- just\n- a list\n", "must be a mapping of sections"),
     ("model: {name: lenet5}\ndata: {name: synthetic}\n\ttrain: 1\n", "not valid YAML"),
@@ -145,6 +166,8 @@ def test_a_mutated_recipe_loads_or_is_one_located_error(d):
      "prune: {method: admm, targets: [{sparsity: 0.5, scheme: nm, n: 5, m: 4}]}\n", "nm"),
     ("model: {name: lenet5, kwargs: [1]}\ndata: {name: synthetic}\n", "model.kwargs: expected"),
     ("!!python/object/apply:os.system [echo hi]\n", "not valid YAML"),
+    ("model: &m {name: lenet5, kwargs: *m}\ndata: {name: synthetic}\n",
+     "used inside its own value"),
 ])
 def test_malformed_recipe_text_is_one_error(text, message):
     with pytest.raises(PrunekitError, match=None) as caught:

@@ -109,10 +109,12 @@ def test_plan_holds_typed_configs_of_every_stage():
     ("name: t\n", "name: t\nversion: 2\n", "version", "version 1"),
     ("name: t\n", "name: t\neval: {batch_size: 10}\n", "eval", "data.test_batch_size"),
     ("  rho: 0.001", "  rho: 0.2\n  rho: 0.001", "prune.rho", "duplicate key (again on line"),
+    ("mode: progressive}", "mode: ste, fix_fraction: 0.5}", "quantize.retrain.fix_fraction",
+     "only with mode: progressive"),
 ], ids=["train-typo", "rate-1", "rate-negative", "rule-key-typo", "scheme", "allocation",
         "table", "layers-type", "option-type", "option-typo", "method", "bits", "rest",
         "mode", "stage-epochs", "batch", "augment", "data-option", "data-name", "version",
-        "eval-removed", "duplicate-key"])
+        "eval-removed", "duplicate-key", "unread-fix-fraction"])
 def test_mistake_is_one_error_with_file_line_and_key(old, new, key, message):
     text = BASE.replace(old, new)
     assert text != BASE
@@ -125,6 +127,24 @@ def test_mistake_is_one_error_with_file_line_and_key(old, new, key, message):
     assert str(caught.value).startswith(f"r.yaml:{line}: {key}: "), str(caught.value)
     assert message in str(caught.value)
     assert caught.value.key == tuple(key.split("."))
+
+
+def test_sections_that_nothing_would_read_are_errors():
+    with pytest.raises(ConfigError, match=r"^<recipe>:\d+: retrain: has nothing to retrain"):
+        load_recipe(text=BASE, overrides=["prune=null", "quantize=null"])
+    assert load_recipe(text=BASE, overrides=["prune=null", "retrain=null"])["retrain"] is None
+
+
+def test_a_model_input_shape_other_than_the_datas_is_an_error_before_any_file_is_read(
+        tmp_path):
+    text = BASE.replace("name: synthetic", "name: fashion_mnist\n  root: /nonexistent")
+    text = text.replace("  options: {n: 64, n_test: 32}\n", "")
+    text = text.replace("{name: lenet5}", "{name: lenet5, input_shape: [3, 32, 32]}")
+    run = Run(load_recipe(text=text, path="r.yaml"), tmp_path / "run", progress=False)
+    with pytest.raises(ConfigError, match=r"^r\.yaml:2: model\.input_shape: is \[3, 32, 32\], "
+                                          r"but the examples of data 'fashion_mnist' are "
+                                          r"\[1, 28, 28\]"):
+        run.run()
 
 
 def test_an_override_names_the_set_option():

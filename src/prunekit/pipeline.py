@@ -235,7 +235,8 @@ class Run:
         resolve, and each method accepts its options (built on a copy, because some
         methods act on the weights when they start). The model is left as it was."""
         try:
-            check_fits_data(model, self.info, self.recipe["model"]["name"])
+            check_fits_data(model, self.info, self.recipe["model"]["name"],
+                            self.recipe["model"]["input_shape"])
             if self.recipe["prune"] is not None:
                 targets = self.prune_targets(model)
                 self.prune_method(model, targets, dry_run=True)

@@ -187,12 +187,18 @@ def option_key(exc: ConfigError, options: Iterable[str]) -> tuple[str, ...]:
 
 
 # ------------------------------------------------------------------ the model
-def check_fits_data(model: nn.Module, info: datasets.DatasetInfo, name: str) -> None:
+def check_fits_data(model: nn.Module, info: datasets.DatasetInfo, name: str,
+                    input_shape: Sequence[int] | None = None) -> None:
     """The model takes the data's inputs and scores its classes: one forward pass of a
     meta-device twin (shapes only: nothing is allocated or computed, so it costs nothing
     even for a large model), which turns a mismatch into one error before any training
     instead of a shape error from deep inside torch at the first batch. A model whose
-    forward pass cannot run on the meta device is not checked here."""
+    forward pass cannot run on the meta device is not checked here. ``input_shape`` (the
+    recipe's ``model.input_shape``) must be the data's, since the data's shape is used."""
+    if input_shape is not None and tuple(input_shape) != tuple(info.input_shape):
+        raise ConfigError(f"is {list(input_shape)}, but the examples of data {info.name!r} "
+                          f"are {list(info.input_shape)} (it is only needed to size synthetic "
+                          f"data)", key=("model", "input_shape"))
     twin = copy.deepcopy(model).to("meta").eval()
     try:
         with torch.no_grad():
@@ -380,6 +386,9 @@ class QuantizeConfig:
             if retrain["mode"] not in QUANT_MODES:
                 raise ConfigError(f"must be one of {', '.join(QUANT_MODES)}, got "
                                   f"{retrain['mode']!r}", key=("mode",))
+            if "fix_fraction" in (self.retrain or {}) and retrain["mode"] != "progressive":
+                raise ConfigError(f"applies only with mode: progressive, not "
+                                  f"{retrain['mode']!r}", key=("fix_fraction",))
             fraction = retrain["fix_fraction"]
             if isinstance(fraction, bool) or not isinstance(fraction, int | float) \
                     or not 0 < fraction <= 1:
@@ -436,6 +445,10 @@ class Plan:
             raise ConfigError(f"must be a non-negative integer, got {self.seed!r}", key=("seed",))
         _mapping(self.train, "train")
         _expect(self.retrain, "retrain", (dict,), "a mapping")
+        if self.retrain and self.prune is None:
+            raise ConfigError("has nothing to retrain: it fine-tunes inside the constraints of "
+                              "the prune section, which this recipe does not have "
+                              "(remove it, or add prune)", key=("retrain",))
         self.trains = {where: self._stage_train(where) for where in self.training_stages()}
 
     def training_stages(self) -> list[tuple[str, ...]]:

@@ -45,7 +45,22 @@ RecipeLoader.add_implicit_resolver(
 
 
 def parse_yaml(text: str):
-    return yaml.load(text, Loader=RecipeLoader)  # noqa: S506 (a SafeLoader subclass)
+    """Safe YAML, refusing a value that contains itself (``a: &x [*x]``): a recipe is a tree,
+    and walking a cycle would never end."""
+    value = yaml.load(text, Loader=RecipeLoader)  # noqa: S506 (a SafeLoader subclass)
+    _refuse_cycles(value, [])
+    return value
+
+
+def _refuse_cycles(value: Any, inside: list[int]) -> None:
+    if not isinstance(value, dict | list):
+        return
+    if id(value) in inside:
+        raise yaml.YAMLError("an anchor (&name) is used inside its own value (*name)")
+    inside.append(id(value))
+    for item in value.values() if isinstance(value, dict) else value:
+        _refuse_cycles(item, inside)
+    inside.pop()
 
 
 @dataclass
@@ -128,12 +143,13 @@ def _compose_with_lines(text: str, source: str) -> tuple[Any, dict[tuple[str, ..
                 lines[key] = item.start_mark.line + 1
                 walk(item, key)
 
+    try:
+        value = parse_yaml(text)
+    except yaml.YAMLError as exc:  # a python/object tag (safe YAML builds no objects), a cycle
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
     if node is not None:
         walk(node, ())
-    try:
-        return parse_yaml(text), lines
-    except yaml.YAMLError as exc:  # e.g. a python/object tag: safe YAML builds no objects
-        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+    return value, lines
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
