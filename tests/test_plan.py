@@ -241,3 +241,16 @@ def test_target_errors_stay_target_errors():
     text = BASE.replace("    - layers: conv1\n", "    - layers: conv1\n      types: [Conv9d]\n")
     with pytest.raises(TargetError, match="unsupported layer type"):
         load_recipe(text=text)
+
+
+def test_the_meta_twin_copies_no_values_and_keeps_tied_weights_tied():
+    from prunekit.plan import meta_twin
+
+    model = nn.Sequential(nn.Linear(4, 4, bias=False), nn.BatchNorm1d(4),
+                          nn.Linear(4, 4, bias=False))
+    model[2].weight = model[0].weight
+    twin = meta_twin(model)
+    assert all(t.is_meta for t in (*twin.parameters(), *twin.buffers()))
+    assert twin[2].weight is twin[0].weight and not twin.training and model.training
+    assert not any(t.is_meta for t in (*model.parameters(), *model.buffers()))
+    assert twin(torch.zeros(3, 4, device="meta")).shape == (3, 4)

@@ -187,19 +187,33 @@ def option_key(exc: ConfigError, options: Iterable[str]) -> tuple[str, ...]:
 
 
 # ------------------------------------------------------------------ the model
+def meta_twin(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` (in eval mode) whose parameters and buffers are on the meta
+    device, made without copying a single value: each tensor is replaced by an empty meta
+    tensor of its shape while the modules are copied (tied weights stay tied)."""
+    memo: dict[int, Any] = {}
+    for p in model.parameters():
+        memo[id(p)] = nn.Parameter(torch.empty_like(p, device="meta"),
+                                   requires_grad=p.requires_grad)
+    for b in model.buffers():
+        memo[id(b)] = torch.empty_like(b, device="meta")
+    return copy.deepcopy(model, memo).eval()
+
+
 def check_fits_data(model: nn.Module, info: datasets.DatasetInfo, name: str,
                     input_shape: Sequence[int] | None = None) -> None:
     """The model takes the data's inputs and scores its classes: one forward pass of a
-    meta-device twin (shapes only: nothing is allocated or computed, so it costs nothing
-    even for a large model), which turns a mismatch into one error before any training
-    instead of a shape error from deep inside torch at the first batch. A model whose
-    forward pass cannot run on the meta device is not checked here. ``input_shape`` (the
-    recipe's ``model.input_shape``) must be the data's, since the data's shape is used."""
+    :func:`meta_twin` (shapes only: no weight is copied and nothing is computed, so it
+    costs next to nothing even for a large model), which turns a mismatch into one error
+    before any training instead of a shape error from deep inside torch at the first batch.
+    A model whose forward pass cannot run on the meta device is not checked here.
+    ``input_shape`` (the recipe's ``model.input_shape``) must be the data's, since the
+    data's shape is the one used."""
     if input_shape is not None and tuple(input_shape) != tuple(info.input_shape):
         raise ConfigError(f"is {list(input_shape)}, but the examples of data {info.name!r} "
                           f"are {list(info.input_shape)} (it is only needed to size synthetic "
                           f"data)", key=("model", "input_shape"))
-    twin = copy.deepcopy(model).to("meta").eval()
+    twin = meta_twin(model)
     try:
         with torch.no_grad():
             out = twin(torch.zeros(2, *info.input_shape, device="meta"))
@@ -546,6 +560,7 @@ __all__ = [
     "QuantizeConfig",
     "check_fits_data",
     "check_method_options",
+    "meta_twin",
     "option_key",
     "stage_settings",
 ]
