@@ -30,6 +30,7 @@ from prunekit.data.idx import parse_idx
 from prunekit.errors import DataError, PrunekitError, TargetError
 from prunekit.io import load_checkpoint, save_checkpoint
 from prunekit.pipeline import Run
+from prunekit.plan import Plan
 from prunekit.recipe import load_recipe
 from prunekit.targets import resolve
 
@@ -114,6 +115,8 @@ def test_a_mutated_recipe_loads_or_is_one_located_error(d):
     except PrunekitError as exc:
         assert str(exc).startswith("r.yaml"), str(exc)
         return
+    again = Plan.from_dict(recipe.plan.to_dict()).to_dict()
+    assert yaml.safe_dump(again) == yaml.safe_dump(recipe.data)  # (NaN-safe equality)
     run = Run(recipe, "unused", progress=False)
     try:
         run.info = data.dataset_info(recipe["data"]["name"], **run.data_options())

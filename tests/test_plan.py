@@ -55,9 +55,12 @@ def line_of(text: str, fragment: str) -> int:
 
 @pytest.mark.parametrize("path", RECIPES, ids=[p.stem for p in RECIPES])
 def test_every_shipped_recipe_round_trips(path):
-    plan = load_recipe(path).plan
+    recipe = load_recipe(path)
+    plan = recipe.plan
     again = Plan.from_dict(plan.to_dict())
     assert again == plan and again.to_dict() == plan.to_dict()
+    # the recipe.yaml a run directory holds reads back as the same plan
+    assert load_recipe(text=recipe.to_yaml()).plan == plan
     assert plan.version == PLAN_VERSION
     assert isinstance(plan.prune, PruneConfig) or plan.prune is None
 
