@@ -181,5 +181,8 @@ def test_shard_loader_splits_the_global_batch_or_says_why_not(monkeypatch):
                                      train=True)
     assert train.batch_size == 10 and train.generator is g
     assert isinstance(train.sampler, ShardSampler) and train.sampler.rank == 2
+    weighted = torch.utils.data.WeightedRandomSampler([1.0] * 90, 90)
+    with pytest.raises(ConfigError, match="WeightedRandomSampler would be dropped"):
+        distributed.shard_loader(DataLoader(data, batch_size=30, sampler=weighted), train=True)
     test = distributed.shard_loader(DataLoader(data, batch_size=50), train=False)
     assert test.batch_size == 50 and [int(x) for b in test for x in b] == list(range(2, 90, 3))

@@ -202,7 +202,12 @@ def shard_loader(loader: DataLoader, *, train: bool) -> DataLoader:
     if train and batch % n:
         raise ConfigError(f"data.batch_size ({batch}) must be a multiple of the number of "
                           f"processes ({n}): it is the global batch, split evenly over them")
-    shuffle = train and not isinstance(loader.sampler, torch.utils.data.SequentialSampler)
+    plain = (torch.utils.data.RandomSampler, torch.utils.data.SequentialSampler)
+    if not isinstance(loader.sampler, plain):
+        raise ConfigError(f"distributed training splits loaders that shuffle or keep the data "
+                          f"set's order; this one's {type(loader.sampler).__name__} would be "
+                          f"dropped: give each rank its own share instead")
+    shuffle = train and isinstance(loader.sampler, torch.utils.data.RandomSampler)
     generator = loader.generator
     if shuffle and generator is None:
         generator = torch.Generator().manual_seed(0)
