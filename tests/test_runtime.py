@@ -145,7 +145,7 @@ def test_compile_shrinks_a_filter_pruned_resnet_and_keeps_it_exportable(tmp_path
     model = models.get("resnet20").eval()
     x = torch.randn(2, 3, 32, 32)
     pruned = structure.prune(model, x, 0.5)
-    compiled = prunekit.compile(model, x, engines=())
+    compiled = prunekit.compile(model, x, engines=(), freeze=False)
     assert compiled.prunekit_plan.removed_channels == len(pruned.removed) == 176
     assert all(type(m).__module__.startswith("torch.nn") for m in compiled.modules()
                if m is not compiled)
@@ -160,6 +160,19 @@ def test_compile_shrinks_a_filter_pruned_resnet_and_keeps_it_exportable(tmp_path
     (got,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
     with torch.no_grad():
         assert _rel(torch.from_numpy(got), model(x)) < 1e-4
+
+
+def test_compile_may_freeze_a_plain_model_and_still_match():
+    model = models.get("vgg16").eval()
+    x = torch.randn(1, 3, 32, 32)
+    structure.prune(model, x, 0.75)
+    compiled = prunekit.compile(model, x)
+    plan = compiled.prunekit_plan
+    assert set(plan.graph_times_ms) == {"eager", "jit_frozen", "jit_optimized"}
+    assert plan.graph in plan.graph_times_ms
+    fresh = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert _rel(compiled(fresh), model(fresh)) < 1e-4
 
 
 def test_compile_a_block_sparse_gru_classifier():
@@ -196,6 +209,8 @@ def test_compile_refuses_bad_input():
         prunekit.compile(mlp, None)
     with pytest.raises(ConfigError, match="unknown engines"):
         prunekit.compile(mlp, torch.randn(1, 64), engines=("fast",))
+    with pytest.raises(ConfigError, match="does not run on the example of shape"):
+        prunekit.compile(mlp, torch.randn(1, 65))
 
 
 def test_bench_command_prints_dense_and_compiled_latency(tmp_path, capsys):

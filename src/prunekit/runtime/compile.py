@@ -12,16 +12,24 @@ Two passes, each keeping the outputs of the (masked) model:
    the input that layer receives for ``example`` (:mod:`.choose`), and the fastest
    replaces the layer; dense stays where nothing sparse is faster.
 
+3. **Graph.** The shrunk model with plain torch layers is also traced with TorchScript and
+   frozen (BatchNorm folded into the conv before it, conv+ReLU fused,
+   ``torch.jit.optimize_for_inference``); the fastest of the eager model of step 2, the
+   frozen and the optimised graph, timed on ``example``, is kept. (Sparse kernels are numba
+   calls, which cannot be traced, so a frozen graph holds dense layers only; for a small
+   model at batch 1 that can beat sparse kernels called one by one from Python.)
+
 Finally the compiled model runs on ``example`` and must match the input model to
 ``rtol`` (max abs error over max abs output); otherwise :class:`CompileError` says which
 layer's choice broke it. The compiled model is for inference (eval mode, no gradients).
-It holds plain layers only when ``engines=()``: such a model exports to ONNX like any
-other.
+With ``engines=()`` and ``freeze=False`` it holds plain (smaller) layers only and exports
+to ONNX like any other model.
 """
 
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -65,6 +73,9 @@ class Plan:
     shrink_note: str = ""
     layers: list[Choice] = field(default_factory=list)
     max_rel_error: float = 0.0
+    #: how the whole model runs: eager, jit_frozen or jit_optimized (step 3)
+    graph: str = "eager"
+    graph_times_ms: dict[str, float] = field(default_factory=dict)
 
     def describe(self) -> str:
         lines = [f"removed {self.removed_channels} channels" + (
@@ -73,12 +84,15 @@ class Plan:
             times = ", ".join(f"{k} {v:.3g} ms" for k, v in c.times_ms.items())
             lines.append(f"{c.layer} ({c.kind}, {c.sparsity:.0%} zeros): {c.engine}"
                          + (f" [{times}]" if times else ""))
+        times = ", ".join(f"{k} {v:.3g} ms" for k, v in self.graph_times_ms.items())
+        lines.append(f"graph: {self.graph}" + (f" [{times}]" if times else ""))
         lines.append(f"max relative error vs the input model: {self.max_rel_error:.2e}")
         return "\n".join(lines)
 
 
 def compile(model: nn.Module, example: Tensor, *, engines: Sequence[str] = DEFAULT_ENGINES,
-            shrink_channels: bool = True, rtol: float = 1e-4) -> nn.Module:
+            shrink_channels: bool = True, freeze: bool = True,
+            rtol: float = 1e-4) -> nn.Module:
     """The fastest correct version of ``model`` for inputs shaped like ``example`` (see
     the module docstring). ``engines``: sparse engines to try (``"gathered"``,
     ``"gathered_parallel"``, ``"gathered_torch"``, ``"csr"``, ``"bsr"``; ``()`` keeps dense
@@ -93,24 +107,70 @@ def compile(model: nn.Module, example: Tensor, *, engines: Sequence[str] = DEFAU
     if unknown:
         raise ConfigError(f"unknown engines {unknown}; engines: {', '.join(ENGINES)}")
     model = copy.deepcopy(model).eval()
-    with torch.no_grad():
-        reference = model(example)
+    try:
+        with torch.no_grad():
+            reference = model(example)
+    except Exception as exc:  # a wrong example is the user's to fix, not a deep traceback
+        raise ConfigError(f"the model does not run on the example of shape "
+                          f"{tuple(example.shape)}: {type(exc).__name__}: {exc}") from None
     plan = Plan()
     if shrink_channels:
         model = _shrink(model, example, plan)
+    plain = copy.deepcopy(model) if engines and freeze else model
     if engines:
         _replace(model, example, tuple(engines), plan)
     model.eval()
+    if freeze:
+        model = _freeze(model, plain, example, plan)
     with torch.no_grad():
         plan.max_rel_error = _rel_error(model(example), reference)
     if plan.max_rel_error > rtol:
         raise CompileError(f"the compiled model differs from the input model by "
                            f"{plan.max_rel_error:.2e} (relative), more than rtol={rtol}; "
                            f"choices: {plan.describe()}")
-    model.prunekit_plan = plan
     for p in model.parameters():
         p.requires_grad_(False)
+    if isinstance(model, torch.jit.ScriptModule):
+        model = Compiled(model)
+    model.prunekit_plan = plan
     return model
+
+
+class Compiled(nn.Module):
+    """A frozen TorchScript graph as an ordinary module (so it carries ``prunekit_plan``)."""
+
+    def __init__(self, graph: torch.jit.ScriptModule) -> None:
+        super().__init__()
+        self.graph = graph
+
+    def forward(self, *args: Any) -> Any:
+        return self.graph(*args)
+
+
+def _freeze(model: nn.Module, plain: nn.Module, example: Tensor, plan: Plan) -> nn.Module:
+    """The fastest of: ``model`` eager, and ``plain`` (the model before sparse kernels went
+    in; the same module when none did) frozen and inference-optimised with TorchScript.
+    Sparse kernels (numba calls) cannot be traced, and a frozen dense graph of a small
+    model can beat them at batch 1, so whole models are compared too (see step 3)."""
+    candidates: dict[str, nn.Module] = {"eager": model}
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            traced = torch.jit.trace(plain, example, check_trace=False).eval()
+            candidates["jit_frozen"] = torch.jit.freeze(traced)
+            candidates["jit_optimized"] = torch.jit.optimize_for_inference(
+                torch.jit.freeze(torch.jit.trace(plain, example, check_trace=False).eval()))
+    except Exception as exc:  # not traceable: eager it stays
+        plan.graph = f"eager (TorchScript: {type(exc).__name__})"
+        return model
+    times = {name: choose.times_ms(lambda m=m: m(example))[0] for name, m in candidates.items()}
+    plan.graph = min(times, key=times.__getitem__)
+    sparse = any(isinstance(m, (SparseLinear, Im2colConv2d, SparseRNN)) for m in model.modules())
+    if plan.graph != "eager" and sparse:
+        plan.graph += " (dense layers: faster than the sparse kernels as a whole)"
+        times["eager"] = times.pop("eager")
+    plan.graph_times_ms = times
+    return candidates[plan.graph.split(" ")[0]]
 
 
 def _rel_error(a: Any, b: Any) -> float:
