@@ -455,3 +455,15 @@ def test_copy_of_state_helpers_is_exact():
                                                      torch.tensor(2.0))
     assert not unchanged(model, before)
     assert unchanged(copy.deepcopy(model), snapshot(model))
+
+
+@pytest.mark.parametrize("other", [{"num_classes": 7}, {"input_shape": (1, 32, 32)}])
+def test_a_stage_artifact_of_another_model_is_refused_and_the_model_left_alone(tmp_path,
+                                                                               other):
+    path = tmp_path / "pruned.pt"
+    artifacts.save_stage(path, "prune", models.get("lenet5", **other), {}, [], {})
+    model = models.get("lenet5")
+    before = snapshot(model)
+    with pytest.raises(DataError, match="does not fit this model"):
+        artifacts.load_stage(path, "prune", model)
+    assert unchanged(model, before)

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from ..constraints import Frozen, from_state
@@ -37,9 +38,29 @@ def load_stage(path: Path, stage: str, model: nn.Module
             or saved.get("stage") != stage:
         raise DataError(f"{path} is not the {stage!r} stage artifact of a prunekit run "
                         f"(expected format {STAGE_FORMAT}); remove it to redo the stage")
-    try:
-        model.load_state_dict(saved["state_dict"])
+    try:  # everything is read and checked before the first weight is copied
         constraints = {n: from_state(c) for n, c in saved["constraints"].items()}
-        return constraints, list(saved["history"]), dict(saved["meta"])
-    except (RuntimeError, KeyError, TypeError) as exc:
+        history, meta = list(saved["history"]), dict(saved["meta"])
+        check_fits(saved["state_dict"], model, str(path))
+        model.load_state_dict(saved["state_dict"])
+        return constraints, history, meta
+    except (RuntimeError, KeyError, TypeError, ValueError) as exc:
         raise DataError(f"{path} does not fit this recipe's model: {exc}") from None
+
+
+def check_fits(state: Any, model: nn.Module, source: str) -> None:
+    """Raise a DataError unless ``state`` has exactly ``model``'s keys and shapes.
+    ``load_state_dict`` copies every tensor that fits before it raises for one that does
+    not, so checking first is what keeps a failed load from leaving the model half
+    replaced."""
+    own = model.state_dict()
+    if not isinstance(state, Mapping):
+        raise DataError(f"{source}: the weights are a {type(state).__name__}, not a mapping")
+    missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    wrong = [k for k in own if k in state and (
+        not isinstance(state[k], torch.Tensor) or state[k].shape != own[k].shape)]
+    if missing or extra or wrong:
+        shapes = [f"{k}: {tuple(getattr(state[k], 'shape', ()))} in the file, "
+                  f"{tuple(own[k].shape)} in the model" for k in wrong[:3]]
+        raise DataError(f"{source} does not fit this model: missing {missing[:5]}, "
+                        f"unexpected {extra[:5]}, different {shapes}")
