@@ -257,3 +257,17 @@ def test_the_meta_twin_copies_no_values_and_keeps_tied_weights_tied():
     assert twin[2].weight is twin[0].weight and not twin.training and model.training
     assert not any(t.is_meta for t in (*model.parameters(), *model.buffers()))
     assert twin(torch.zeros(3, 4, device="meta")).shape == (3, 4)
+
+
+def test_a_start_checkpoint_of_another_model_is_a_plan_error(tmp_path):
+    from prunekit import models
+    from prunekit.io import save_checkpoint
+
+    other = tmp_path / "other.pt"
+    save_checkpoint({"state_dict": models.get("lenet5", num_classes=7).state_dict()}, other)
+    text = BASE.replace("{name: lenet5}", f"{{name: lenet5, checkpoint: '{other}'}}")
+    run = Run(load_recipe(text=text, path="r.yaml"), tmp_path / "run", progress=False)
+    with pytest.raises(ConfigError, match=r"^r\.yaml:2: model\.checkpoint: does not fit model "
+                                          r"'lenet5': .*fc2\.weight is \(7, 500\) in the file"):
+        run.run()
+    assert not (tmp_path / "run" / "dense.pt").exists()

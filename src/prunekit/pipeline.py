@@ -231,12 +231,14 @@ class Run:
         """Check the plan against the model before any data is loaded or anything trains,
         so a mistake in a late section is one error with its file, line and key at once:
         the model takes the data's inputs and gives one score per class (a forward pass on
-        a meta-device twin: shapes only, no memory, no arithmetic), every stage's targets
-        resolve, and each method accepts its options (built on a copy, because some
-        methods act on the weights when they start). The model is left as it was."""
+        a meta-device twin: shapes only, no memory, no arithmetic), ``model.checkpoint``
+        fits the model, every stage's targets resolve, and each method accepts its options
+        (built on a copy, because some methods act on the weights when they start). The
+        model is left as it was."""
         try:
             check_fits_data(model, self.info, self.recipe["model"]["name"],
                             self.recipe["model"]["input_shape"])
+            self.start_weights(model)
             if self.recipe["prune"] is not None:
                 targets = self.prune_targets(model)
                 self.prune_method(model, targets, dry_run=True)
@@ -254,18 +256,26 @@ class Run:
                                                                             state.model)
 
     # ------------------------------------------------------------------ stages
-    def dense_stage(self, state: State, resume: bool) -> None:
+    def start_weights(self, model: nn.Module) -> dict[str, Any] | None:
+        """The weights of ``model.checkpoint`` (a state dict, bare or under
+        ``"state_dict"``), checked key by key and shape by shape against ``model`` so that
+        loading them cannot fail half way; None without a checkpoint."""
         m = self.recipe["model"]
-        if m.get("checkpoint"):
-            loaded = load_checkpoint(m["checkpoint"])
-            loaded = loaded.get("state_dict", loaded) if isinstance(loaded, dict) else loaded
-            try:
-                state.model.load_state_dict(loaded)
-            except (RuntimeError, KeyError, TypeError) as exc:
-                raise ConfigError(
-                    f"{self.recipe.where('model', 'checkpoint')}: model.checkpoint "
-                    f"{m['checkpoint']} does not fit model {m['name']!r}: {exc}"
-                ) from exc
+        if not m.get("checkpoint"):
+            return None
+        loaded = load_checkpoint(m["checkpoint"])
+        loaded = loaded.get("state_dict", loaded) if isinstance(loaded, dict) else loaded
+        try:
+            artifacts.check_fits(loaded, model, m["checkpoint"])
+        except DataError as exc:
+            raise self.recipe.error(f"does not fit model {m['name']!r}: {exc}",
+                                    "model", "checkpoint") from None
+        return loaded
+
+    def dense_stage(self, state: State, resume: bool) -> None:
+        weights = self.start_weights(state.model)
+        if weights is not None:
+            state.model.load_state_dict(weights)
         else:
             config = stage_config(self.recipe, ("train",), None)
             if config.epochs > 0:

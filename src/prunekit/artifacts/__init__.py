@@ -9,7 +9,7 @@ hand on; ``formats`` names every format. None of them ever executes anything the
 
 from .formats import MODEL_FORMAT, STAGE_FORMAT, TRAIN_FORMAT
 from .model_file import Loaded, load, pack, save, storage
-from .stages import load_stage, save_stage
+from .stages import check_fits, load_stage, save_stage
 
-__all__ = ["MODEL_FORMAT", "STAGE_FORMAT", "TRAIN_FORMAT", "Loaded", "load", "load_stage",
-           "pack", "save", "save_stage", "storage"]
+__all__ = ["MODEL_FORMAT", "STAGE_FORMAT", "TRAIN_FORMAT", "Loaded", "check_fits", "load",
+           "load_stage", "pack", "save", "save_stage", "storage"]

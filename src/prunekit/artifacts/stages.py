@@ -59,8 +59,11 @@ def check_fits(state: Any, model: nn.Module, source: str) -> None:
     missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
     wrong = [k for k in own if k in state and (
         not isinstance(state[k], torch.Tensor) or state[k].shape != own[k].shape)]
-    if missing or extra or wrong:
-        shapes = [f"{k}: {tuple(getattr(state[k], 'shape', ()))} in the file, "
-                  f"{tuple(own[k].shape)} in the model" for k in wrong[:3]]
-        raise DataError(f"{source} does not fit this model: missing {missing[:5]}, "
-                        f"unexpected {extra[:5]}, different {shapes}")
+    problems = [f"{k} is {tuple(getattr(state[k], 'shape', ()))} in the file, "
+                f"{tuple(own[k].shape)} in the model" for k in wrong[:3]]
+    if missing:
+        problems.append(f"the file lacks {', '.join(missing[:5])}")
+    if extra:
+        problems.append(f"the model has no {', '.join(extra[:5])}")
+    if problems:
+        raise DataError(f"{source} does not fit this model: {'; '.join(problems)}")
