@@ -400,11 +400,13 @@ class QuantizeConfig:
             if retrain["mode"] not in QUANT_MODES:
                 raise ConfigError(f"must be one of {', '.join(QUANT_MODES)}, got "
                                   f"{retrain['mode']!r}", key=("mode",))
-            if "fix_fraction" in (self.retrain or {}) and retrain["mode"] != "progressive":
-                raise ConfigError(f"applies only with mode: progressive, not "
-                                  f"{retrain['mode']!r}", key=("fix_fraction",))
             fraction = retrain["fix_fraction"]
-            if isinstance(fraction, bool) or not isinstance(fraction, int | float) \
+            if retrain["mode"] != "progressive":
+                if fraction is not None and "fix_fraction" in (self.retrain or {}):
+                    raise ConfigError(f"applies only with mode: progressive, not "
+                                      f"{retrain['mode']!r} (null to leave it unset)",
+                                      key=("fix_fraction",))
+            elif isinstance(fraction, bool) or not isinstance(fraction, int | float) \
                     or not 0 < fraction <= 1:
                 raise ConfigError(f"must be a fraction in (0, 1], got {fraction!r}",
                                   key=("fix_fraction",))
