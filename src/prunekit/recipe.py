@@ -2,9 +2,10 @@
 
 A recipe has the top-level sections ``model``, ``data``, ``train`` (dense pre-training and
 the defaults every training stage inherits), ``prune`` (method, its options, ``targets``
-rules and the ``train`` settings of the pruning stage), ``retrain`` (masked fine-tuning),
-``quantize`` and ``eval``. Any key can be overridden from the command line with
-``--set section.key=value`` where the value is parsed as YAML (``--set prune.rho=0.01``).
+rules and the ``train`` settings of the pruning stage), ``retrain`` (masked fine-tuning) and
+``quantize``, plus ``name``, ``seed`` and ``version``. Any key can be overridden from the
+command line with ``--set section.key=value`` where the value is parsed as YAML
+(``--set prune.rho=0.01``; a number indexes a list: ``--set prune.targets.0.sparsity=0.8``).
 
 The recipe becomes a :class:`~prunekit.plan.Plan` (typed, versioned configs that check every
 value); this module reads the YAML, applies the overrides and turns the key path a check
