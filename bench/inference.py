@@ -384,6 +384,27 @@ def goals(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def contention(rows: list[dict[str, Any]]) -> str:
+    """Configurations whose dense time at 2 threads exceeds 1.5x the 1-thread time: on 2
+    shared cores that means another process took a core during the measurement, and the
+    speedups of that configuration are inflated."""
+    suspect = []
+    for r in _get(rows, engine="dense", threads=2):
+        one = _get(rows, engine="dense", threads=1, model=r["model"], batch=r["batch"],
+                   sparsity=r["sparsity"])
+        if one and r["ms"] > 1.5 * one[0]["ms"]:
+            suspect.append(f"{r['model']} {r['sparsity']:.0%} batch {r['batch']} "
+                           f"({r['ms']:.3g} vs {one[0]['ms']:.3g} ms)")
+    text = ("The machine has 2 cores shared with other work: the compression benchmark was "
+            "paused while timing, other processes were not. Alternating rounds put a burst "
+            "of load on every engine of a configuration alike, but not always evenly. ")
+    if suspect:
+        text += ("Dense at 2 threads took over 1.5x its 1-thread time in "
+                 + ", ".join(suspect) + ": another process held a core there, so those "
+                 "2-thread speedups are inflated; the 1-thread rows are the reliable ones. ")
+    return text
+
+
 def plot(rows: list[dict[str, Any]], names: list[str]) -> None:
     fig, axes = plt.subplots(len(BATCHES), len(names), figsize=(3.2 * len(names), 6.4),
                              squeeze=False)
@@ -456,6 +477,7 @@ def write(rows: list[dict[str, Any]], skipped: list[dict[str, Any]], names: list
             "The FLOP limit is 1/(1-s), the issue's yardstick; filter pruning "
             "removes input channels of the next layer too, so its FLOPs can fall by more.\n\n"
             "## Required goals\n\n" + "\n".join(goals(rows)) + "\n\n"
+            + contention(rows) + "\n\n"
             + ("## Not measured\n\n" + skips + "\n" if skips else "")
             + pools_text(pools)
             + "## Rows\n\n" + "\n".join(table) + "\n\n![speedup vs sparsity](inference.png)\n")

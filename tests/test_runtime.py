@@ -226,3 +226,18 @@ def test_bench_command_prints_dense_and_compiled_latency(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "dense" in out and "compiled" in out and "fc1 (Linear, 90% zeros)" in out
     assert main(["bench", str(tmp_path / "missing.pkz")]) == 2
+
+
+def test_channel_pruning_of_the_reader_shrinks_the_producer_too():
+    """Input channels that no layer reads any more are dead: the filters making them go."""
+    torch.manual_seed(0)
+    model = models.get("lenet5").eval()
+    targets = prunekit.resolve(model, [{"layers": ["conv2"], "scheme": "channel",
+                                        "sparsity": 0.5}])
+    prunekit.freeze(model, targets)
+    x = torch.randn(2, 1, 28, 28)
+    compiled = prunekit.compile(model, x, engines=(), freeze=False)
+    assert compiled.conv1.out_channels == compiled.conv2.in_channels == 10
+    fresh = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        assert _rel(compiled(fresh), model(fresh)) < 1e-4
