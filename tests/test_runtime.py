@@ -147,6 +147,8 @@ def test_compile_shrinks_a_filter_pruned_resnet_and_keeps_it_exportable(tmp_path
     pruned = structure.prune(model, x, 0.5)
     compiled = prunekit.compile(model, x, engines=(), freeze=False)
     assert compiled.prunekit_plan.removed_channels == len(pruned.removed) == 176
+    # the plan says which channels had to stay, and why
+    assert "zero padding added by pad in layer2.0.downsample" in compiled.prunekit_plan.describe()
     assert all(type(m).__module__.startswith("torch.nn") for m in compiled.modules()
                if m is not compiled)
     fresh = torch.randn(3, 3, 32, 32)

@@ -71,6 +71,8 @@ class Plan:
 
     removed_channels: int = 0
     shrink_note: str = ""
+    #: why channels of some layers can never be removed (from the structure's report)
+    fixed: list[str] = field(default_factory=list)
     layers: list[Choice] = field(default_factory=list)
     max_rel_error: float = 0.0
     #: how the whole model runs: eager, jit_frozen or jit_optimized (step 3)
@@ -80,6 +82,7 @@ class Plan:
     def describe(self) -> str:
         lines = [f"removed {self.removed_channels} channels" + (
             f" ({self.shrink_note})" if self.shrink_note else "")]
+        lines += [f"  fixed: {why}" for why in self.fixed]
         for c in self.layers:
             times = ", ".join(f"{k} {v:.3g} ms" for k, v in c.times_ms.items())
             lines.append(f"{c.layer} ({c.kind}, {c.sparsity:.0%} zeros): {c.engine}"
@@ -188,7 +191,17 @@ def _shrink(model: nn.Module, example: Tensor, plan: Plan) -> nn.Module:
         return model
     dead = dead_units(structure, model)
     plan.removed_channels = len(dead)
+    plan.fixed = [f"{', '.join(g.layers[:3])}{', ...' if len(g.layers) > 3 else ''}: "
+                  f"{n} channels: {why}" for g in structure.groups
+                  for why, n in _reasons(g).items()]
     return shrink(structure, dead) if dead else model
+
+
+def _reasons(group) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for why in group.pinned.values():
+        counts[why] = counts.get(why, 0) + 1
+    return counts
 
 
 def _inputs(model: nn.Module, example: Tensor, kinds: tuple[type, ...]) -> dict[str, tuple]:
