@@ -79,6 +79,21 @@ def rule(scheme: str, ratio: float) -> dict[str, Any]:
     raise ValueError(scheme)
 
 
+def branch_overrides(dense: Path, prune: dict[str, Any], retrain_epochs: int,
+                     seed: int | None = None) -> list[str]:
+    """Recipe overrides for one run from the dense checkpoint: the prune section as given,
+    masked retraining with the shared Adam settings (and the seed when given)."""
+    overrides = [
+        f"model.checkpoint={dense}",
+        "train.epochs=0",
+        "train.progress=false",
+        f"prune={json.dumps(prune)}",
+        "retrain=" + json.dumps({**ADAM, "lr": 5e-4, "schedule": "cosine",
+                                 "epochs": retrain_epochs, "progress": False}),
+    ]
+    return overrides if seed is None else [*overrides, f"seed={seed}"]
+
+
 def run_one(method: str, scheme: str, ratio: float, budget: int,
             runs: Path = RUNS) -> dict[str, Any]:
     prune_epochs = max(1, round(budget * PRUNE_FRACTION))
@@ -88,14 +103,7 @@ def run_one(method: str, scheme: str, ratio: float, budget: int,
     prune = method_overrides(method, prune_epochs)
     prune["targets"] = [rule(scheme, ratio)]
     prune["train"] = {**ADAM, "epochs": prune_epochs, "progress": False}
-    overrides = [
-        f"model.checkpoint={DENSE}",
-        "train.epochs=0",
-        "train.progress=false",
-        f"prune={json.dumps(prune)}",
-        "retrain=" + json.dumps({**ADAM, "lr": 5e-4, "schedule": "cosine",
-                                 "epochs": retrain_epochs, "progress": False}),
-    ]
+    overrides = branch_overrides(DENSE, prune, retrain_epochs)
     out = runs / f"{method}-{scheme}-{ratio}x"
     start = time.perf_counter()
     report = run_recipe(load_recipe(RECIPE, overrides), out, resume=True, progress=False,

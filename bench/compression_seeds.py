@@ -40,7 +40,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from common import RESULTS, command, header, measured_by, write_json  # noqa: E402
-from compression import ADAM, RECIPE, rule, seconds_per_epoch  # noqa: E402
+from compression import ADAM, RECIPE, branch_overrides, rule, seconds_per_epoch  # noqa: E402
 from prunekit.io import atomic_write_bytes, atomic_write_text  # noqa: E402
 from prunekit.pipeline import run_recipe  # noqa: E402
 from prunekit.recipe import load_recipe  # noqa: E402
@@ -95,15 +95,7 @@ def run_one(method: str, scheme: str, ratio: int, budget: int, seed: int,
     prune = method_overrides(method, prune_epochs)
     prune["targets"] = [rule(scheme, ratio)]
     prune["train"] = {**ADAM, "epochs": prune_epochs, "progress": False}
-    overrides = [
-        f"model.checkpoint={DENSE}",
-        f"seed={seed}",
-        "train.epochs=0",
-        "train.progress=false",
-        f"prune={json.dumps(prune)}",
-        "retrain=" + json.dumps({**ADAM, "lr": 5e-4, "schedule": "cosine",
-                                 "epochs": retrain_epochs, "progress": False}),
-    ]
+    overrides = branch_overrides(DENSE, prune, retrain_epochs, seed)
     out = runs / f"{method.replace(':', '-')}-{scheme}-{ratio}x-{budget}e-seed{seed}"
     start = time.perf_counter()
     report = run_recipe(load_recipe(RECIPE, overrides), out, resume=True, progress=False,
