@@ -86,7 +86,8 @@ def time_case(build, scheme: str, repeats: int) -> dict[str, object]:
     return {"scheme": scheme, "sparsity": rule["sparsity"], "layers": len(targets),
             "weights": total, "achieved": pruned / total,
             "allocate_seconds": statistics.median(allocate),
-            "harden_seconds": statistics.median(harden)}
+            "harden_seconds": statistics.median(harden),
+            "allocate_runs": allocate, "harden_runs": harden}
 
 
 def main() -> None:

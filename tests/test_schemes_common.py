@@ -15,7 +15,13 @@ from hypothesis import strategies as st
 
 from prunekit import schemes
 from prunekit.errors import ConfigError
-from prunekit.schemes.base import groups_to_prune, keep_largest, keep_largest_sized
+from prunekit.schemes.base import (
+    groups_to_prune,
+    keep_largest,
+    keep_largest_sized,
+    kth_smallest,
+    sorted_rows,
+)
 
 #: name -> (options, sparsity); ``None`` = the scheme's natural rate
 SETTINGS: dict[str, tuple[dict, float | None]] = {
@@ -132,6 +138,32 @@ def test_keep_largest_breaks_big_ties_by_position():
     scores[::3] = 1.0
     keep = keep_largest(scores, 150_000)
     assert torch.equal(keep, _stable_reference(scores, 150_000))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16,
+                                   torch.int64])
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_kth_smallest_is_kthvalue_for_every_dtype(dtype, overwrite):
+    torch.manual_seed(0)
+    values = (torch.randn(1001) * 50).to(dtype)
+    values[::7] = values[3]  # ties
+    original = values.clone()
+    for k in (1, 2, 500, 1000, 1001):
+        work = values.clone()
+        got = kth_smallest(work, k, overwrite=overwrite)
+        assert got.dtype == dtype and got.shape == ()
+        assert torch.equal(got, values.kthvalue(k).values)
+        if not overwrite:
+            assert torch.equal(work, original)
+
+
+def test_kth_smallest_and_sorted_rows_work_on_tensors_that_need_grad_or_strides():
+    leaf = torch.randn(6, 40, requires_grad=True)
+    expected = leaf.detach().reshape(-1).kthvalue(17).values
+    assert torch.equal(kth_smallest(leaf.reshape(-1), 17), expected)
+    strided = torch.randn(40, 6).t()  # not contiguous
+    assert torch.equal(sorted_rows(strided), torch.sort(strided, dim=-1).values)
+    assert torch.equal(sorted_rows(leaf).detach(), torch.sort(leaf.detach(), dim=-1).values)
 
 
 @settings(max_examples=60, deadline=None)

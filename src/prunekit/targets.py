@@ -56,7 +56,7 @@ from torch import Tensor, nn
 from . import rate_tables, schemes
 from .errors import ConfigError, PrunekitError, TargetError, within
 from .schemes import Scheme, measured_sparsity
-from .schemes.base import keep_largest
+from .schemes.base import keep_largest, kth_smallest, shares_storage, sorted_rows
 
 
 @dataclass(eq=False)
@@ -567,7 +567,12 @@ def _check_values(param: Tensor, what: str) -> None:
     projection of it is garbage that would look like a result."""
     if param.numel() == 0:
         raise TargetError(f"{what} is empty (shape {tuple(param.shape)}): nothing to prune")
-    if not param.is_meta and not bool(torch.isfinite(param.detach()).all()):
+    if param.is_meta:
+        return
+    values = param.detach()
+    # a finite sum proves every value finite (NaN and inf propagate) at half the cost of
+    # isfinite; only an overflowing sum of finite values needs the full check
+    if not bool(torch.isfinite(values.sum())) and not bool(torch.isfinite(values).all()):
         raise TargetError(f"{what} holds NaN or inf values; pruning needs finite weights "
                           f"(check the checkpoint or the training that made them)")
 
@@ -613,7 +618,7 @@ def allocate_global(
     projection prunes. Each rate stays within ``[min_sparsity, max_sparsity]`` and always
     keeps at least one step, so no layer is cut off entirely: layers with small weights get
     high rates. When all step sizes are whole multiples of one size (``irregular``, gated or
-    not) the threshold is found by one selection (``kthvalue``) over the concatenated
+    not) the threshold is found by one selection (``kth_smallest``) over the concatenated
     scores, not a sort.
     """
     sparsity = _check_rate(sparsity, f"{where}: sparsity")
@@ -672,26 +677,37 @@ def _step_copies(units: Sequence[_Unit]) -> list[int] | None:
 
 def _take_equal_steps(units: Sequence[_Unit], need: float, copies: Sequence[int]) -> list[int]:
     """Optional steps each unit takes when every step is a whole number of copies of one
-    size: each step's score is repeated once per copy, and the ``k`` lowest scores of that
-    pool (``k`` nearest ``need / size``, a tie taking fewer) are found by one ``kthvalue``,
-    not a sort; the one step whose copies straddle the cut is taken when that is nearer
-    ``need``. Ties go to the earlier unit and position."""
+    size: each step's score counts once per copy, and the ``k``-th lowest score of that pool
+    (``k`` nearest ``need / size``, a tie taking fewer) is found by one selection, not a
+    sort; every unit then takes its scores below it, and the ties at it go to the earlier
+    units. The one step whose copies straddle the cut is taken when that is nearer
+    ``need``. Only counts per unit are needed, so no mask of the pool is ever built."""
     size = units[0].step / copies[0]
-    pool = torch.cat([u.candidates if n == 1 else u.candidates.repeat_interleave(n)
-                      for u, n in zip(units, copies, strict=True)])
     count = sum((u.high - u.low) * n for u, n in zip(units, copies, strict=True))
     whole = math.floor(need / size) if need > 0 else 0
     take = min(count, max(0, whole + (need / size - whole > 0.5)))
-    pruned = ~keep_largest(pool, take)
-    parts = pruned.split([u.candidates.numel() * n for u, n in zip(units, copies, strict=True)])
-    steps, taken = [], 0
-    for part, n in zip(parts, copies, strict=True):
-        whole, rest = divmod(int(part.sum()), n)
+    if take == 0:
+        return [0] * len(units)
+    pool = torch.cat([u.candidates if n == 1 else u.candidates.repeat_interleave(n)
+                      for u, n in zip(units, copies, strict=True)])
+    cut = kth_smallest(pool, take, overwrite=True)
+    del pool
+    below = [int(torch.count_nonzero(u.candidates < cut)) * n
+             for u, n in zip(units, copies, strict=True)]
+    ties_left = take - sum(below)
+    steps, taken, straddle = [], 0, None
+    for unit, n, picked in zip(units, copies, below, strict=True):
+        if ties_left > 0:
+            tied = min(ties_left, int(torch.count_nonzero(unit.candidates == cut)) * n)
+            picked += tied
+            ties_left -= tied
+        whole, rest = divmod(picked, n)
         steps.append(whole)
         taken += whole * n
         if rest:  # the step that straddles the cut (ties keep it to one): nearest wins
             straddle = len(steps) - 1
-    if taken != take and abs((taken + copies[straddle]) * size - need) < abs(taken * size - need):
+    if straddle is not None and (abs((taken + copies[straddle]) * size - need)
+                                 < abs(taken * size - need)):
         steps[straddle] += 1
     return steps
 
@@ -759,8 +775,8 @@ class _Unit:
         of every gate (the scores come out sorted); otherwise one group, in position order."""
         group_size = self.numel / norms.numel() if norms.numel() else 1.0
         if gates == 1:
-            return norms / math.sqrt(group_size)
-        weakest = torch.sort(norms.reshape(gates, self.steps), dim=1).values
+            return norms if group_size == 1 else norms / math.sqrt(group_size)
+        weakest = sorted_rows(norms.reshape(gates, self.steps))
         return torch.sqrt((weakest * weakest).sum(dim=0) / (gates * group_size))
 
     def _candidates(self) -> Tensor:
@@ -769,6 +785,9 @@ class _Unit:
         if self.low == 0 and self.high == self.steps - 1:  # the default: all but the strongest
             flat = scores.reshape(-1)
             strongest = int(torch.nonzero(flat == flat.max()).max())  # of ties, the later
+            if not shares_storage(flat, self.target.param):  # scores are scratch: no copy
+                flat[strongest] = math.inf
+                return flat
             return flat.index_fill(0, torch.tensor([strongest]), math.inf)
         optional = keep_largest(scores, self.low) & ~keep_largest(scores, self.high)
         return torch.where(optional, scores, math.inf)

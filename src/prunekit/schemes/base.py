@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -91,11 +93,46 @@ def _working(w: Tensor) -> Tensor:
     return m if m.dtype == torch.float64 else m.float()
 
 
-def _shares_storage(a: Tensor, b: Tensor) -> bool:
+def shares_storage(a: Tensor, b: Tensor) -> bool:
     """Whether ``a`` lives in ``b``'s memory (a view of it, or ``b`` itself)."""
     if a.numel() == 0 or b.numel() == 0:
         return False
     return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+
+
+# numpy's selection and sort (introselect, x86-simd-sort) run 4-9x faster than torch's on
+# CPU here (86M float32: partition 0.67 s vs kthvalue 3.1 s; sorting rows of 590k: 17 ms
+# vs 150 ms); they share the tensor's memory, so nothing is copied.
+_NUMPY_DTYPES = (torch.float32, torch.float64, torch.float16)
+
+
+def _as_numpy(t: Tensor) -> Any:
+    """A numpy view of ``t`` when it is a CPU tensor of a dtype numpy has, else None."""
+    if t.device.type != "cpu" or t.dtype not in _NUMPY_DTYPES or t.requires_grad:
+        return None
+    return t.numpy()
+
+
+def kth_smallest(flat: Tensor, k: int, *, overwrite: bool = False) -> Tensor:
+    """The ``k``-th smallest entry (1-based) of a 1-D tensor, as a 0-d tensor: what
+    ``flat.kthvalue(k).values`` gives (NaN ranks last in both). With ``overwrite`` the
+    selection may reorder ``flat`` in place instead of copying it (for a scratch tensor
+    of a whole model's scores, the copy is a third of the time)."""
+    array = _as_numpy(flat)
+    if array is None:
+        return flat.kthvalue(k).values
+    if overwrite:
+        array.partition(k - 1)
+        return torch.tensor(array[k - 1], dtype=flat.dtype)
+    return torch.tensor(np.partition(array, k - 1)[k - 1], dtype=flat.dtype)
+
+
+def sorted_rows(t: Tensor) -> Tensor:
+    """``torch.sort(t, dim=-1).values``, through numpy where it can."""
+    array = _as_numpy(t)
+    if array is None:
+        return torch.sort(t, dim=-1).values
+    return torch.from_numpy(np.sort(array, axis=-1))
 
 
 def keep_largest(scores: Tensor, n_prune: int) -> Tensor:
@@ -103,8 +140,8 @@ def keep_largest(scores: Tensor, n_prune: int) -> Tensor:
 
     Ties are broken by position (the earlier of two equal scores is pruned first, as a
     stable sort would), so the result is deterministic. The cut is found by selection
-    (``kthvalue``, linear time, several times faster than a sort here) rather than a full
-    sort: projection runs on every weight of a model, many times during training.
+    (:func:`kth_smallest`, linear time, several times faster than a sort here) rather than a
+    full sort: projection runs on every weight of a model, many times during training.
     """
     flat = scores.reshape(-1)
     n = flat.numel()
@@ -112,7 +149,7 @@ def keep_largest(scores: Tensor, n_prune: int) -> Tensor:
         return torch.ones(scores.shape, dtype=torch.bool, device=scores.device)
     if n_prune >= n:
         return torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
-    cut = flat.kthvalue(n_prune).values
+    cut = kth_smallest(flat, n_prune)
     keep = flat > cut
     missing = (n - n_prune) - int(torch.count_nonzero(keep).item())
     if missing > 0:
@@ -173,7 +210,7 @@ class Scheme:
                 for g in split_gates(w, gates)
             ]
             out = torch.cat(parts, dim=0) if len(parts) > 1 else parts[0]
-            if _shares_storage(out, w):
+            if shares_storage(out, w):
                 out = out.clone()
         return out.to(w.dtype)
 
@@ -194,9 +231,8 @@ class Scheme:
         Differentiable in ``w``: reweighted and group-lasso methods penalise these.
         """
         self.check(w.shape, gates=gates)
-        return torch.cat(
-            [self._group_norms_2d(gemm_view(g), g.shape) for g in split_gates(w, gates)]
-        )
+        parts = [self._group_norms_2d(gemm_view(g), g.shape) for g in split_gates(w, gates)]
+        return torch.cat(parts) if len(parts) > 1 else parts[0]  # cat would copy even one
 
     def check(self, shape: Sequence[int], *, gates: int = 1) -> None:
         """Raise :class:`TargetError` if this scheme cannot apply to a weight of ``shape``."""
