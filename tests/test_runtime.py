@@ -170,11 +170,37 @@ def test_compile_may_freeze_a_plain_model_and_still_match():
     structure.prune(model, x, 0.75)
     compiled = prunekit.compile(model, x)
     plan = compiled.prunekit_plan
-    assert set(plan.graph_times_ms) == {"eager", "jit_frozen", "jit_optimized"}
+    assert set(plan.graph_times_ms) == {"eager", "jit_frozen", "jit_optimized", "onnxruntime"}
     assert plan.graph in plan.graph_times_ms
     fresh = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         assert _rel(compiled(fresh), model(fresh)) < 1e-4
+
+
+def test_onnxruntime_graph_matches_and_other_shapes_run_the_eager_model():
+    pytest.importorskip("onnxruntime")
+    from prunekit.runtime.ort_graph import ort_graph
+
+    model = models.get("lenet5").eval()
+    x = torch.randn(2, 1, 28, 28)
+    graph, why = ort_graph(model, x)
+    assert graph is not None, why
+    with torch.no_grad():
+        assert _rel(graph(x), model(x)) < 1e-5
+        other = torch.randn(5, 1, 28, 28)  # not the exported shape: the eager model runs
+        assert _rel(graph(other), model(other)) < 1e-6
+    assert graph(x).shape == (2, 10)
+
+
+def test_without_the_onnx_extra_compile_says_there_was_no_onnxruntime_graph(monkeypatch):
+    from prunekit.runtime import ort_graph
+
+    monkeypatch.setattr(ort_graph, "onnxruntime_available", lambda: False)
+    model = models.get("lenet5").eval()
+    compiled = prunekit.compile(model, torch.randn(1, 1, 28, 28), engines=())
+    plan = compiled.prunekit_plan
+    assert "onnxruntime" not in plan.graph_times_ms
+    assert "onnxruntime not installed" in plan.describe()
 
 
 def test_compile_a_block_sparse_gru_classifier():

@@ -14,10 +14,11 @@ Two passes, each keeping the outputs of the (masked) model:
 
 3. **Graph.** The shrunk model with plain torch layers is also traced with TorchScript and
    frozen (BatchNorm folded into the conv before it, conv+ReLU fused,
-   ``torch.jit.optimize_for_inference``); the fastest of the eager model of step 2, the
-   frozen and the optimised graph, timed on ``example``, is kept. (Sparse kernels are numba
-   calls, which cannot be traced, so a frozen graph holds dense layers only; for a small
-   model at batch 1 that can beat sparse kernels called one by one from Python.)
+   ``torch.jit.optimize_for_inference``) and, with the ``onnx`` extra, exported to an ONNX
+   Runtime session (:mod:`.ort_graph`); the fastest of the eager model of step 2 and these
+   graphs, timed on ``example``, is kept. (Sparse kernels are numba calls, which cannot be
+   traced or exported, so a graph holds dense layers only; for a small model at batch 1
+   that can beat sparse kernels called one by one from Python.)
 
 Finally the compiled model runs on ``example`` and must match the input model to
 ``rtol`` (max abs error over max abs output); otherwise :class:`CompileError` says which
@@ -42,6 +43,7 @@ from ..structure import build
 from . import choose
 from .formats import choose_rows, padded_work
 from .modules import ENGINES, Im2colConv2d, SparseLinear, SparseRNN, sparsity
+from .ort_graph import ort_graph
 from .shrink import dead_units, shrink
 
 #: below this fraction of zeros no sparse kernel is tried
@@ -75,9 +77,11 @@ class Plan:
     fixed: list[str] = field(default_factory=list)
     layers: list[Choice] = field(default_factory=list)
     max_rel_error: float = 0.0
-    #: how the whole model runs: eager, jit_frozen or jit_optimized (step 3)
+    #: how the whole model runs: eager, jit_frozen, jit_optimized or onnxruntime (step 3)
     graph: str = "eager"
     graph_times_ms: dict[str, float] = field(default_factory=dict)
+    #: why a graph candidate was not available
+    graph_notes: list[str] = field(default_factory=list)
 
     def describe(self) -> str:
         lines = [f"removed {self.removed_channels} channels" + (
@@ -89,6 +93,7 @@ class Plan:
                          + (f" [{times}]" if times else ""))
         times = ", ".join(f"{k} {v:.3g} ms" for k, v in self.graph_times_ms.items())
         lines.append(f"graph: {self.graph}" + (f" [{times}]" if times else ""))
+        lines += [f"  not a candidate: {note}" for note in self.graph_notes]
         lines.append(f"max relative error vs the input model: {self.max_rel_error:.2e}")
         return "\n".join(lines)
 
@@ -152,9 +157,9 @@ class Compiled(nn.Module):
 
 def _freeze(model: nn.Module, plain: nn.Module, example: Tensor, plan: Plan) -> nn.Module:
     """The fastest of: ``model`` eager, and ``plain`` (the model before sparse kernels went
-    in; the same module when none did) frozen and inference-optimised with TorchScript.
-    Sparse kernels (numba calls) cannot be traced, and a frozen dense graph of a small
-    model can beat them at batch 1, so whole models are compared too (see step 3)."""
+    in; the same module when none did) frozen and inference-optimised with TorchScript, or
+    run by ONNX Runtime. Sparse kernels (numba calls) cannot be traced, and a dense graph
+    of a small model can beat them at batch 1, so whole models are compared too (step 3)."""
     candidates: dict[str, nn.Module] = {"eager": model}
     try:
         with torch.no_grad(), warnings.catch_warnings():
@@ -163,9 +168,13 @@ def _freeze(model: nn.Module, plain: nn.Module, example: Tensor, plan: Plan) -> 
             candidates["jit_frozen"] = torch.jit.freeze(traced)
             candidates["jit_optimized"] = torch.jit.optimize_for_inference(
                 torch.jit.freeze(torch.jit.trace(plain, example, check_trace=False).eval()))
-    except Exception as exc:  # not traceable: eager it stays
-        plan.graph = f"eager (TorchScript: {type(exc).__name__})"
-        return model
+    except Exception as exc:  # not traceable: eager (or ONNX Runtime) it stays
+        plan.graph_notes.append(f"TorchScript: {type(exc).__name__}")
+    ort, why_not = ort_graph(plain, example)
+    if ort is not None and _same_outputs(ort, plain, example):
+        candidates["onnxruntime"] = ort
+    else:
+        plan.graph_notes.append(f"onnxruntime: {why_not or 'outputs differ'}")
     times = {name: choose.times_ms(lambda m=m: m(example))[0] for name, m in candidates.items()}
     plan.graph = min(times, key=times.__getitem__)
     sparse = any(isinstance(m, (SparseLinear, Im2colConv2d, SparseRNN)) for m in model.modules())
@@ -174,6 +183,18 @@ def _freeze(model: nn.Module, plain: nn.Module, example: Tensor, plan: Plan) -> 
         times["eager"] = times.pop("eager")
     plan.graph_times_ms = times
     return candidates[plan.graph.split(" ")[0]]
+
+
+def _same_outputs(candidate: nn.Module, model: nn.Module, example: Tensor) -> bool:
+    """Whether ``candidate`` returns what ``model`` returns on ``example`` (structure, and
+    values to 1e-5 relative): an exported graph that flattened or changed the outputs is no
+    candidate at all, rather than a CompileError after it won on speed."""
+    with torch.no_grad():
+        got, want = candidate(example), model(example)
+    try:
+        return _rel_error(got, want) <= 1e-5
+    except (TypeError, ValueError, RuntimeError, AttributeError):
+        return False
 
 
 def _rel_error(a: Any, b: Any) -> float:
