@@ -59,7 +59,8 @@ STEPS_PER_EPOCH = 469  # 60,000 images in batches of 128
 # one update per epoch; "restart": the same with the learning rate restarted and annealed
 # at every update (ADMM-NN's solver); "support": four updates per epoch, rho x1.3 while
 # more than 10% of a layer's support changes per update and x1.1 once it settles;
-# "balance": residual balancing per layer.
+# "balance": residual balancing per layer; "steep": rho x1.6 per update (for schemes whose
+# primal residual is still high at hardening with x1.3, e.g. block).
 ADMM_VARIANTS: dict[str, dict[str, Any]] = {
     "geometric": {"rho_schedule": "geometric", "rho_growth": 1.3, "update_every": 1},
     "restart": {"rho_schedule": "geometric", "rho_growth": 1.3, "update_every": 1,
@@ -68,6 +69,7 @@ ADMM_VARIANTS: dict[str, dict[str, Any]] = {
                 "update_every": STEPS_PER_EPOCH // 4},
     "balance": {"rho_schedule": "balance", "update_unit": "step",
                 "update_every": STEPS_PER_EPOCH // 4},
+    "steep": {"rho_schedule": "geometric", "rho_growth": 1.6, "update_every": 1},
 }
 BEST_ADMM = "geometric"
 

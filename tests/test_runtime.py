@@ -7,6 +7,8 @@ engine is tested directly, and compile is tested for correctness whatever it pic
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -105,11 +107,16 @@ def test_sparse_rnn_equals_torch_rnn(cell, batch_first):
     x = torch.randn(2, 5, 12) if batch_first else torch.randn(5, 2, 12)
     h0 = torch.randn(2, 2, 16)
     hx = (h0, torch.randn(2, 2, 16)) if cell is nn.LSTM else h0
-    for engine in ("gathered_torch", "csr", "gathered") if has_numba() else ("csr",):
+    before = copy.deepcopy(hx)
+    numba_engines = ("gathered", "gathered_parallel")  # the whole time loop in numba
+    for engine in ("gathered_torch", "csr", *numba_engines) if has_numba() else ("csr",):
         fast = SparseRNN(rnn, engine)
         with torch.no_grad():
             (out, h), (want, h_want) = fast(x, hx), rnn(x, hx)
         assert _rel(out, want) < 1e-4
+        # the caller's initial state is read, never updated in place
+        states, originals = (hx, before) if cell is nn.LSTM else ((hx,), (before,))
+        assert all(torch.equal(a, b) for a, b in zip(states, originals, strict=True))
         if cell is nn.LSTM:
             assert _rel(h[0], h_want[0]) < 1e-4 and _rel(h[1], h_want[1]) < 1e-4
         else:

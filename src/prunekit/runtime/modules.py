@@ -8,9 +8,11 @@ weights; only the order of the additions differs, so outputs agree to float roun
   stays fast at batch > 1; ``F.linear`` on a CSR weight takes a much slower path) or BSR;
 - :class:`Im2colConv2d`: a conv as ``unfold`` (im2col) followed by a :class:`SparseLinear`
   over the GEMM view ``[out, in*kh*kw]``;
-- :class:`SparseRNN`: ``nn.GRU``/``nn.LSTM`` (unidirectional, no projection) stepping in
-  Python with sparse gate products: the input product runs once over the whole sequence,
-  the hidden product once per step, which is where batch-1 streaming spends its time.
+- :class:`SparseRNN`: ``nn.GRU``/``nn.LSTM`` (unidirectional, no projection) with sparse
+  gate products: the input product runs once over the whole sequence, the hidden product
+  once per step, which is where batch-1 streaming spends its time; with numba the whole
+  time loop (products and gate arithmetic) is one compiled call per layer, otherwise it
+  steps in Python.
 """
 
 from __future__ import annotations
@@ -135,6 +137,13 @@ class SparseRNN(nn.Module):
             gi = self.ih[k](x)  # [batch, steps, gates * hidden]: one product for all steps
             h = h0[k]
             c = c0[k] if lstm else None
+            if self.hh[k].engine in ("gathered", "gathered_parallel"):  # the loop in numba
+                h = h.detach().float().clone().contiguous()
+                c = None if c is None else c.detach().float().clone().contiguous()
+                x = kernels.numba_recurrent(gi, self.hh[k].fmt, self.hh[k].bias, h, c)
+                finals_h.append(h)
+                finals_c.append(c)
+                continue
             outs = []
             for t in range(steps):
                 gh = self.hh[k].matmul(h.contiguous())
