@@ -78,6 +78,19 @@ def test_plan_holds_typed_configs_of_every_stage():
     assert plan.stage_train(("quantize", "retrain")).epochs == 1
 
 
+def test_later_stages_inherit_on_nan_unless_they_set_their_own():
+    text = BASE.replace("train: {epochs: 1}\nprune:",
+                        "train: {epochs: 1, on_nan: skip_batch}\nprune:")
+    assert text != BASE
+    plan = load_recipe(text=text).plan
+    assert plan.stage_train(("train",)).on_nan == "skip_batch"
+    assert plan.stage_train(("prune", "train")).on_nan == "skip_batch"
+    assert plan.stage_train(("retrain",)).on_nan == "skip_batch"
+    own = text.replace("retrain:\n  epochs: 1", "retrain:\n  on_nan: stop\n  epochs: 1")
+    assert own != text
+    assert load_recipe(text=own).plan.stage_train(("retrain",)).on_nan == "stop"
+
+
 @pytest.mark.parametrize("old,new,key,message", [
     ("  epochs: 1\n  lr: 0.01", "  epochs: 1\n  lrr: 0.01", "retrain.lrr",
      "did you mean 'lr'"),
