@@ -786,6 +786,8 @@ class _Unit:
             flat = scores.reshape(-1)
             strongest = int(torch.nonzero(flat == flat.max()).max())  # of ties, the later
             if not shares_storage(flat, self.target.param):  # scores are scratch: no copy
+                # ``scores`` now holds +inf at its maximum; ``ranked`` still sorts it the
+                # same way (the strongest step stays last and is never taken)
                 flat[strongest] = math.inf
                 return flat
             return flat.index_fill(0, torch.tensor([strongest]), math.inf)

@@ -132,7 +132,8 @@ def _make_recurrent(numba, np, mm):
 
 @cache
 def numba_kernels():
-    """``{"serial": run, "parallel": run}``, or None where numba is not installed."""
+    """``{"serial": run, "parallel": run, "recurrent": run}`` (the gathered kernel serial
+    and over bands, and the GRU/LSTM time loop), or None where numba is not installed."""
     try:
         import numba  # noqa: PLC0415  (optional dependency)
     except ImportError:

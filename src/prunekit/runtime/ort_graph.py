@@ -3,10 +3,10 @@
 A small model at batch 1 (LeNet-5, a filter-pruned ResNet-20) spends most of its time
 between ops, not in them: TorchScript still dispatches every op through the torch
 runtime (tens of microseconds each), while ONNX Runtime runs a pre-planned graph with
-fused kernels and a few microseconds per op. Measured on this kind of machine, 1 thread,
-batch 1: LeNet-5 0.25 ms in ONNX Runtime against 0.76 ms frozen TorchScript, ResNet-20 at
-50% filters 0.65 against 1.63 ms. It only sees dense layers (ONNX has no executable sparse
-weights), so it is timed against the sparse kernels like the other graphs, never assumed.
+fused kernels and a few microseconds per op. It only sees dense layers (ONNX has no
+executable sparse weights), so it is timed against the sparse kernels and the other graphs
+on the user's example, never assumed: ``plan.graph_times_ms`` (and ``prunekit bench``)
+show what each candidate measured, bench/results/inference.md what the chosen models ran.
 
 Needs the ``onnx`` extra; without it (or for a model the exporter cannot write) there is
 simply no such candidate. The graph is exported for the example's exact shape; an input of

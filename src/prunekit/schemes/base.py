@@ -100,9 +100,10 @@ def shares_storage(a: Tensor, b: Tensor) -> bool:
     return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
 
 
-# numpy's selection and sort (introselect, x86-simd-sort) run 4-9x faster than torch's on
-# CPU here (86M float32: partition 0.67 s vs kthvalue 3.1 s; sorting rows of 590k: 17 ms
-# vs 150 ms); they share the tensor's memory, so nothing is copied.
+# numpy's selection and sort (introselect, x86-simd-sort) ran 4-9x faster than torch's on
+# CPU in a one-off timing here (86M float32: partition 0.67 s vs kthvalue 3.1 s; sorting
+# rows of 590k: 17 ms vs 150 ms; bench/global_allocation.py times the whole allocation).
+# The numpy arrays are views of the tensors; only the selection's own copy is made.
 _NUMPY_DTYPES = (torch.float32, torch.float64, torch.float16)
 
 
