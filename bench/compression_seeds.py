@@ -2,9 +2,9 @@
 
 The compression benchmark (bench/compression.py) at longer budgets: LeNet-5 on
 Fashion-MNIST from the same dense model, irregular at 40x and 70x (one global allocation
-over conv1..fc2) and block (BLK-REW, conv2 and fc1) at 8x; ADMM (its best schedule, plus
-the variants in ``ADMM_VARIANTS`` on request), reweighted, gradual magnitude (GMP) and
-one-shot magnitude; 12 and 30 epochs after the dense model; seeds 0 and 1 (the seed sets
+over conv1..fc2) and block (BLK-REW, conv2 and fc1) at 8x; ADMM (its best schedule),
+reweighted, gradual magnitude (GMP) and one-shot magnitude, plus the named settings of
+``VARIANTS`` on request; 12 and 30 epochs after the dense model; seeds 0 and 1 (the seed sets
 the data order and augmentation of the pruning and retraining stages; the dense model is
 the same). ADMM, reweighted and GMP prune for ``PRUNE_FRACTION`` of the budget and retrain
 inside the masks for the rest with the same settings; one-shot magnitude spends the whole
@@ -17,7 +17,7 @@ torch thread each; ``--order`` puts the shorter budget first, so each budget's c
 completes before the next starts.
 
     python bench/compression_seeds.py [--budgets 12 30] [--seeds 0 1] [--workers 2]
-    python bench/compression_seeds.py --variants geometric restart support --budgets 12
+    python bench/compression_seeds.py --methods admm:support reweighted:group --budgets 12
     python bench/compression_seeds.py --replot
 """
 
@@ -55,40 +55,91 @@ METHODS = ("admm", "reweighted", "gradual", "magnitude")
 PRUNE_FRACTION = 2 / 3
 STEPS_PER_EPOCH = 469  # 60,000 images in batches of 128
 
-# ADMM schedules (rho 1e-3 at the start for all). "geometric": rho x1.3 per Z/U update,
-# one update per epoch; "restart": the same with the learning rate restarted and annealed
-# at every update (ADMM-NN's solver); "support": four updates per epoch, rho x1.3 while
-# more than 10% of a layer's support changes per update and x1.1 once it settles;
-# "balance": residual balancing per layer; "steep": rho x1.6 per update (for schemes whose
-# primal residual is still high at hardening with x1.3, e.g. block); "support_half": the
-# support schedule over half the budget (it converges sooner), the other half retraining.
-ADMM_VARIANTS: dict[str, dict[str, Any]] = {
-    "geometric": {"rho_schedule": "geometric", "rho_growth": 1.3, "update_every": 1},
-    "restart": {"rho_schedule": "geometric", "rho_growth": 1.3, "update_every": 1,
-                "reset_lr": True, "stage_every": 1},
-    "support": {"rho_schedule": "support", "update_unit": "step",
-                "update_every": STEPS_PER_EPOCH // 4},
-    "balance": {"rho_schedule": "balance", "update_unit": "step",
-                "update_every": STEPS_PER_EPOCH // 4},
-    "steep": {"rho_schedule": "geometric", "rho_growth": 1.6, "update_every": 1},
-    "support_half": {"rho_schedule": "support", "update_unit": "step",
-                     "update_every": STEPS_PER_EPOCH // 4, "prune_fraction": 0.5},
+# Named settings per method, run as ``METHOD:NAME`` rows (a bare method name runs its
+# ``BEST`` entry). Keys other than the method's options: ``prune_fraction`` (of the budget
+# spent pruning, default ``PRUNE_FRACTION``), ``rounds`` (progressive ADMM: the pruning
+# epochs split into this many rounds of rising rate) and ``train`` (changes to the pruning
+# stage's optimizer settings).
+#
+# ADMM (rho 1e-3 at the start for all). "geometric": rho x1.3 per Z/U update, one update per
+# epoch; "restart": the same with the learning rate restarted and annealed at every update
+# (ADMM-NN's solver); "support": four updates per epoch, rho x1.3 while more than 10% of a
+# layer's support changes per update and x1.1 once it settles; "balance": residual
+# balancing per layer; "steep": rho x1.6 per update (for schemes whose primal residual is
+# still high at hardening with x1.3, e.g. block); "support_half": the support schedule over
+# half the budget (it converges sooner), the other half retraining; "support_third": over
+# a third, two thirds retraining; "support_cosine": the support schedule with the learning
+# rate annealed over the pruning epochs (as GMP's "cosine"); "progressive2" /
+# "progressive4": progressive ADMM, the support schedule through 2 or 4 rounds of rising
+# rate, each hardened inside the last round's mask.
+#
+# Reweighted: "irregular" is lam 2e-5 (tuned on single weights); the penalty is summed per
+# *group*, so a scheme with few large groups (block: 16x16 blocks of fc1, 8x4x25 of conv2)
+# gets about 100x less pull per weight at the same lam: "group" (lam 1.5e-3) matches the
+# irregular pull per weight on fc1's blocks, "group_strong" is 3x that.
+#
+# Gradual magnitude: "constant" is the shared Adam 1e-3 at a constant rate while pruning;
+# "cosine" anneals that rate over the pruning epochs (Zhu and Gupta prune while the rate
+# decays), a check that the long budget does not handicap GMP.
+_SUPPORT = {"rho_schedule": "support", "update_unit": "step",
+            "update_every": STEPS_PER_EPOCH // 4}
+VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
+    "admm": {
+        "geometric": {"rho_schedule": "geometric", "rho_growth": 1.3, "update_every": 1},
+        "restart": {"rho_schedule": "geometric", "rho_growth": 1.3, "update_every": 1,
+                    "reset_lr": True, "stage_every": 1},
+        "support": _SUPPORT,
+        "balance": {**_SUPPORT, "rho_schedule": "balance"},
+        "steep": {"rho_schedule": "geometric", "rho_growth": 1.6, "update_every": 1},
+        "support_half": {**_SUPPORT, "prune_fraction": 0.5},
+        "support_third": {**_SUPPORT, "prune_fraction": 1 / 3},
+        "support_cosine": {**_SUPPORT, "train": {"schedule": "cosine"}},
+        "progressive2": {**_SUPPORT, "rounds": 2},
+        "progressive4": {**_SUPPORT, "rounds": 4},
+    },
+    "reweighted": {
+        "irregular": {"lam": 2e-5, "eps": 1e-3, "reweight_every": 1},
+        "group": {"lam": 1.5e-3, "eps": 1e-3, "reweight_every": 1},
+        "group_strong": {"lam": 4.5e-3, "eps": 1e-3, "reweight_every": 1},
+    },
+    "gradual": {"constant": {}, "cosine": {"train": {"schedule": "cosine"}}},
+    "magnitude": {"oneshot": {}},
 }
-BEST_ADMM = "geometric"
+BEST = {"admm": "geometric", "reweighted": "irregular", "gradual": "constant",
+        "magnitude": "oneshot"}
 
 
-def method_overrides(method: str, prune_epochs: int) -> dict[str, Any]:
-    """The prune section of one method; ``admm:VARIANT`` picks an ADMM schedule."""
+def method_name(method: str) -> str:
+    """``admm`` -> ``admm:geometric`` (ADMM rows always name their schedule, as before);
+    the other methods keep a bare name for their first setting."""
     name, _, variant = method.partition(":")
+    if name not in VARIANTS:
+        raise SystemExit(f"unknown method {name!r}; valid: {', '.join(VARIANTS)}")
+    variant = variant or BEST[name]
+    if variant not in VARIANTS[name]:
+        raise SystemExit(f"unknown {name} setting {variant!r}; valid: "
+                         f"{', '.join(VARIANTS[name])}")
+    return f"{name}:{variant}" if name == "admm" or variant != BEST[name] else name
+
+
+def prune_section(method: str, budget: int) -> tuple[dict[str, Any], int]:
+    """The prune section of one method and the epochs it spends pruning."""
+    name, _, variant = method.partition(":")
+    options = dict(VARIANTS[name][variant or BEST[name]])
+    fraction = options.pop("prune_fraction", PRUNE_FRACTION)
+    train = {**ADAM, **options.pop("train", {})}
+    prune_epochs = 0 if name == "magnitude" else max(1, round(budget * fraction))
+    rounds = options.pop("rounds", None)
+    if name == "admm" and rounds:
+        options.update(method="progressive_admm", rounds=rounds,
+                       epochs_per_round=max(1, prune_epochs // rounds))
+    elif name == "gradual":
+        options.update(start_epoch=0, end_epoch=prune_epochs)
+    options.setdefault("method", name)
     if name == "admm":
-        return {"method": "admm", "rho": 1e-3, **ADMM_VARIANTS[variant or BEST_ADMM]}
-    if name == "reweighted":
-        return {"method": "reweighted", "lam": 2e-5, "eps": 1e-3, "reweight_every": 1}
-    if name == "gradual":
-        return {"method": "gradual", "start_epoch": 0, "end_epoch": prune_epochs}
-    if name == "magnitude":
-        return {"method": "magnitude"}
-    raise ValueError(method)
+        options.setdefault("rho", 1e-3)
+    options["train"] = {**train, "epochs": prune_epochs, "progress": False}
+    return options, prune_epochs
 
 
 def case_rule(scheme: str, ratio: int) -> dict[str, Any]:
@@ -103,13 +154,9 @@ def case_rule(scheme: str, ratio: int) -> dict[str, Any]:
 
 def run_one(method: str, scheme: str, ratio: int, budget: int, seed: int,
             runs: Path = RUNS) -> dict[str, Any]:
-    prune = method_overrides(method, max(1, round(budget * PRUNE_FRACTION)))
-    prune_epochs = max(1, round(budget * prune.pop("prune_fraction", PRUNE_FRACTION)))
+    prune, prune_epochs = prune_section(method, budget)
     retrain_epochs = budget - prune_epochs
-    if method == "magnitude":
-        prune_epochs, retrain_epochs = 0, budget
     prune["targets"] = [case_rule(scheme, ratio)]
-    prune["train"] = {**ADAM, "epochs": prune_epochs, "progress": False}
     overrides = branch_overrides(DENSE, prune, retrain_epochs, seed)
     out = runs / f"{method.replace(':', '-')}-{scheme}-{ratio}x-{budget}e-seed{seed}"
     start = time.perf_counter()
@@ -118,7 +165,7 @@ def run_one(method: str, scheme: str, ratio: int, budget: int, seed: int,
     return {
         "method": method, "scheme": scheme, "target_ratio": ratio, "epochs": budget,
         "seed": seed, "prune_epochs": prune_epochs, "retrain_epochs": retrain_epochs,
-        "options": {k: v for k, v in prune.items() if k not in ("targets", "train")},
+        "options": {k: v for k, v in prune.items() if k != "targets"},
         "load_average": os.getloadavg()[0],
         "ratio": report["compression_ratio_weights"],
         "accuracy": report["accuracy"]["compressed"],
@@ -206,7 +253,8 @@ def write_results(rows: list[dict[str, Any]]) -> None:
         + "\nSame dense LeNet-5 (Fashion-MNIST) for every row. `epochs` = epochs after the "
         "dense model; ADMM, reweighted and gradual magnitude prune for 2/3 of them and "
         "retrain inside the masks for the rest, one-shot magnitude retrains for all of them. "
-        "`admm:NAME` rows use the ADMM schedule NAME of `ADMM_VARIANTS` in the script; "
+        "`METHOD:NAME` rows use the settings NAME of `VARIANTS` in the script (ADMM rows always "
+        "name their schedule); "
         "`irregular_table` is irregular at the per-layer rates of the table "
         "`lenet5-admm-{ratio}x` (the demo recipe's rule) instead of one global allocation; "
         "the verdicts compare the best ADMM or reweighted row with GMP. Runs went two at a "
@@ -251,20 +299,23 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--methods", nargs="+", default=list(METHODS))
     parser.add_argument("--variants", nargs="*", default=[],
-                        help="extra ADMM schedules to run as admm:NAME rows")
+                        help="extra ADMM schedules to run as admm:NAME rows (the same "
+                             "as naming them in --methods)")
     parser.add_argument("--cases", nargs="+", default=[f"{s}:{r}" for s, r in CASES],
                         help="scheme:ratio items")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--replot", action="store_true")
     args = parser.parse_args()
     path = RESULTS / JSON
-    rows = json.loads(path.read_text()) if path.exists() else []
+    if not path.exists():
+        write_json(JSON, [])
+    rows = json.loads(path.read_text())
     if args.replot:
         write_results(rows)
         return
     if not DENSE.exists():
         raise SystemExit(f"{DENSE} missing: run bench/dense_baseline.py first")
-    methods = [f"admm:{BEST_ADMM}" if m == "admm" else m for m in args.methods]
+    methods = [method_name(m) for m in args.methods]
     methods += [f"admm:{v}" for v in args.variants if f"admm:{v}" not in methods]
     cases = tuple((c.split(":")[0], int(c.split(":")[1])) for c in args.cases)
     done = {key(r) for r in rows}
@@ -275,7 +326,8 @@ def main() -> None:
         futures = [pool.submit(run_one, *t) for t in todo]
         for future in as_completed(futures):
             row = future.result()
-            rows = [r for r in rows if key(r) != key(row)] + [row]
+            # read again: another invocation may have added rows since this one started
+            rows = [r for r in json.loads(path.read_text()) if key(r) != key(row)] + [row]
             write_results(rows)
             print(json.dumps({k: row[k] for k in ("method", "scheme", "target_ratio",
                                                   "epochs", "seed", "accuracy")}), flush=True)
