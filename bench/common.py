@@ -21,13 +21,21 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def machine() -> dict[str, Any]:
     """What the numbers were measured on."""
     cpu = platform.processor() or platform.machine()
+    flags: set[str] = set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+            if cpu and flags:
                 break
     except OSError:
         pass
+    # Same model name, different timings: the widest vector unit is what the kernels use.
+    simd = next((f for f in ("avx512f", "avx2", "avx", "sse4_2", "asimd") if f in flags), None)
+    if simd:
+        cpu = f"{cpu} ({simd})"
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
@@ -48,11 +56,13 @@ def write_json(name: str, payload: Any) -> Path:
     return atomic_write_text(RESULTS / name, json.dumps(payload, indent=2) + "\n")
 
 
-def header(title: str) -> str:
-    m = machine()
+def header(title: str, meta: dict[str, Any] | None = None, cmd: str | None = None) -> str:
+    """The results file's opening lines; ``meta``/``cmd`` are the measuring run's, where a
+    replot writes the file again later (or on another machine)."""
+    m = meta or machine()
     return (
         f"# {title}\n\n"
-        f"- command: `{command()}`\n"
+        f"- command: `{cmd or command()}`\n"
         f"- machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} "
         f"({m['torch_threads']} threads), Python {m['python']}\n"
         f"- date: {m['date']}\n"

@@ -318,10 +318,14 @@ def thread_pools() -> list[dict[str, Any]]:
     return results
 
 
-def pools_text(pools: list[dict[str, Any]]) -> str:
+def pools_text(pools: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     if not pools:
         return ""
-    lines = ["## Thread pools: numba next to torch\n",
+    where = ""
+    if meta.get("thread_pools_cpu"):  # measured later than the table, maybe elsewhere
+        where = (f"Measured on {meta['thread_pools_cpu']}, load average "
+                 f"{meta.get('thread_pools_load_average', '?')}. ")
+    lines = ["## Thread pools: numba next to torch\n", where +
              "Four 1024x1024 layers at batch 1, 2 threads, each a dense torch `Linear` then a "
              "90% block-sparse prunekit kernel (median ms of the chain):\n",
              "| numba threading layer | serial numba kernel | parallel numba kernel |",
@@ -474,7 +478,8 @@ def write(rows: list[dict[str, Any]], skipped: list[dict[str, Any]], names: list
         + (f" ({s['sparsity']:.0%}" if s.get("sparsity") is not None else "")
         + (f", batch {s['batch']})" if "batch" in s else (")" if "sparsity" in s else ""))
         + f": {s['why']}\n" for s in first.values())
-    text = (header("Compiled CPU inference: pruned models, dense torch vs prunekit.compile")
+    text = (header("Compiled CPU inference: pruned models, dense torch vs prunekit.compile",
+                   meta, cmd or command())
             + f"- load average before timing (1/5/15 min): {load_before}\n\n"
             + (__doc__ or "").split("\n\n    python")[0].split("\n", 1)[1].strip() + "\n\n"
             "The FLOP limit is 1/(1-s), the issue's yardstick; filter pruning "
@@ -482,7 +487,7 @@ def write(rows: list[dict[str, Any]], skipped: list[dict[str, Any]], names: list
             "## Required goals\n\n" + "\n".join(goals(rows)) + "\n\n"
             + contention(rows) + "\n\n"
             + ("## Not measured\n\n" + skips + "\n" if skips else "")
-            + pools_text(pools)
+            + pools_text(pools, meta)
             + "## Rows\n\n" + "\n".join(table) + "\n\n![speedup vs sparsity](inference.png)\n")
     atomic_write_text(RESULTS / "inference.md", text)
 
@@ -508,6 +513,7 @@ def main() -> None:
         pools = data.get("thread_pools", [])
         if args.thread_pools:
             pools = thread_pools()
+            data["machine"]["thread_pools_cpu"] = machine()["cpu"]
             data["machine"]["thread_pools_load_average"] = ", ".join(
                 f"{x:.1f}" for x in os.getloadavg())
         write(data["rows"], data["skipped"], names, data["machine"]["load_average_before"],
@@ -518,7 +524,7 @@ def main() -> None:
     deepsparse = None if args.no_deepsparse or not DS_PYTHON.exists() else DS_PYTHON
     load_before = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     rows, skipped = run(args.models, args.min_seconds, deepsparse)
-    write(rows, skipped, args.models, load_before)
+    write(rows, skipped, args.models, load_before, thread_pools())
 
 
 if __name__ == "__main__":

@@ -192,6 +192,21 @@ def plan(levels: list[str], bits: list[int]) -> list[tuple]:
     return bases + branches
 
 
+def only(todo: list[tuple], names: set[str]) -> list[tuple]:
+    """The items of ``todo`` named in ``names`` and every run they branch from."""
+    by_name = {t[0]: t for t in todo}
+    unknown = sorted(names - set(by_name))
+    if unknown:
+        raise SystemExit(f"no such run: {unknown}; runs: {sorted(by_name)}")
+    wanted, stack = set(), list(names)
+    while stack:
+        name = stack.pop()
+        if name not in wanted:
+            wanted.add(name)
+            stack += [b for b in (by_name[name][5],) if b is not None]
+    return [t for t in todo if t[0] in wanted]
+
+
 def execute(todo: list[tuple], workers: int, rows: list[dict[str, Any]],
             remeasure: bool = False) -> list[dict]:
     """Run ``todo`` (bases first: a branch waits for the run it copies from)."""
@@ -324,13 +339,20 @@ def main() -> None:
     parser.add_argument("--remeasure", action="store_true",
                         help="write every finished run's model file and report again with "
                              "this code (no training: the stage artifacts are reused)")
+    parser.add_argument("--runs", nargs="*", default=None,
+                        help="train exactly these rows again (by run name, e.g. "
+                             "oursprog-71x-long-mixed), with the runs they branch from")
     args = parser.parse_args()
     existing = RESULTS / "joint.json"
     rows = json.loads(existing.read_text())["rows"] if existing.exists() else []
     if args.replot:
         write_results(rows)
         return
-    execute(plan(args.levels, args.bits), args.workers, rows, args.remeasure)
+    todo = plan(args.levels, args.bits)
+    if args.runs is not None:
+        todo = only(todo, set(args.runs))
+        rows = [r for r in rows if r.get("run") not in args.runs]
+    execute(todo, args.workers, rows, args.remeasure)
     print(f"machine: {machine()['cpu']}")
 
 
