@@ -211,8 +211,15 @@ def execute(todo: list[tuple], workers: int, rows: list[dict[str, Any]],
             remeasure: bool = False) -> list[dict]:
     """Run ``todo`` (bases first: a branch waits for the run it copies from)."""
     done = set() if remeasure else {r["run"] for r in rows if "run" in r}
+    # a finished run whose directory is gone (a fresh checkout) runs again if a row to run
+    # branches from it: its stage artifacts are what that row starts from
+    needed = {t[5] for t in todo if t[0] not in done}
+    while missing := {n for n in needed & done if not (RUNS / n / "model.pkz").exists()}:
+        done -= missing
+        needed |= {t[5] for t in todo if t[0] in missing}
+    threads = max(1, (os.cpu_count() or 1) // workers)
     with ProcessPoolExecutor(workers, initializer=torch.set_num_threads,
-                             initargs=(1,)) as pool:
+                             initargs=(threads,)) as pool:
         pending = {}
         ready = set(done)
         queue = [t for t in todo if t[0] not in done]

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from prunekit.artifacts import codecs
+from prunekit.artifacts import arith, codecs
 from prunekit.artifacts.codecs import (
     MASK_ENCODINGS,
     decode_mask,
@@ -276,9 +276,9 @@ def _empty_lines_mask(regular: bool) -> np.ndarray:
     inner = np.zeros((20, 30), bool)
     if regular:  # a stride coprime with the width reaches every row and column
         inner.reshape(-1)[::7] = True
-    else:
+    else:  # every chosen row and column keeps something, rates alike everywhere
         inner = RNG.random((20, 30)) < 0.2
-        inner[:, 0] = inner[0, :] = True  # every chosen row and column keeps something
+        inner[np.arange(20), np.arange(20)] = inner[np.arange(10), 20 + np.arange(10)] = True
     m[np.ix_(rows, cols)] = inner
     return m
 
@@ -306,6 +306,40 @@ def test_rice_codes_any_mask_and_a_wrong_entry_count_never_escapes_the_shape():
         assert got.shape == m.shape and got.dtype == bool
 
 
+def _uneven_rates_mask(shape=(64, 300)):
+    """Irregular pruning as it comes out of training: each row (neuron) and each column
+    (input) keeps weights at its own rate, from almost none to a third."""
+    rows = RNG.uniform(0.02, 1.0, (shape[0], 1)) ** 2
+    cols = RNG.uniform(0.02, 1.0, (1, shape[1])) ** 2
+    return RNG.random(shape) < 0.35 * rows * cols / (rows.mean() * cols.mean()) / 4
+
+
+def test_arith_beats_gap_codes_where_rows_and_columns_keep_at_different_rates():
+    m = _uneven_rates_mask()
+    name, params, payload = encode_mask(m)
+    assert name in ("arith", "subarith")
+    assert len(payload) < 0.9 * len(encode_rice(m)[1])
+    _round_trip(name, params, payload, m)
+
+
+def test_arith_costs_little_more_than_rice_where_the_rate_is_uniform():
+    m = _irregular_mask()
+    assert len(codecs.encode_arith(m)[1]) < 1.1 * len(encode_rice(m)[1])
+    assert encode_mask(m)[0] == "rice"
+
+
+def test_arith_round_trips_edge_masks_and_refuses_too_many_entries():
+    for m in (np.zeros((1, 1), bool), np.ones((1, 1), bool), np.ones((3, 4), bool),
+              np.zeros((5, 2), bool), RNG.random((1, 300)) < 0.1, RNG.random((300, 1)) < 0.9):
+        params, payload = codecs.encode_arith(m)
+        _round_trip("arith", params, payload, m)
+    too_many = (arith.MAX_ENTRIES // 64 + 1, 64)
+    with pytest.raises(ValueError):
+        codecs.encode_arith(np.zeros(too_many, bool))
+    with pytest.raises(DataError, match="exceeds"):  # before any decoding step
+        decode_mask("arith", {}, b"\1" * 8, too_many)
+
+
 def _samples():
     """One honest (name, params, payload, shape) per encoding."""
     cases = [("dense", np.ones((8, 18), bool), {}), ("bitmap", RNG.random((8, 18)) < 0.5, {}),
@@ -314,13 +348,14 @@ def _samples():
              ("rowbands", _block_row_mask()[:8, :18], {"band_cols": 2}),
              ("kernels", _pattern_mask()[:8, :18], {"kernel": 9}),
              ("subdelta", _empty_lines_mask(True), {}), ("rice", _irregular_mask()[:16, :200], {}),
-             ("subrice", _empty_lines_mask(False), {})]
+             ("subrice", _empty_lines_mask(False), {}), ("arith", _uneven_rates_mask(), {})]
     out = []
     for expected, m, hints in cases:
         name, params, payload = encode_mask(m, hints)
         assert name == expected
         out.append((name, params, payload, m.shape))
-    return out
+    m = _empty_lines_mask(False)  # the submatrix variant of arith, whether or not it wins
+    return out + [("subarith", *codecs.encode_subarith(m), m.shape)]
 
 
 SAMPLES = _samples()

@@ -5,7 +5,7 @@
     retrain   -> retrained.pt    retraining inside the constraints
     quantize  -> quantized.pt    quantization method (ADMM / ptq / ste), then hardening
     qretrain  -> qretrained.pt   quantized retraining (progressive fixing, STE or snap)
-    export    -> model.pkz       the compact model file
+    export    -> model.pkz       the compact model file (dead channels zeroed first: exact)
     report    -> report.json     report.json / report.md / plots, measured on model.pkz
 
 A stage runs only when the recipe asks for it. A checkpoint artifact holds the weights, the
@@ -37,6 +37,7 @@ from .plan import PruneConfig, QuantizeConfig, check_fits_data, option_key, stag
 from .recipe import QUANT_RETRAIN_DEFAULTS, QUANT_RETRAIN_KEYS, Recipe
 from .report import build_report, format_report, write_report
 from .schemes import get as get_scheme
+from .structure import drop_dead_channels
 from .targets import Target, resolve
 from .training import TrainConfig, Trainer, distributed, evaluate, set_seed
 
@@ -400,6 +401,16 @@ class Run:
                                   fixing)
 
     def export_stage(self, state: State, resume: bool) -> None:
+        if state.constraints:  # exact: the outputs stay the same, the file gets smaller
+            dropped = drop_dead_channels(state.model, state.constraints,
+                                         torch.zeros(1, *self.info.input_shape))
+            state.meta["dead_channels"] = dropped.to_dict()  # for the report, not the file
+            if dropped.channels:
+                self.say(f"dead channels zeroed before export: "
+                         f"{sum(dropped.channels.values())} "
+                         f"({', '.join(f'{k}: {v}' for k, v in dropped.channels.items())})")
+            elif dropped.note:
+                self.say(f"dead channels kept: {dropped.note}")
         accuracy = evaluate(state.model, self.test_loader)["accuracy"]  # every rank's share
         if not distributed.is_main():
             distributed.barrier()  # the others read the file only once rank 0 has written it
@@ -437,6 +448,7 @@ class Run:
             epochs=len(history), seconds=sum(r.get("seconds", 0.0) for r in history),
             history=history, updates=state.meta.get("prune_updates"),
             extra={"recipe": self.recipe["name"], "dataset": self.info.name,
+                   "dead_channels": state.meta.get("dead_channels"),
                    "model": self.recipe["model"]["name"], "file": "model.pkz",
                    "wall_seconds_this_invocation": time.perf_counter() - self.started},
         )

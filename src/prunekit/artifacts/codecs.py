@@ -19,6 +19,9 @@ subdelta    {"k": k, "codes": n}              row bitmap, column bitmap, delta o
 rice        {"k": k, "n": n}                  n k-bit gap remainders, then the gaps' unary
                                               quotients (see :func:`encode_rice`)
 subrice     {"k": k, "n": n}                  row and column bitmaps, rice of the submatrix
+arith       {}                                adaptive arithmetic code of every entry with
+                                              row and column rates (see :mod:`.arith`)
+subarith    {}                                row and column bitmaps, arith of the submatrix
 rows        {}                                one bit per row (whole rows kept or pruned)
 colbands    {"band_rows": r}                  per band of r rows, one bit per column
 rowbands    {"band_cols": c}                  per band of c columns, one bit per row
@@ -33,6 +36,7 @@ from collections.abc import Callable
 import numpy as np
 
 from ..errors import DataError
+from . import arith
 
 MAX_ENTRIES = 1 << 28  # mask entries a decoder will build: 256 MiB, a 1 GiB float32 layer
 _MAX_WIDTH = 32
@@ -260,6 +264,18 @@ def decode_rice(params: dict, payload: bytes, shape: tuple[int, int]) -> Mask:
     return mask.reshape(rows, cols)
 
 
+def encode_arith(m: Mask) -> Encoded:
+    """Irregular sparsity whose rate varies by row and column (see :mod:`.arith`); masks of
+    up to ``arith.MAX_ENTRIES`` entries."""
+    return {}, arith.encode(_as_mask(m))
+
+
+def decode_arith(params: dict, payload: bytes, shape: tuple[int, int]) -> Mask:
+    rows, cols = _check_shape(shape)
+    _check_keys(params, (), "arith")
+    return arith.decode(payload, (rows, cols))
+
+
 def _submatrix(inner: Callable[[Mask], Encoded]) -> Callable[[Mask], Encoded]:
     """An encoding of the submatrix of the rows and columns that keep anything (with their
     two bitmaps in front): a pruned fully connected layer often loses most of its inputs
@@ -403,9 +419,11 @@ _DECODERS: dict[str, Callable[[dict, bytes, tuple[int, int]], Mask]] = {
     "kernels": decode_kernels, "rice": decode_rice,
     "subdelta": _decode_submatrix(decode_delta, "subdelta"),
     "subrice": _decode_submatrix(decode_rice, "subrice"),
+    "arith": decode_arith, "subarith": _decode_submatrix(decode_arith, "subarith"),
 }
 encode_subdelta = _submatrix(encode_delta)
 encode_subrice = _submatrix(encode_rice)
+encode_subarith = _submatrix(encode_arith)
 MASK_ENCODINGS = tuple(_DECODERS)
 _HINTS = ("band_rows", "band_cols", "kernel")
 
@@ -415,7 +433,9 @@ def encode_mask(m: Mask, hints: dict | None = None) -> tuple[str, dict, bytes]:
     this mask's structure allows. ``hints`` ({"band_rows": r, "band_cols": c, "kernel": k})
     say which band / kernel sizes to try besides whole columns (r = rows) and whole rows
     (c = cols). Ties go to the earlier candidate: dense, rows, columns, row bands, the
-    hinted column bands, row bands and kernels, then bitmap, delta, subdelta, rice, subrice."""
+    hinted column bands, row bands and kernels, then bitmap, delta, subdelta, rice, subrice,
+    arith, subarith (the last two where the mask, resp. its submatrix, has at most
+    ``arith.MAX_ENTRIES`` entries)."""
     m = _as_mask(m)
     hints = _check_hints(hints or {})
     best = None
@@ -454,9 +474,13 @@ def _candidates(m: Mask, hints: dict) -> list[tuple[str, Callable[[], Encoded]]]
             candidates.append(("rowbands", lambda: encode_rowbands(m, hints["band_cols"])))
         if hints.get("kernel", 1) > 1:
             candidates.append(("kernels", lambda: encode_kernels(m, hints["kernel"])))
-    return candidates + [("bitmap", lambda: encode_bitmap(m)), ("delta", lambda: encode_delta(m)),
-                         ("subdelta", lambda: encode_subdelta(m)),
-                         ("rice", lambda: encode_rice(m)), ("subrice", lambda: encode_subrice(m))]
+    candidates += [("bitmap", lambda: encode_bitmap(m)), ("delta", lambda: encode_delta(m)),
+                   ("subdelta", lambda: encode_subdelta(m)),
+                   ("rice", lambda: encode_rice(m)), ("subrice", lambda: encode_subrice(m))]
+    if m.any() and not m.all():  # (either raises ValueError beyond arith.MAX_ENTRIES)
+        candidates += [("arith", lambda: encode_arith(m)),
+                       ("subarith", lambda: encode_subarith(m))]
+    return candidates
 
 
 # --- argument checks -----------------------------------------------------------------------

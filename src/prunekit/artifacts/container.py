@@ -145,6 +145,12 @@ def _lzma(data: bytes) -> bytes:
     return lzma.compress(data, format=lzma.FORMAT_RAW, filters=_lzma_filters(len(data)))
 
 
+def stored_size(payload: bytes) -> int:
+    """Bytes ``payload`` takes in a file as a section (its smallest codec): what a writer
+    compares when it has two encodings of the same part."""
+    return len(_smallest_encoding(bytes(payload))[1])
+
+
 def _smallest_encoding(payload: bytes) -> tuple[int, bytes]:
     """``(codec, stored bytes)``: bit-packed codes rarely compress, metadata often does."""
     candidates = [(RAW, payload)]

@@ -6,14 +6,17 @@ Every compressed weight becomes up to three parts, each the cheapest that fits:
   delta indices, whole rows / column bands for filter, channel and block pruning, kernel
   patterns for pattern pruning), chosen by size;
 - ``values``: the kept values: float values in the weight's dtype (``support``), level
-  codes bit-packed at the layer's bit width (``levels``), or for unification the block
-  states (2 bits each), one float magnitude per unified block, one sign bit per unified
-  entry and the float values of kept blocks (``unified``);
+  codes bit-packed at the layer's bit width or canonical-Huffman coded (``levels``, entry
+  ``"v": "h"``; :mod:`.huffman`), for unification the block states (2 bits each), one float
+  magnitude per unified block, one sign bit per unified entry and the float values of kept
+  blocks (``unified``); a ``rounded`` parameter (biases kept in float16) stores every value,
+  or (entry ``"v": "nz"``) a mask encoding of its nonzeros then only those;
 - ``scales``: quantization steps (float32, one per layer, per gate or per row).
 
 A ``support`` or ``levels`` weight is indexed either by its constraint's mask or by its own
 nonzeros, whichever makes the smaller file (a structured mask is cheap to index even when it
-holds some zero values). Decoding rebuilds the weight bit for bit and the constraint it
+holds some zero values); of two encodings of the values the one stored smaller wins (ties:
+the plain one). Decoding rebuilds the weight bit for bit and the constraint it
 satisfies. Part sizes here are before the container's optional entropy coding.
 """
 
@@ -31,9 +34,13 @@ from ..constraints import Frozen, Levels, Rounded, Support, Unified
 from ..errors import DataError
 from ..schemes.base import gemm_view
 from ..schemes.quant import LEVEL_SETS, max_level
-from . import codecs
+from . import codecs, huffman
+from .container import stored_size
 
 MASK_HINTS = ("band_rows", "band_cols", "kernel")
+#: level codes of one layer that may be Huffman coded: its decoder takes one Python step per
+#: value (~0.7 us), so a layer this size loads in ~0.2 s; larger layers are bit-packed
+HUFFMAN_LIMIT = 1 << 18
 DTYPES = {str(t).removeprefix("torch."): t for t in (
     torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int64, torch.int32,
     torch.int16, torch.int8, torch.uint8, torch.bool)}
@@ -102,7 +109,7 @@ def encode(w: Tensor, constraint: Frozen) -> Encoded:
         return _encode_unified(w, constraint, entry)
     if isinstance(constraint, Rounded):
         entry["t"] = constraint.dtype
-        return Encoded(entry, {"values": tensor_bytes(w.to(Rounded.DTYPES[constraint.dtype]))})
+        return _encode_rounded(w.to(Rounded.DTYPES[constraint.dtype]), entry)
     hints = _mask_hints(constraint)
     codes = constraint.codes(w) if isinstance(constraint, Levels) else None
     nonzero = (codes != 0) if codes is not None else (w != 0)
@@ -115,15 +122,34 @@ def encode(w: Tensor, constraint: Frozen) -> Encoded:
     entry["x"] = index
     parts = {"index": payload}
     if isinstance(constraint, Levels):
-        kept = codes[mask]
-        parts["values"] = codecs.pack_bits(
-            codecs.signed_to_unsigned(kept.numpy(), constraint.bits), constraint.bits)
+        unsigned = codecs.signed_to_unsigned(codes[mask].numpy(), constraint.bits)
+        parts["values"] = codecs.pack_bits(unsigned, constraint.bits)
+        if unsigned.size <= HUFFMAN_LIMIT:
+            coded = huffman.encode(unsigned)
+            if stored_size(coded) < stored_size(parts["values"]):
+                parts["values"], entry["v"] = coded, "h"
         groups, scales = _scale_groups(constraint)
         entry.update(b=constraint.bits, l=constraint.level_set, g=groups)
         parts["scales"] = scales
     else:
         parts["values"] = tensor_bytes(w[mask])
     return Encoded(entry, parts)
+
+
+def _encode_rounded(narrow: Tensor, entry: dict[str, Any]) -> Encoded:
+    """Every value, or where pruning zeroed many of them (the bias of a channel nothing
+    reads) the mask of the nonzeros and only those."""
+    dense = tensor_bytes(narrow)
+    nonzero = narrow != 0
+    if narrow.dim() == 0 or bool(nonzero.all()):
+        return Encoded(entry, {"values": dense})
+    name, params, payload = codecs.encode_mask(nonzero.reshape(1, -1).numpy(), {})
+    index = [name, params]
+    sparse = tensor_bytes(narrow[nonzero])
+    if stored_size(payload) + stored_size(sparse) >= stored_size(dense):
+        return Encoded(entry, {"values": dense})
+    entry.update(v="nz", x=index)
+    return Encoded(entry, {"index": payload, "values": sparse})
 
 
 def _scale_groups(constraint: Levels) -> tuple[int, bytes]:
@@ -171,8 +197,8 @@ def decode(entry: dict[str, Any], parts: dict[str, bytes], shape: list[int], dty
         narrow = entry.get("t")
         if narrow not in Rounded.DTYPES:
             raise DataError(f"{what}: unknown narrow float type {narrow!r}")
-        values = tensor_from(parts.get("values", b""), narrow, shape, f"{what} values")
-        return values.to(torch_dtype), Rounded(tuple(shape), narrow, hints)
+        return _decode_rounded(entry, parts, shape, narrow, what).to(torch_dtype), \
+            Rounded(tuple(shape), narrow, hints)
     if kind not in (Support.kind, Levels.kind):
         raise DataError(f"{what}: unknown constraint kind {kind!r}")
     index = entry.get("x")
@@ -191,9 +217,16 @@ def decode(entry: dict[str, Any], parts: dict[str, bytes], shape: list[int], dty
             and isinstance(groups, int) and groups >= 1 and rows % groups == 0):
         raise DataError(f"{what}: malformed quantization entry (bits {bits!r}, levels "
                         f"{level_set!r}, scale groups {groups!r})")
-    raw = codecs.unpack_bits(parts.get("values", b""), bits, kept)
-    if len(parts.get("values", b"")) != math.ceil(kept * bits / 8):
-        raise DataError(f"{what}: level codes have the wrong length")
+    values = parts.get("values", b"")
+    coding = entry.get("v")
+    if coding == "h":
+        raw = huffman.decode(values, kept)
+    elif coding is None:
+        if len(values) != math.ceil(kept * bits / 8):
+            raise DataError(f"{what}: level codes have the wrong length")
+        raw = codecs.unpack_bits(values, bits, kept)
+    else:
+        raise DataError(f"{what}: unknown level code encoding {coding!r}")
     signed = codecs.unsigned_to_signed(raw, bits)
     if kept and np.abs(signed).max() > max_level(bits):
         raise DataError(f"{what}: a level code is out of range")
@@ -203,6 +236,28 @@ def decode(entry: dict[str, Any], parts: dict[str, bytes], shape: list[int], dty
     codes = torch.zeros(shape, dtype=torch.int64)
     codes[mask] = torch.from_numpy(signed.astype(np.int64))
     return levels.values(codes, torch_dtype), levels
+
+
+def _decode_rounded(entry: dict[str, Any], parts: dict[str, bytes], shape: list[int],
+                    narrow: str, what: str) -> Tensor:
+    coding = entry.get("v")
+    if coding is None:
+        return tensor_from(parts.get("values", b""), narrow, shape, f"{what} values")
+    if coding != "nz":
+        raise DataError(f"{what}: unknown float16 value encoding {coding!r}")
+    index = entry.get("x")
+    if not (isinstance(index, list) and len(index) == 2 and isinstance(index[0], str)):
+        raise DataError(f"{what}: malformed index entry {index!r}")
+    count = math.prod(shape)
+    mask = codecs.decode_mask(index[0], index[1], parts.get("index", b""), (1, count))
+    nonzero = torch.from_numpy(np.ascontiguousarray(mask)).reshape(shape)
+    kept = int(nonzero.sum().item())
+    values = tensor_from(parts.get("values", b""), narrow, [kept], f"{what} values")
+    if bool((values == 0).any()):  # one encoding per tensor: listed values are nonzero
+        raise DataError(f"{what}: a value listed as nonzero is zero")
+    out = torch.zeros(shape, dtype=values.dtype)
+    out[nonzero] = values
+    return out
 
 
 def _decode_unified(entry: dict[str, Any], parts: dict[str, bytes], shape: list[int],

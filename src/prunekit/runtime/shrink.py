@@ -1,19 +1,10 @@
 """Physically smaller layers: remove dead channel units from a traced model.
 
-A unit (see :mod:`prunekit.structure`) is *dead* when removing it cannot change the
-model's outputs:
-
-- every slice that produces it is zero (filter rows and biases of the convs/linears that
-  make it, the depthwise rows it passes through, the BatchNorm scale and shift after
-  them) and nothing between maps zero to a nonzero (a sigmoid would), so the channel is
-  exactly zero wherever it is read; or
-- every slice that reads it is zero (the input columns of every consumer), so its value
-  is never used.
-
-Pinned units (model outputs, padding, ops prunekit cannot follow) never count as dead.
-Shrinking copies the traced graph, replaces each touched layer by a smaller one holding
-only the kept slices, and rewrites the piece sizes of ``torch.split``/``chunk`` calls whose
-pieces lost channels; every other op in the graph is shape-agnostic along channels.
+Which units are dead (removing them cannot change the model's outputs) is decided by
+:func:`prunekit.structure.dead_units`. Shrinking copies the traced graph, replaces each
+touched layer by a smaller one holding only the kept slices, and rewrites the piece sizes
+of ``torch.split``/``chunk`` calls whose pieces lost channels; every other op in the graph
+is shape-agnostic along channels.
 """
 
 from __future__ import annotations
@@ -23,29 +14,7 @@ import copy
 import torch
 from torch import Tensor, fx, nn
 
-from ..structure import Structure
-from ..structure.groups import READING, param_slices
-
-
-def dead_units(structure: Structure, model: nn.Module) -> set[int]:
-    """Units whose removal leaves the outputs unchanged (see the module docstring)."""
-    produced_zero: dict[int, bool] = {}
-    read_zero: dict[int, bool] = {}
-    for role, _, p, dim, units in param_slices(structure, model):
-        alive = p.detach().transpose(0, dim).reshape(p.shape[dim], -1).ne(0).any(1)
-        side = read_zero if role in READING else produced_zero
-        for u, a in zip(units.tolist(), alive.tolist(), strict=True):
-            side[u] = side.get(u, True) and not a
-    affine = {structure.traced.find(i) for i in structure.traced.affine}
-    dead = set()
-    for g in structure.groups:
-        for u in g.removable:
-            by_producer = produced_zero.get(u, False) and u not in affine
-            if by_producer or read_zero.get(u, True):
-                dead.add(u)
-        if all(u in dead for u in g.units):  # a layer keeps at least one channel
-            dead.discard(g.units[0])
-    return dead
+from ..structure import Structure, dead_units
 
 
 def _keep(units: Tensor, removed: Tensor) -> Tensor:

@@ -6,11 +6,14 @@
   never be removed the layer and the reason (:meth:`Structure.report`);
 - :func:`prune` filter-prunes whole groups by group norm and returns the frozen constraints
   (biases and BatchNorm included) that keep the removed channels exactly zero, so
-  :func:`prunekit.compile` can shrink the layers without changing the outputs.
+  :func:`prunekit.compile` can shrink the layers without changing the outputs;
+- :func:`drop_dead_channels` zeroes the channels pruning left dead (a row nothing reads, a
+  filter that makes only zeros) and tightens the constraints, so files store none of them.
 """
 
+from .dead import Dropped, dead_units, drop_dead_channels
 from .groups import Group, Pruned, Structure, build, constraints_for, prune, select, unit_scores
 from .trace import Traced, trace
 
-__all__ = ["Group", "Pruned", "Structure", "Traced", "build", "constraints_for", "prune",
-           "select", "trace", "unit_scores"]
+__all__ = ["Dropped", "Group", "Pruned", "Structure", "Traced", "build", "constraints_for",
+           "dead_units", "drop_dead_channels", "prune", "select", "trace", "unit_scores"]
