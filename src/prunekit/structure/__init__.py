@@ -11,9 +11,10 @@
   filter that makes only zeros) and tightens the constraints, so files store none of them.
 """
 
-from .dead import Dropped, dead_units, drop_dead_channels
+from .dead import Dropped, dead_channel_counts, dead_units, drop_dead_channels
 from .groups import Group, Pruned, Structure, build, constraints_for, prune, select, unit_scores
 from .trace import Traced, trace
 
 __all__ = ["Dropped", "Group", "Pruned", "Structure", "Traced", "build", "constraints_for",
-           "dead_units", "drop_dead_channels", "prune", "select", "trace", "unit_scores"]
+           "dead_channel_counts", "dead_units", "drop_dead_channels", "prune", "select", "trace",
+           "unit_scores"]

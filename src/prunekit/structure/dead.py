@@ -55,6 +55,20 @@ def dead_units(structure: Structure, model: nn.Module) -> set[int]:
     return dead
 
 
+def dead_channel_counts(model: nn.Module, example: Tensor) -> dict[str, int] | None:
+    """Dead units per channel group (its layers joined by ", "), None where the model
+    cannot be traced: what a report says of a loaded model, whose dead channels
+    :func:`drop_dead_channels` left with no weight at all."""
+    try:
+        structure = build(model, example)
+    except ConfigError:
+        return None
+    dead = dead_units(structure, model)
+    counts = {", ".join(g.layers): sum(1 for u in g.units if u in dead)
+              for g in structure.groups}
+    return {k: v for k, v in counts.items() if v}
+
+
 @dataclass
 class Dropped:
     """What :func:`drop_dead_channels` did: ``channels`` zeroed per group (its layers
@@ -178,4 +192,4 @@ def _difference(a: Any, b: Any) -> float:
     return 0.0
 
 
-__all__ = ["Dropped", "dead_units", "drop_dead_channels"]
+__all__ = ["Dropped", "dead_channel_counts", "dead_units", "drop_dead_channels"]
