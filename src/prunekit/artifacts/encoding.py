@@ -140,7 +140,7 @@ def _encode_rounded(narrow: Tensor, entry: dict[str, Any]) -> Encoded:
     """Every value, or where pruning zeroed many of them (the bias of a channel nothing
     reads) the mask of the nonzeros and only those."""
     dense = tensor_bytes(narrow)
-    nonzero = narrow != 0
+    nonzero = narrow.view(torch.int16) != 0  # by bits: a -0.0 is kept as it is
     if narrow.dim() == 0 or bool(nonzero.all()):
         return Encoded(entry, {"values": dense})
     name, params, payload = codecs.encode_mask(nonzero.reshape(1, -1).numpy(), {})
@@ -201,9 +201,7 @@ def decode(entry: dict[str, Any], parts: dict[str, bytes], shape: list[int], dty
             Rounded(tuple(shape), narrow, hints)
     if kind not in (Support.kind, Levels.kind):
         raise DataError(f"{what}: unknown constraint kind {kind!r}")
-    index = entry.get("x")
-    if not (isinstance(index, list) and len(index) == 2 and isinstance(index[0], str)):
-        raise DataError(f"{what}: malformed index entry {index!r}")
+    index = _index_entry(entry, what)
     mask2d = codecs.decode_mask(index[0], index[1], parts.get("index", b""), (rows, cols))
     mask = torch.from_numpy(np.ascontiguousarray(mask2d)).reshape(shape)
     kept = int(mask.sum().item())
@@ -238,6 +236,13 @@ def decode(entry: dict[str, Any], parts: dict[str, bytes], shape: list[int], dty
     return levels.values(codes, torch_dtype), levels
 
 
+def _index_entry(entry: dict[str, Any], what: str) -> list[Any]:
+    index = entry.get("x")
+    if not (isinstance(index, list) and len(index) == 2 and isinstance(index[0], str)):
+        raise DataError(f"{what}: malformed index entry {index!r}")
+    return index
+
+
 def _decode_rounded(entry: dict[str, Any], parts: dict[str, bytes], shape: list[int],
                     narrow: str, what: str) -> Tensor:
     coding = entry.get("v")
@@ -245,15 +250,13 @@ def _decode_rounded(entry: dict[str, Any], parts: dict[str, bytes], shape: list[
         return tensor_from(parts.get("values", b""), narrow, shape, f"{what} values")
     if coding != "nz":
         raise DataError(f"{what}: unknown float16 value encoding {coding!r}")
-    index = entry.get("x")
-    if not (isinstance(index, list) and len(index) == 2 and isinstance(index[0], str)):
-        raise DataError(f"{what}: malformed index entry {index!r}")
+    index = _index_entry(entry, what)
     count = math.prod(shape)
     mask = codecs.decode_mask(index[0], index[1], parts.get("index", b""), (1, count))
     nonzero = torch.from_numpy(np.ascontiguousarray(mask)).reshape(shape)
     kept = int(nonzero.sum().item())
     values = tensor_from(parts.get("values", b""), narrow, [kept], f"{what} values")
-    if bool((values == 0).any()):  # one encoding per tensor: listed values are nonzero
+    if bool((values.view(torch.int16) == 0).any()):  # listed values are nonzero bit patterns
         raise DataError(f"{what}: a value listed as nonzero is zero")
     out = torch.zeros(shape, dtype=values.dtype)
     out[nonzero] = values

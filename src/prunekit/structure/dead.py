@@ -63,8 +63,11 @@ def dead_channel_counts(model: nn.Module, example: Tensor) -> dict[str, int] | N
         structure = build(model, example)
     except ConfigError:
         return None
-    dead = dead_units(structure, model)
-    counts = {", ".join(g.layers): sum(1 for u in g.units if u in dead)
+    return _per_group(structure, dead_units(structure, model))
+
+
+def _per_group(structure: Structure, units: set[int]) -> dict[str, int]:
+    counts = {", ".join(g.layers): sum(1 for u in g.units if u in units)
               for g in structure.groups}
     return {k: v for k, v in counts.items() if v}
 
@@ -78,10 +81,6 @@ class Dropped:
     channels: dict[str, int] = field(default_factory=dict)
     zeroed: dict[str, int] = field(default_factory=dict)
     note: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"channels": dict(self.channels), "zeroed": dict(self.zeroed),
-                "note": self.note}
 
 
 #: constraints that accept a zero at any entry (a tighter mask keeps them valid); a unified
@@ -134,12 +133,7 @@ def drop_dead_channels(model: nn.Module, constraints: dict[str, Frozen],
         for name, state in old.items():
             _restore(constraints[name], state)
         return Dropped(note=f"not applied: the outputs would change by {change:.3g}")
-    counts: dict[str, int] = {}
-    for g in structure.groups:
-        n = sum(1 for u in g.units if u in dead)
-        if n:
-            counts[", ".join(g.layers)] = n
-    return Dropped(counts, zeroed)
+    return Dropped(_per_group(structure, dead), zeroed)
 
 
 def _tighten(c: Support | Levels, keep: Tensor) -> None:
