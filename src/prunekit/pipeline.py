@@ -38,7 +38,7 @@ from .recipe import QUANT_RETRAIN_DEFAULTS, QUANT_RETRAIN_KEYS, Recipe
 from .report import build_report, format_report, write_report
 from .schemes import get as get_scheme
 from .structure import dead_channel_counts, drop_dead_channels
-from .targets import Target, resolve
+from .targets import Target, Targets, resolve
 from .training import TrainConfig, Trainer, distributed, evaluate, set_seed
 
 #: keys of the prune / quantize sections that are not options of the method
@@ -285,9 +285,13 @@ class Run:
         state.meta["accuracy_dense"] = evaluate(state.model, self.test_loader)["accuracy"]
         self.say(f"dense accuracy: {state.meta['accuracy_dense']:.4f}")
 
-    def prune_targets(self, model: nn.Module) -> list[Target]:
+    def example(self) -> torch.Tensor:
+        """One input of the data's shape: what ``group_filter`` rules trace the model on."""
+        return torch.zeros(1, *self.info.input_shape)
+
+    def prune_targets(self, model: nn.Module) -> Targets:
         try:
-            return resolve(model, self.recipe["prune"]["targets"])
+            return resolve(model, self.recipe["prune"]["targets"], example=self.example())
         except ConfigError as exc:
             raise self.recipe.locate(exc, "prune", "targets") from None
 
@@ -304,6 +308,11 @@ class Run:
 
     def prune_stage(self, state: State, resume: bool) -> None:
         targets = self.prune_targets(state.model)
+        notes = list(targets.summary.notes)
+        for note in notes:  # channels a group_filter rule leaves alone, and why
+            self.say(f"prune.targets: {note}")
+        if notes:
+            state.meta["prune_notes"] = notes
         method = self.prune_method(state.model, targets)
         config = stage_config(self.recipe, ("prune", "train"), self.recipe["prune"].get("train"))
         trainer = self.trainer(state.model, "prune", config, [method])
@@ -340,7 +349,7 @@ class Run:
         q = self.recipe["quantize"]
         layers = q.get("layers")
         if layers is None and self.recipe["prune"] is not None:
-            layers = sorted({t.module_name for t in self.prune_targets(model)})
+            layers = sorted({m for t in self.prune_targets(model) for m in t.weight_layers})
         rule = {"layers": layers or "*", "scheme": "quant", "bits": 8}
         try:
             found = resolve(model, [rule])
@@ -449,6 +458,8 @@ class Run:
             history=history, updates=state.meta.get("prune_updates"),
             extra={"recipe": self.recipe["name"], "dataset": self.info.name,
                    "dead_channels": dead_channel_counts(loaded.model, example),
+                   **({"prune_notes": state.meta["prune_notes"]}
+                      if state.meta.get("prune_notes") else {}),
                    "model": self.recipe["model"]["name"], "file": "model.pkz",
                    "wall_seconds_this_invocation": time.perf_counter() - self.started},
         )

@@ -33,6 +33,16 @@ index and the layer. ``nn.MultiheadAttention`` is a layer type like the others: 
 separate ``q/k/v_proj_weight``; its ``out_proj`` is a ``Linear`` of its own. The list
 :func:`resolve` returns carries a ``summary`` of the weights the rules leave out, and why.
 
+``scheme: group_filter`` is not a scheme but a target of another kind
+(:class:`~prunekit.group_target.GroupTarget`): :func:`resolve` traces the model (it needs
+``example``) and makes one target per coupled channel group with a selected producing
+layer, spanning every parameter its channels touch (producers' rows and biases, BatchNorm
+entries, readers' columns); ``sparsity`` is the fraction of each group's removable
+channels removed. It takes no scheme options and no global allocation, and a weight it
+touches may not be another rule's target too (an error naming both rules). Channels that
+can never go (the model's output, untraceable ops) stay, and ``summary.notes`` says which
+and why.
+
 Rules apply in order and a later rule replaces an earlier one for the same layer, so a
 general rule followed by specific ones gives per-layer overrides. A layer no rule selects is
 not pruned. Only weights are pruned: biases and normalisation layers never are. Embedding
@@ -55,6 +65,7 @@ from torch import Tensor, nn
 
 from . import rate_tables, schemes
 from .errors import ConfigError, PrunekitError, TargetError, within
+from .group_target import GROUP_FILTER, GroupTarget
 from .schemes import Scheme, measured_sparsity
 from .schemes.base import keep_largest, kth_smallest, shares_storage, sorted_rows
 
@@ -82,6 +93,30 @@ class Target:
 
     def group_norms(self, w: Tensor | None = None) -> Tensor:
         return self.scheme.group_norms(self.param if w is None else w, gates=self.gates)
+
+    # the multi-parameter view every method uses, shared with GroupTarget
+    @property
+    def members(self) -> list[tuple[str, nn.Parameter]]:
+        """``[(name, param)]``: the one parameter this target constrains."""
+        return [(self.name, self.param)]
+
+    @property
+    def names(self) -> list[str]:
+        return [self.name]
+
+    @property
+    def weight_layers(self) -> list[str]:
+        return [self.module_name]
+
+    def project_members(self, values: Sequence[Tensor] | None = None,
+                        keep: Sequence[Tensor | None] | None = None) -> list[Tensor]:
+        """``[P(v * M) * M]`` for the one member (``[P(v)]`` without a mask ``M``)."""
+        v = self.param if values is None else values[0]
+        mask = None if keep is None else keep[0]
+        if mask is None:
+            return [self.project(v)]
+        mask = mask.to(v.device)
+        return [self.project(v * mask).mul_(mask)]
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -176,39 +211,76 @@ def resolve(
     rules: Sequence[Mapping[str, Any]] | Mapping[str, Any],
     *,
     default_scheme: str = "irregular",
+    example: Tensor | None = None,
 ) -> Targets:
-    """Turn ``rules`` (see the module docstring) into targets, in model parameter order.
+    """Turn ``rules`` (see the module docstring) into targets, in model parameter order
+    (coupled-group targets of ``scheme: group_filter`` rules after the others).
 
     Every target's scheme and rate are checked against its weight here (:func:`check_fit`),
     so any rule that cannot be met is a :class:`TargetError` naming the rule and the layer
     before a method touches a weight. The returned list's ``summary`` says which weights the
-    rules leave out and why (:class:`ResolveSummary`)."""
+    rules leave out and why (:class:`ResolveSummary`). ``example`` (one batch of real
+    shape) is needed by ``group_filter`` rules, which trace the model to find its coupled
+    channels."""
     if isinstance(rules, Mapping):
         rules = [rules]
     if isinstance(rules, (str, bytes)) or not isinstance(rules, Sequence):
         raise TargetError(f"target rules must be a list of dicts, got {type(rules).__name__}")
-    ctx = _Model(model)
-    chosen: dict[str, Target] = {}
+    ctx = _Model(model, example)
+    chosen: dict[str, Target | GroupTarget] = {}
+    origin: dict[str, int] = {}
     for index, rule in enumerate(rules):
         with within(str(index)):
             rule_targets, remove = _resolve_rule(ctx, index, rule, default_scheme)
         for target in rule_targets:
             if remove:
                 chosen.pop(target.name, None)
+                for name in [n for n, t in chosen.items() if isinstance(t, GroupTarget)
+                             and target.module_name in t.layers]:
+                    del chosen[name]
                 ctx.notes[target.module_name] = f"removed by rule {index} (exclude: true)"
             else:
                 chosen[target.name] = target
+                origin[target.name] = index
     found = [chosen[name] for name in ctx.param_order if name in chosen]
-    return Targets(found, _summary(ctx, found))
+    groups = [t for t in chosen.values() if isinstance(t, GroupTarget)]
+    _refuse_overlap(found, groups, origin)
+    return Targets([*found, *groups], _summary(ctx, [*found, *groups]))
+
+
+def _refuse_overlap(plain: Sequence[Target], groups: Sequence[GroupTarget],
+                    origin: Mapping[str, int]) -> None:
+    """A parameter is constrained by one rule: a coupled group owns its producers' rows and
+    its readers' columns, so another rule on any of those layers would be a second
+    constraint on the same weight (and an exact rate could not hold for both)."""
+    owners: dict[str, list[GroupTarget]] = {}
+    for g in groups:
+        for name in g.names:
+            owners.setdefault(name, []).append(g)
+    for t in plain:
+        found = owners.get(t.name)
+        if found:  # name the group making the layer's filters, if one does
+            g = next((g for g in found if t.module_name in g.layers), found[0])
+            raise TargetError(
+                f"rule {origin[t.name]} (scheme {t.scheme_name!r}) and rule {origin[g.name]} "
+                f"(scheme {GROUP_FILTER!r}) overlap on layer {t.module_name!r} (weight "
+                f"{t.name}): the coupled group of {g.name} removes its "
+                f"{'filters' if t.module_name in g.layers else 'input channels'}; a layer "
+                f"takes one rule, so leave it out of one of them (exclude: [{t.module_name!r}])"
+            )
 
 
 class _Model:
     """Names of a model's layers and parameters, computed once per :func:`resolve`."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, example: Tensor | None = None) -> None:
         if not isinstance(model, nn.Module):
             raise TargetError(f"expected a torch.nn.Module, got {type(model).__name__}")
         self.model = model
+        self.example = example
+        self._structure: Any = None
+        #: what group rules leave alone, and why (fixed channels, untraced layers)
+        self.group_notes: list[str] = []
         self.layers = prunable_layers(model)
         self.types = {name: layer_type(m) for name, m in self.layers.items()}
         self.modules = dict(model.named_modules())
@@ -222,6 +294,22 @@ class _Model:
         if self.wrapped and name.startswith("module."):
             return (name, name[len("module."):])
         return (name,)
+
+    def structure(self, index: int) -> Any:
+        """The model's coupled channels, traced once per :func:`resolve`."""
+        if self._structure is None:
+            from .structure import build  # noqa: PLC0415  (torch.fx only for group rules)
+
+            if self.example is None:
+                raise TargetError(f"rule {index}: scheme {GROUP_FILTER!r} traces the model to "
+                                  f"find its coupled channels, so it needs an example input "
+                                  f"(resolve(..., example=one batch of real shape))")
+            try:
+                self._structure = build(self.model, self.example)
+            except ConfigError as exc:
+                raise TargetError(f"rule {index}: scheme {GROUP_FILTER!r} needs a model "
+                                  f"torch.fx can trace: {exc}") from None
+        return self._structure
 
     def matches(self, pattern: str, name: str) -> bool:
         return any(fnmatchcase(alias, pattern) for alias in self.aliases(name))
@@ -248,11 +336,13 @@ def _as_list(value: Any, key: str, index: int) -> list[str]:
 
 def _resolve_rule(
     ctx: _Model, index: int, rule: Any, default_scheme: str
-) -> tuple[list[Target], bool]:
+) -> tuple[list[Target | GroupTarget], bool]:
     scheme = check_rule(rule, index, default_scheme=default_scheme)
     types = _rule_types(rule, index)
     names = _select(ctx, index, _as_list(rule.get("layers", "*"), "layers", index), types)
     remove = rule.get("exclude") is True
+    if scheme is None and not remove:
+        return _resolve_group_rule(ctx, index, rule, names), False
     if not remove and rule.get("exclude") not in (None, False):
         kept = _exclude(ctx, index, _as_list(rule["exclude"], "exclude", index), names)
         ctx.notes.update({n: f"excluded by rule {index}" for n in names if n not in kept})
@@ -260,7 +350,8 @@ def _resolve_rule(
     if not names:
         raise TargetError(f"rule {index} selects no layer once 'exclude' is applied")
     if remove:
-        return _targets(ctx, index, scheme, {n: 0.0 for n in names}, check=False), True
+        plain = scheme if scheme is not None else schemes.get("irregular")
+        return _targets(ctx, index, plain, {n: 0.0 for n in names}, check=False), True
     allocation = rule.get("allocation", "uniform")
     if allocation == "global":
         _refuse_fixed_rate(index, scheme)
@@ -280,12 +371,14 @@ def _resolve_rule(
     return found, False
 
 
-def check_rule(rule: Any, index: int = 0, *, default_scheme: str = "irregular") -> Scheme:
+def check_rule(rule: Any, index: int = 0, *,
+               default_scheme: str = "irregular") -> Scheme | None:
     """Check the parts of a rule that need no model (key types, the scheme and its options,
     allocation, clamps, rate values and table names) and return its scheme. A recipe's plan
     runs it on every rule when the file is read, so a typo in the last rule is reported with
     its key (the error's ``key`` is ``(index, key)``) before a model is even built; the same
-    helpers run again in :func:`resolve`, which adds what only the model can tell."""
+    helpers run again in :func:`resolve`, which adds what only the model can tell. A
+    ``group_filter`` rule (a target spanning several parameters, not a scheme) gives None."""
     with within(str(index)):
         if not isinstance(rule, Mapping):
             raise TargetError(f"rule {index} must be a dict, got {type(rule).__name__}")
@@ -297,12 +390,29 @@ def check_rule(rule: Any, index: int = 0, *, default_scheme: str = "irregular") 
             _rule_types(rule, index)
         options = [k for k in rule if k not in RULE_KEYS]
         with within(str(options[0]) if options else "scheme"):  # a typo is an unknown option
-            scheme = _rule_scheme(rule, index, default_scheme)
+            if rule.get("scheme", default_scheme) == GROUP_FILTER:
+                scheme = None
+                if options:
+                    raise TargetError(f"rule {index}: scheme {GROUP_FILTER!r} takes no options "
+                                      f"(it removes whole coupled channels), got "
+                                      f"{sorted(map(str, options))}")
+            else:
+                scheme = _rule_scheme(rule, index, default_scheme)
         allocation = rule.get("allocation", "uniform")
         with within("allocation"):
             if allocation not in ALLOCATIONS:
                 raise TargetError(f"rule {index}: allocation must be one of "
                                   f"{list(ALLOCATIONS)}, got {allocation!r}")
+            if scheme is None and allocation != "uniform":
+                raise TargetError(f"rule {index}: scheme {GROUP_FILTER!r} gives every coupled "
+                                  f"group the rule's rate (allocation: uniform)")
+        if scheme is None and rule.get("exclude") is not True:
+            with within("sparsity"):
+                given = rule.get("sparsity")
+                if given is None or isinstance(given, Mapping | str):
+                    raise TargetError(f"rule {index}: scheme {GROUP_FILTER!r} needs one "
+                                      f"'sparsity' (the fraction of every coupled group's "
+                                      f"removable channels to remove), got {given!r}")
         for key in ("min_sparsity", "max_sparsity"):
             if key in rule:
                 with within(key):
@@ -323,6 +433,38 @@ def check_rule(rule: Any, index: int = 0, *, default_scheme: str = "irregular") 
                 named = f"layer {layers!r}" if isinstance(layers, str) else f"layers {layers!r}"
                 _check_rate(given, f"rule {index}: sparsity of {named}")
     return scheme
+
+
+def _resolve_group_rule(ctx: _Model, index: int, rule: Mapping[str, Any],
+                        names: list[str]) -> list[GroupTarget]:
+    """A ``group_filter`` rule: one target per coupled group with a selected producing
+    layer; a group with an excluded producer is left whole (its channels go together)."""
+    excluded: set[str] = set()
+    if rule.get("exclude") not in (None, False):
+        patterns = _as_list(rule["exclude"], "exclude", index)
+        kept = _exclude(ctx, index, patterns, names)
+        ctx.notes.update({n: f"excluded by rule {index}" for n in names if n not in kept})
+        names = kept
+        excluded = {n for n in ctx.layers if any(ctx.matches(p, n) for p in patterns)}
+    if not names:
+        raise TargetError(f"rule {index} selects no layer once 'exclude' is applied")
+    with within("sparsity"):
+        rate = _check_rate(rule.get("sparsity"), f"rule {index}: sparsity")
+    for name in names:
+        for attr, _ in layer_weights(ctx.layers[name]):
+            _check_values(ctx.layers[name]._parameters[attr],
+                          f"rule {index}: layer {name!r} ({ctx.types[name]})")
+    from .structure.rules import group_targets  # noqa: PLC0415  (torch.fx only here)
+
+    found, notes = group_targets(ctx.structure(index), ctx.model, set(names), excluded, rate)
+    ctx.group_notes.extend(f"rule {index}: {note}" for note in notes)
+    if not found:
+        raise TargetError(f"rule {index}: scheme {GROUP_FILTER!r} finds no removable channel "
+                          f"in the groups of {', '.join(names)}: " + "; ".join(notes))
+    for target in found:
+        for name, param in target.members:
+            _check_values(param, f"rule {index}: {name} (coupled group {target.name})")
+    return found
 
 
 def _named_table(given: Any, index: int) -> Any:
@@ -839,6 +981,8 @@ class ResolveSummary:
     weights: int
     targeted: int
     left_out: tuple[LeftOut, ...]
+    #: what ``group_filter`` rules leave alone and why (fixed channels, untraced layers)
+    notes: tuple[str, ...] = ()
 
     @property
     def left_out_params(self) -> int:
@@ -856,20 +1000,23 @@ class ResolveSummary:
             names = ", ".join(i.name for i in items[:limit])
             more = f" and {len(items) - limit} more" if len(items) > limit else ""
             lines.append(f"  {sum(i.numel for i in items):,} params ({names}{more}): {reason}")
+        lines += [f"  {note}" for note in self.notes]
         return "\n".join(lines)
 
 
 class Targets(list):
-    """What :func:`resolve` returns: the list of :class:`Target` (in model parameter order)
-    with ``summary``, a :class:`ResolveSummary` of the weights the rules leave out."""
+    """What :func:`resolve` returns: the list of :class:`Target` (in model parameter order,
+    then any :class:`~prunekit.group_target.GroupTarget`) with ``summary``, a
+    :class:`ResolveSummary` of the weights the rules leave out."""
 
-    def __init__(self, targets: Sequence[Target], summary: ResolveSummary) -> None:
+    def __init__(self, targets: Sequence[Target | GroupTarget],
+                 summary: ResolveSummary) -> None:
         super().__init__(targets)
         self.summary = summary
 
 
-def _summary(ctx: _Model, targets: Sequence[Target]) -> ResolveSummary:
-    covered = {t.name for t in targets}
+def _summary(ctx: _Model, targets: Sequence[Target | GroupTarget]) -> ResolveSummary:
+    covered = {n for t in targets for n, p in t.members if p.dim() >= 2}
     owners: dict[str, tuple[str, nn.Module, str]] = {}
     for module_name, module in ctx.modules.items():
         for attr, param in module._parameters.items():
@@ -888,7 +1035,7 @@ def _summary(ctx: _Model, targets: Sequence[Target]) -> ResolveSummary:
         else:
             left.append(LeftOut(name, param.numel(), _why_left_out(ctx, module_name, module,
                                                                    attr)))
-    return ResolveSummary(weights, targeted, tuple(left))
+    return ResolveSummary(weights, targeted, tuple(left), tuple(ctx.group_notes))
 
 
 def _why_left_out(ctx: _Model, module_name: str, module: nn.Module, attr: str) -> str:
@@ -908,11 +1055,13 @@ def _why_left_out(ctx: _Model, module_name: str, module: nn.Module, attr: str) -
 
 __all__ = [
     "ALLOCATIONS",
+    "GROUP_FILTER",
     "QKV_GATES",
     "RNN_GATES",
     "RULE_KEYS",
     "SUPPORTED_TYPES",
     "LeftOut",
+    "GroupTarget",
     "ResolveSummary",
     "Target",
     "Targets",

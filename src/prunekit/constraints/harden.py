@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError, PrunekitError, TargetError
+from ..group_target import GROUP_FILTER, GroupTarget
 from ..schemes import Scheme
 from ..schemes.base import split_gates
 from ..schemes.compose import Composite
@@ -89,16 +90,20 @@ def freeze_weight(scheme: Scheme, w: Tensor, sparsity: float | None, *, gates: i
     return Support(keep, {**hints, "scheme": scheme.name})
 
 
-def freeze(model: nn.Module, targets: Iterable[Target], *, mode: str = "snap",
+def freeze(model: nn.Module, targets: Iterable[Target | GroupTarget], *, mode: str = "snap",
            keep: Mapping[str, Tensor] | None = None) -> dict[str, Frozen]:
     """Harden every target: compute all frozen constraints, then write the projected
     weights. Returns ``{parameter name: frozen constraint}``; on any error nothing changed.
 
-    ``keep`` gives extra masks of entries that may stay nonzero (a method's live masks)."""
+    ``keep`` gives extra masks of entries that may stay nonzero (a method's live masks).
+    Coupled groups (:class:`GroupTarget`) give a :class:`Support` for every member
+    (weights, biases, BatchNorm scales and shifts), see :func:`_group_supports`."""
     targets = list(targets)
     params = dict(model.named_parameters())
     frozen: dict[str, Frozen] = {}
-    for target in targets:
+    groups = [t for t in targets if isinstance(t, GroupTarget)]
+    plain = [t for t in targets if not isinstance(t, GroupTarget)]
+    for target in plain:
         if not isinstance(target, Target):
             raise ConfigError(f"freeze expects Target objects (from prunekit.targets.resolve), "
                               f"got {type(target).__name__}")
@@ -111,14 +116,37 @@ def freeze(model: nn.Module, targets: Iterable[Target], *, mode: str = "snap",
         except PrunekitError as exc:
             raise type(exc)(f"target {target.name!r} (scheme {target.scheme_name!r}): "
                             f"{exc}") from None
-    biases = _filter_biases(model, targets, frozen)
+    supports = _group_supports(groups, params, frozen, keep)
+    biases = _filter_biases(model, plain, frozen)
     frozen.update(biases)
+    frozen.update(supports)
     with torch.no_grad():
-        for target in targets:
+        for target in plain:
             frozen[target.name].to(target.param.device).apply_(target.param.data)
-        for name, support in biases.items():
+        for name, support in {**biases, **supports}.items():
             support.to(params[name].device).apply_(params[name].data)
     return frozen
+
+
+def _group_supports(groups: list[GroupTarget], params: Mapping[str, nn.Parameter],
+                    frozen: Mapping[str, Frozen],
+                    keep: Mapping[str, Tensor] | None) -> dict[str, Support]:
+    """One :class:`Support` per parameter the coupled groups touch. Groups are projected
+    in order, each inside the masks of those before it (a layer's rows belong to one
+    group, its columns to another), so every group removes exactly its rate of units."""
+    masks: dict[str, Tensor] = {}
+    for g in groups:
+        for name, param in g.members:
+            if params.get(name) is not param:
+                raise TargetError(f"target {g.name!r}: {name} is not a parameter of this model")
+            if name in frozen:
+                raise TargetError(f"{name} is constrained by target {name!r} and by the "
+                                  f"coupled group {g.name!r}; a weight takes one rule")
+        given = [masks.get(n, None if keep is None else keep.get(n)) for n in g.names]
+        for name, mask in zip(g.names, g.masks(keep=given), strict=True):
+            masks[name] = mask
+    hints = {"scheme": GROUP_FILTER}
+    return {name: Support(mask, hints) for name, mask in masks.items()}
 
 
 def _filter_biases(model: nn.Module, targets: list[Target],
@@ -143,7 +171,7 @@ def _filter_biases(model: nn.Module, targets: list[Target],
     return out
 
 
-def harden(model: nn.Module, targets: Iterable[Target]) -> dict[str, Tensor]:
+def harden(model: nn.Module, targets: Iterable[Target | GroupTarget]) -> dict[str, Tensor]:
     """:func:`freeze`, returning only the masks (``True`` = kept): for loops that need
     nothing but the zeros."""
     return {name: f.mask for name, f in freeze(model, targets).items()}

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
+from ..group_target import GroupTarget
 from ..schemes import check_sparsity
 from ..targets import Target
 from .base import (
@@ -39,7 +40,7 @@ from .base import (
     check_count,
     check_positive,
     check_targets,
-    existing_keep,
+    existing_keeps,
     explicit_rate,
     per_target,
 )
@@ -138,12 +139,18 @@ class ADMM(PruningMethod):
         self._active: list[Target] = self._round_targets(0)
 
         if self.keep_zeros:
-            keep = {t.name: m for t in self.targets if (m := existing_keep(model, t)) is not None}
+            keep = {n: m for t in self.targets for n, m in existing_keeps(model, t).items()}
             if keep:
                 self.set_masks(keep)
         # Allocated once; every later change is in place (flat memory, no shared storage).
-        self.Z = [torch.zeros_like(t.param, memory_format=torch.contiguous_format)
-                  for t in self.targets]
+        # One Z and U per member of each target, in one flat list (one entry per target
+        # unless a coupled group spans several parameters); ``_spans[i]`` indexes target i's.
+        self._spans: list[slice] = []
+        for t in self.targets:
+            start = sum(s.stop - s.start for s in self._spans)
+            self._spans.append(slice(start, start + len(t.members)))
+        self.Z = [torch.zeros_like(p, memory_format=torch.contiguous_format)
+                  for t in self.targets for _, p in t.members]
         self.U = [torch.zeros_like(z) for z in self.Z]
         self._last: dict[str, float] = {}
         self._restart()
@@ -153,9 +160,10 @@ class ADMM(PruningMethod):
         self._follow_devices()
         device = self.targets[0].param.device
         total = self._zero()
-        for t, z, u, rho in zip(self._active, self.Z, self.U, self.rho, strict=True):
-            term = (t.param - z + u).pow(2).sum() * (rho / 2.0)
-            total = total + term.to(device)
+        for t, (zs, us), rho in zip(self._active, self._state(), self.rho, strict=True):
+            for (_, p), z, u in zip(t.members, zs, us, strict=True):
+                term = (p - z + u).pow(2).sum() * (rho / 2.0)
+                total = total + term.to(device)
         return total
 
     def _after_step(self) -> None:
@@ -203,22 +211,26 @@ class ADMM(PruningMethod):
         layers: dict[str, dict[str, float]] = {}
         zeros = total = changed = kept = 0
         weight_norm = 0.0
-        for t, z, u, rho in zip(self._active, self.Z, self.U, self.rho, strict=True):
-            w = t.param.detach()
-            z_new = self._project(t, w + u)
-            dual = rho * float(torch.linalg.vector_norm(z_new - z).item())
-            flips = int(((z_new != 0) != (z != 0)).sum().item())
-            z.copy_(z_new)
+        for t, (zs, us), rho in zip(self._active, self._state(), self.rho, strict=True):
+            ws = [p.detach() for _, p in t.members]
+            z_new = self._project(t, [w + u for w, u in zip(ws, us, strict=True)])
+            dual = rho * _norm([zn - z for zn, z in zip(z_new, zs, strict=True)])
+            flips = sum(int(((zn != 0) != (z != 0)).sum().item())
+                        for zn, z in zip(z_new, zs, strict=True))
+            for z, zn in zip(zs, z_new, strict=True):
+                z.copy_(zn)
             del z_new
-            u.add_(w).sub_(z)
-            primal = float(torch.linalg.vector_norm(w - z).item())
-            norm = float(torch.linalg.vector_norm(w).item())
-            nonzero = int((z != 0).sum().item())
+            for w, z, u in zip(ws, zs, us, strict=True):
+                u.add_(w).sub_(z)
+            primal = _norm([w - z for w, z in zip(ws, zs, strict=True)])
+            norm = _norm(ws)
+            nonzero = sum(int((z != 0).sum().item()) for z in zs)
             layers[t.name] = {"rho": rho, "primal": primal, "dual": dual,
                               "relative_primal": primal / norm if norm > 0 else 0.0,
                               "support_change": flips / max(nonzero, 1)}
-            zeros += z.numel() - nonzero
-            total += z.numel()
+            numel = sum(z.numel() for z in zs)
+            zeros += numel - nonzero
+            total += numel
             changed += flips
             kept += nonzero
             weight_norm += norm
@@ -248,6 +260,17 @@ class ADMM(PruningMethod):
         self._check_converged(record)
         return record
 
+    def _state(self) -> list[tuple[list[Tensor], list[Tensor]]]:
+        """``(Z, U)`` of every target's members, in target order."""
+        return [(self.Z[span], self.U[span]) for span in self._spans]
+
+    def _by_key(self, tensors: list[Tensor]) -> list[tuple[str, Tensor]]:
+        """``(state key, tensor)`` of every member: the target's name for a one-parameter
+        target, ``"group/parameter"`` for a coupled group's members."""
+        keys = [t.name if isinstance(t, Target) else f"{t.name}/{name}"
+                for t in self.targets for name in t.names]
+        return list(zip(keys, tensors, strict=True))
+
     def _check_converged(self, record: Mapping[str, Any]) -> None:
         tolerances = [(k, tol) for k, tol in (("relative_primal", self.tol_primal),
                                               ("support_change", self.tol_support))
@@ -263,27 +286,26 @@ class ADMM(PruningMethod):
     def _in_last_round(self) -> bool:
         return True
 
-    def _project(self, target: Target, v: Tensor) -> Tensor:
-        """``P(v * M) * M`` with the live mask M of ``target`` (plain ``P(v)`` without one)."""
-        mask = None if self.masks is None else self.masks.get(target.name)
-        if mask is None:
-            return target.project(v)
-        mask = mask.to(v.device)
-        return target.project(v * mask).mul_(mask)
+    def _project(self, target: Target | GroupTarget, values: list[Tensor]) -> list[Tensor]:
+        """``P(v * M) * M`` with the live masks M of ``target``'s members (plain ``P(v)``
+        without them), one tensor per member."""
+        keep = None if self.masks is None else [self.masks.get(n) for n in target.names]
+        return target.project_members(values, keep)
 
     @torch.no_grad()
     def _restart(self) -> None:
         """Begin a run (or round): Z = projection of the current weights, U = 0."""
         zeros = total = 0
         primal = weight_norm = 0.0
-        for t, z, u in zip(self._active, self.Z, self.U, strict=True):
-            w = t.param.detach()
-            z.copy_(self._project(t, w))
-            u.zero_()
-            primal += float(torch.linalg.vector_norm(w - z).item())
-            weight_norm += float(torch.linalg.vector_norm(w).item())
-            zeros += int((z == 0).sum().item())
-            total += z.numel()
+        for t, (zs, us) in zip(self._active, self._state(), strict=True):
+            ws = [p.detach() for _, p in t.members]
+            for z, zn, u in zip(zs, self._project(t, ws), us, strict=True):
+                z.copy_(zn)
+                u.zero_()
+            primal += _norm([w - z for w, z in zip(ws, zs, strict=True)])
+            weight_norm += _norm(ws)
+            zeros += sum(int((z == 0).sum().item()) for z in zs)
+            total += sum(z.numel() for z in zs)
         self._last = {"sparsity": zeros / total, "primal": primal, "dual": 0.0,
                       "relative_primal": primal / weight_norm if weight_norm > 0 else 0.0,
                       "support_change": 0.0}
@@ -299,7 +321,8 @@ class ADMM(PruningMethod):
             if self.rho_max is not None:
                 new = min(new, self.rho_max)
             if new != old and self.rescale_dual:
-                self.U[i].mul_(old / new)
+                for u in self.U[self._spans[i]]:
+                    u.mul_(old / new)
             self.rho[i] = new
 
     def _rho_factor(self, stats: Mapping[str, float]) -> float:
@@ -327,16 +350,17 @@ class ADMM(PruningMethod):
 
     def _follow_devices(self) -> None:
         """Keep Z/U on each weight's device if the model was moved after construction."""
-        for i, t in enumerate(self.targets):
-            if self.Z[i].device != t.param.device:
-                self.Z[i] = self.Z[i].to(t.param.device)
-                self.U[i] = self.U[i].to(t.param.device)
+        params = [p for t in self.targets for _, p in t.members]
+        for j, p in enumerate(params):
+            if self.Z[j].device != p.device:
+                self.Z[j] = self.Z[j].to(p.device)
+                self.U[j] = self.U[j].to(p.device)
 
     # ------------------------------------------------------------------- state
     def _extra_state(self) -> dict[str, Any]:
         return {
-            "Z": {t.name: z.clone() for t, z in zip(self.targets, self.Z, strict=True)},
-            "U": {t.name: u.clone() for t, u in zip(self.targets, self.U, strict=True)},
+            "Z": {k: z.clone() for k, z in self._by_key(self.Z)},
+            "U": {k: u.clone() for k, u in self._by_key(self.U)},
             "rho": list(self.rho),
             "updates": self.updates,
             "round": self.round,
@@ -356,9 +380,13 @@ class ADMM(PruningMethod):
             raise ConfigError(f"state has {len(rho)} rho values for {len(self.targets)} targets")
         self.round = int(state["round"])
         self._active = self._round_targets(self.round)
-        for t, z, u in zip(self.targets, self.Z, self.U, strict=True):
-            z.copy_(self._check_shape("Z", t, state["Z"][t.name]))
-            u.copy_(self._check_shape("U", t, state["U"][t.name]))
+        for (key, z), (_, u) in zip(self._by_key(self.Z), self._by_key(self.U), strict=True):
+            for what, mine in (("Z", z), ("U", u)):
+                saved = state[what].get(key)
+                if not isinstance(saved, Tensor) or saved.shape != mine.shape:
+                    raise ConfigError(f"state {what} for {key!r} is missing or has the wrong "
+                                      f"shape (expected {tuple(mine.shape)})")
+                mine.copy_(saved)
         self.rho = rho
         self.updates = int(state["updates"])
         self.round_updates = int(state["round_updates"])
@@ -470,6 +498,12 @@ def admm_option_names() -> list[str]:
 
     params = inspect.signature(ADMM.__init__).parameters
     return [n for n in params if n not in ("self", "model", "targets")]
+
+
+def _norm(tensors: Sequence[Tensor]) -> float:
+    """L2 norm of several tensors taken together (of one: exactly its ``vector_norm``)."""
+    norms = [float(torch.linalg.vector_norm(t).item()) for t in tensors]
+    return norms[0] if len(norms) == 1 else math.sqrt(math.fsum(n * n for n in norms))
 
 
 def _check_bool(value: Any, what: str) -> bool:

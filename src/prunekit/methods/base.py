@@ -34,6 +34,7 @@ from torch import Tensor, nn
 
 from ..constraints import Frozen, MaskEnforcer, freeze, from_state
 from ..errors import ConfigError, TargetError
+from ..group_target import GroupTarget
 from ..targets import Target
 
 UNITS = ("epoch", "step")
@@ -91,11 +92,14 @@ def per_target(
     return out
 
 
-def check_targets(model: nn.Module, targets: Iterable[Target]) -> list[Target]:
-    """The targets as a list, each a parameter of ``model``, no parameter twice."""
+def check_targets(model: nn.Module, targets: Iterable[Target | GroupTarget]
+                  ) -> list[Target | GroupTarget]:
+    """The targets as a list, each a parameter of ``model`` (a coupled group: each of its
+    members), no parameter twice; coupled groups may share parameters with each other (a
+    layer's rows in one group, its columns in another), never with a plain target."""
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if isinstance(targets, Target):
+    if isinstance(targets, (Target, GroupTarget)):
         targets = [targets]
     try:
         found = list(targets)
@@ -107,17 +111,28 @@ def check_targets(model: nn.Module, targets: Iterable[Target]) -> list[Target]:
         raise ConfigError("targets is empty: nothing to prune (check the target rules)")
     params = dict(model.named_parameters())
     seen: set[str] = set()
+    in_groups: dict[str, str] = {}
     for t in found:
-        if not isinstance(t, Target):
+        if not isinstance(t, (Target, GroupTarget)):
             raise ConfigError(f"targets must be prunekit Target objects, got {type(t).__name__}")
-        if params.get(t.name) is not t.param:
-            raise TargetError(f"target {t.name!r} is not a parameter of this model")
-        if t.param.is_meta:  # a method starts from the weights' values
-            raise TargetError(f"target {t.name!r} is on the meta device, which holds shapes "
-                              f"but no values; build or load real weights first")
+        for name, param in t.members:
+            if params.get(name) is not param:
+                raise TargetError(f"target {t.name!r} is not a parameter of this model"
+                                  if isinstance(t, Target) else
+                                  f"{name} of coupled group {t.name!r} is not a parameter of "
+                                  f"this model")
+            if param.is_meta:  # a method starts from the weights' values
+                raise TargetError(f"target {name!r} is on the meta device, which holds shapes "
+                                  f"but no values; build or load real weights first")
         if t.name in seen:
             raise TargetError(f"target {t.name!r} is listed twice")
         seen.add(t.name)
+        if isinstance(t, GroupTarget):
+            in_groups.update({n: t.name for n in t.names})
+    for t in found:
+        if isinstance(t, Target) and t.name in in_groups:
+            raise TargetError(f"target {t.name!r} is also a member of the coupled group "
+                              f"{in_groups[t.name]!r}; a weight takes one rule")
     return found
 
 
@@ -147,6 +162,31 @@ def existing_keep(model: nn.Module, target: Target) -> Tensor | None:
     return None if bool(keep.all()) else keep
 
 
+def existing_keeps(model: nn.Module, target: Target | GroupTarget) -> dict[str, Tensor]:
+    """:func:`existing_keep` of every member with a zero. A coupled group reads only its
+    weights (two or more dims): a bias or a BatchNorm shift is often zero from its
+    initialisation, which says nothing about what was pruned."""
+    if isinstance(target, Target):
+        keep = existing_keep(model, target)
+        return {} if keep is None else {target.name: keep}
+    out = {}
+    with torch.no_grad():
+        for name, param in target.members:
+            keep = param.detach() != 0
+            if param.dim() >= 2 and not bool(keep.all()):
+                out[name] = keep
+    return out
+
+
+def member_params(targets: Iterable[Target | GroupTarget]) -> list[Tensor]:
+    """Every parameter the targets constrain, once each."""
+    seen: dict[int, Tensor] = {}
+    for t in targets:
+        for _, p in t.members:
+            seen.setdefault(id(p), p)
+    return list(seen.values())
+
+
 def zero_fraction(tensors: Iterable[Tensor]) -> float:
     """Fraction of exact zeros over all ``tensors`` together."""
     zeros = total = 0
@@ -163,9 +203,9 @@ class PruningMethod:
 
     name = "method"
 
-    def __init__(self, model: nn.Module, targets: Iterable[Target]) -> None:
+    def __init__(self, model: nn.Module, targets: Iterable[Target | GroupTarget]) -> None:
         self.model = model
-        self.targets: list[Target] = check_targets(model, targets)
+        self.targets: list[Target | GroupTarget] = check_targets(model, targets)
         self.epoch = 0  # completed epochs (end_epoch calls)
         self.step = 0  # completed optimizer steps (after_step calls)
         self.history: list[dict[str, Any]] = []
@@ -211,7 +251,7 @@ class PruningMethod:
         """:meth:`freeze`, returning ``{param name: bool mask}`` (True = kept)."""
         return {name: c.mask for name, c in self.freeze().items()}
 
-    def harden_targets(self) -> list[Target]:
+    def harden_targets(self) -> list[Target | GroupTarget]:
         """The targets (with the rates) :meth:`harden` projects onto."""
         return self.targets
 
@@ -233,7 +273,7 @@ class PruningMethod:
 
     def progress(self) -> dict[str, float]:
         """Numbers for a progress bar: here the fraction of exact zeros in the targets."""
-        return {"sparsity": zero_fraction(t.param for t in self.targets)}
+        return {"sparsity": zero_fraction(member_params(self.targets))}
 
     # ------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
@@ -290,7 +330,7 @@ class PruningMethod:
         self.constraints = self._enforcer.constraints if frozen else None
         self.masks = self._enforcer.masks
 
-    def _harden(self, targets: list[Target]) -> dict[str, Tensor]:
+    def _harden(self, targets: list[Target | GroupTarget]) -> dict[str, Tensor]:
         """Hard-prune ``targets`` inside the live masks; returns the masks (rounds of
         progressive and gradual schedules, which go on pruning afterwards)."""
         return {n: c.mask for n, c in freeze(self.model, targets, keep=self.masks).items()}

@@ -92,9 +92,10 @@ class Reweighted(PruningMethod):
         now (0 once the weights already satisfy every constraint)."""
         cut = kept = 0.0
         for t in self.targets:
-            w = t.param.detach()
-            cut += float((w - t.project()).pow(2).sum().item())
-            kept += float(w.pow(2).sum().item())
+            for (_, p), projected in zip(t.members, t.project_members(), strict=True):
+                w = p.detach()
+                cut += float((w - projected).pow(2).sum().item())
+                kept += float(w.pow(2).sum().item())
         return cut / kept if kept > 0 else 0.0
 
     def progress(self) -> dict[str, float]:

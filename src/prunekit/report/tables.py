@@ -159,6 +159,9 @@ def render_markdown(report: Mapping[str, Any], plots: Sequence[str] = ()) -> str
     convergence = convergence_line(report.get("prune_updates"))
     if convergence:
         parts += ["## Convergence", "", convergence, ""]
+    notes = (report.get("extra") or {}).get("prune_notes")
+    if notes:  # what group_filter rules could not remove, by layer and reason
+        parts += ["## Channels kept", "", *[f"- {note}" for note in notes], ""]
     if plots:
         parts += ["## Plots", ""]
         for name in plots:
