@@ -8,7 +8,10 @@
   (biases and BatchNorm included) that keep the removed channels exactly zero, so
   :func:`prunekit.compile` can shrink the layers without changing the outputs;
 - :func:`drop_dead_channels` zeroes the channels pruning left dead (a row nothing reads, a
-  filter that makes only zeros) and tightens the constraints, so files store none of them.
+  filter that makes only zeros) and tightens the constraints, so files store none of them;
+- :mod:`.rules` turns a ``group_filter`` target rule into one
+  :class:`~prunekit.group_target.GroupTarget` per coupled group, so every pruning method
+  can drive whole groups to zero (:func:`prunekit.targets.resolve` calls it).
 """
 
 from .dead import Dropped, dead_channel_counts, dead_units, drop_dead_channels
