@@ -289,12 +289,15 @@ def recipe_text(method: str = "admm", options: str = "  rho: 0.01\n") -> str:
     return RECIPE.format(module="group_models", method=method, options=options)
 
 
-@pytest.mark.parametrize("method, options", [("admm", "  rho: 0.01\n"),
-                                             ("gradual", "  end_epoch: 1\n")])
+@pytest.mark.parametrize("method, options, more", [
+    ("admm", "  rho: 0.01\n", ""),
+    ("gradual", "  end_epoch: 1\n", ""),
+    ("admm", "  rho: 0.01\n", "quantize: {method: ptq, bits: 6}\n"),  # quantized inside
+])
 def test_recipe_runs_to_a_model_file_that_loads_and_shrinks_with_equal_outputs(
-        tmp_path, method, options):
+        tmp_path, method, options, more):
     lines: list[str] = []
-    recipe = load_recipe(text=recipe_text(method, options))
+    recipe = load_recipe(text=recipe_text(method, options) + more)
     report = run_recipe(recipe, tmp_path / "run", progress=False, echo=lines.append)
     assert any("fc: 4 of 4 channels kept: the channel reaches the model's output" in line
                for line in lines)
@@ -302,7 +305,8 @@ def test_recipe_runs_to_a_model_file_that_loads_and_shrinks_with_equal_outputs(
     assert "## Channels kept" in (tmp_path / "run" / "report.md").read_text()
     loaded = artifacts.load(tmp_path / "run" / "model.pkz", model=build())
     stage = build()
-    artifacts.load_stage(tmp_path / "run" / "retrained.pt", "retrain", stage)
+    last, path = ("quantize", "quantized.pt") if more else ("retrain", "retrained.pt")
+    artifacts.load_stage(tmp_path / "run" / path, last, stage)
     x = torch.randn(8, 1, 8, 8, generator=torch.Generator().manual_seed(3))
     model = loaded.model.eval()
     with torch.no_grad():
