@@ -39,7 +39,8 @@ PLAN_VERSION = 1
 
 #: settings a pruning or retraining stage takes from the recipe's ``train`` section; the
 #: optimizer and schedule are the stage's own (an Adam stage must not inherit SGD's nesterov)
-INHERITED = ("seed", "device", "progress", "label_smoothing", "grad_clip", "on_nan")
+INHERITED = ("seed", "device", "progress", "label_smoothing", "grad_clip", "on_nan",
+             "memory_format")
 
 #: methods of the ``quantize`` section, and the keys of its ``retrain`` that are not
 #: training settings (how quantized retraining moves weights between levels)

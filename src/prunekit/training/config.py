@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
+from .layout import MEMORY_FORMATS
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("cosine", "step", "constant")
@@ -23,7 +24,7 @@ SCHEDULES = ("cosine", "step", "constant")
 _INT_KEYS = ("epochs", "warmup_epochs", "seed")
 _FLOAT_KEYS = ("lr", "momentum", "weight_decay", "gamma", "label_smoothing")
 _BOOL_KEYS = ("nesterov", "progress")
-_STR_KEYS = ("optimizer", "schedule", "device", "on_nan")
+_STR_KEYS = ("optimizer", "schedule", "device", "on_nan", "memory_format")
 #: what a non-finite loss does: stop the run (naming stage, epoch and step), or skip the batch
 ON_NAN = ("stop", "skip_batch")
 
@@ -40,6 +41,9 @@ class TrainConfig:
     ``device`` is a torch device string or ``"auto"`` (CUDA when available). ``on_nan``:
     a NaN or inf loss stops the run (``"stop"``, keeping the last checkpoint) or leaves
     that batch out (``"skip_batch"``, counted in the history as ``skipped_batches``).
+    ``memory_format``: the layout of conv weights while training (see :mod:`.layout`):
+    ``"auto"`` (channels-last for 2-D convs on the CPU), ``"channels_last"`` or
+    ``"contiguous"``; it changes speed and float rounding, never what is computed.
     """
 
     epochs: int = 10
@@ -59,6 +63,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     grad_clip: float | None = None
     on_nan: str = "stop"
+    memory_format: str = "auto"
 
     def __post_init__(self) -> None:
         for key in _INT_KEYS:
@@ -106,6 +111,8 @@ class TrainConfig:
         _check_device(self.device)
         _require(self.on_nan in ON_NAN, "on_nan",
                  f"must be one of {', '.join(ON_NAN)}, got {self.on_nan!r}")
+        _require(self.memory_format in MEMORY_FORMATS, "memory_format",
+                 f"must be one of {', '.join(MEMORY_FORMATS)}, got {self.memory_format!r}")
 
     def _check_step_options(self) -> None:
         _require(self.step_size is None or self.step_size >= 1, "step_size",

@@ -43,6 +43,7 @@ from ..errors import ConfigError, DataError, PrunekitError
 from ..io import CorruptFileError, load_checkpoint, save_checkpoint, set_aside
 from . import distributed
 from .config import TrainConfig
+from .layout import training_layout
 from .optim import build_optimizer, build_scheduler
 from .plugins import FunctionPlugin, PluginSet, check_plain
 from .seeding import seed_epoch
@@ -52,7 +53,7 @@ _CHECKPOINT_KEYS = ("format", "stage", "epoch", "model", "optimizer", "scheduler
 # Options that change how a run is shown or where it runs, not what it computes.
 # ``on_nan`` too: after a run stopped on a NaN, resuming with ``on_nan: skip_batch`` is the
 # usual way on.
-_RESUME_FREE_KEYS = ("progress", "device", "on_nan")
+_RESUME_FREE_KEYS = ("progress", "device", "on_nan", "memory_format")
 _HOOKS = ("penalty", "after_step", "end_epoch", "state_dict", "load_state_dict", "progress")
 
 
@@ -285,16 +286,17 @@ class Trainer:
                 raise ConfigError("fit(resume=True) needs a checkpoint_path")
             if distributed.rank0_says(self.checkpoint_path.exists()):
                 self._resume_from(self.checkpoint_path)
-        for epoch in range(self.epoch, self.config.epochs):
-            if self._stop_requested():
-                break
-            record = self._run_epoch(epoch)
-            self.history.append(record)
-            self.epoch = epoch + 1
-            if self.checkpoint_path is not None and distributed.is_main():
-                self.save(self.checkpoint_path)
-            if self.log is not None:
-                self.log(dict(record))
+        with training_layout(self.model, self.config.memory_format, self.device):
+            for epoch in range(self.epoch, self.config.epochs):
+                if self._stop_requested():
+                    break
+                record = self._run_epoch(epoch)
+                self.history.append(record)
+                self.epoch = epoch + 1
+                if self.checkpoint_path is not None and distributed.is_main():
+                    self.save(self.checkpoint_path)
+                if self.log is not None:
+                    self.log(dict(record))
         return [dict(r) for r in self.history]
 
     def _resume_from(self, path: Path) -> None:
