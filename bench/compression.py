@@ -80,16 +80,18 @@ def rule(scheme: str, ratio: float) -> dict[str, Any]:
 
 
 def branch_overrides(dense: Path, prune: dict[str, Any], retrain_epochs: int,
-                     seed: int | None = None) -> list[str]:
+                     seed: int | None = None, retrain: dict[str, Any] | None = None) -> list[str]:
     """Recipe overrides for one run from the dense checkpoint: the prune section as given,
-    masked retraining with the shared Adam settings (and the seed when given)."""
+    masked retraining with the shared Adam settings changed by ``retrain`` (and the seed
+    when given)."""
     overrides = [
         f"model.checkpoint={dense}",
         "train.epochs=0",
         "train.progress=false",
         f"prune={json.dumps(prune)}",
         "retrain=" + json.dumps({**ADAM, "lr": 5e-4, "schedule": "cosine",
-                                 "epochs": retrain_epochs, "progress": False}),
+                                 "epochs": retrain_epochs, "progress": False,
+                                 **(retrain or {})}),
     ]
     return overrides if seed is None else [*overrides, f"seed={seed}"]
 

@@ -24,6 +24,7 @@ completes before the next starts.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import json
 import os
@@ -78,14 +79,20 @@ STEPS_PER_EPOCH = 469  # 60,000 images in batches of 128
 # gets about 100x less pull per weight at the same lam: "group" (lam 1.5e-3) matches the
 # irregular pull per weight on fc1's blocks, "group_strong" is 3x that.
 #
+# "distill" (ADMM: the geometric schedule; gradual magnitude: its constant one) trains the
+# pruning and the retraining stages with distillation from the dense model (weight 0.7,
+# temperature 4: prunekit.training.distill), the same for both methods.
+#
 # Gradual magnitude: "constant" is the shared Adam 1e-3 at a constant rate while pruning;
 # "cosine" anneals that rate over the pruning epochs (Zhu and Gupta prune while the rate
 # decays), a check that the long budget does not handicap GMP.
+_GEOMETRIC = {"rho_schedule": "geometric", "rho_growth": 1.3, "update_every": 1}
+_DISTILL = {"distill": 0.7, "distill_temperature": 4.0}
 _SUPPORT = {"rho_schedule": "support", "update_unit": "step",
             "update_every": STEPS_PER_EPOCH // 4}
 VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
     "admm": {
-        "geometric": {"rho_schedule": "geometric", "rho_growth": 1.3, "update_every": 1},
+        "geometric": _GEOMETRIC,
         "restart": {"rho_schedule": "geometric", "rho_growth": 1.3, "update_every": 1,
                     "reset_lr": True, "stage_every": 1},
         "support": _SUPPORT,
@@ -96,13 +103,15 @@ VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
         "support_cosine": {**_SUPPORT, "train": {"schedule": "cosine"}},
         "progressive2": {**_SUPPORT, "rounds": 2},
         "progressive4": {**_SUPPORT, "rounds": 4},
+        "distill": {**_GEOMETRIC, "train": _DISTILL, "retrain": _DISTILL},
     },
     "reweighted": {
         "irregular": {"lam": 2e-5, "eps": 1e-3, "reweight_every": 1},
         "group": {"lam": 1.5e-3, "eps": 1e-3, "reweight_every": 1},
         "group_strong": {"lam": 4.5e-3, "eps": 1e-3, "reweight_every": 1},
     },
-    "gradual": {"constant": {}, "cosine": {"train": {"schedule": "cosine"}}},
+    "gradual": {"constant": {}, "cosine": {"train": {"schedule": "cosine"}},
+                "distill": {"train": _DISTILL, "retrain": _DISTILL}},
     "magnitude": {"oneshot": {}},
 }
 BEST = {"admm": "geometric", "reweighted": "irregular", "gradual": "constant",
@@ -122,10 +131,17 @@ def method_name(method: str) -> str:
     return f"{name}:{variant}" if name == "admm" or variant != BEST[name] else name
 
 
+def retrain_changes(method: str) -> dict[str, Any]:
+    """What a setting changes in the shared retraining stage (its ``retrain`` key)."""
+    name, _, variant = method.partition(":")
+    return dict(VARIANTS[name][variant or BEST[name]].get("retrain", {}))
+
+
 def prune_section(method: str, budget: int) -> tuple[dict[str, Any], int]:
     """The prune section of one method and the epochs it spends pruning."""
     name, _, variant = method.partition(":")
     options = dict(VARIANTS[name][variant or BEST[name]])
+    options.pop("retrain", None)
     fraction = options.pop("prune_fraction", PRUNE_FRACTION)
     train = {**ADAM, **options.pop("train", {})}
     prune_epochs = 0 if name == "magnitude" else max(1, round(budget * fraction))
@@ -152,20 +168,37 @@ def case_rule(scheme: str, ratio: int) -> dict[str, Any]:
     return rule(scheme, ratio)
 
 
+#: the label of the rows measured before rows named their dense model (its file is gone)
+FIRST_DENSE = "d0"
+
+
+def dense_label(path: Path = DENSE) -> str:
+    """Which dense model a row starts from: rows compare only within one (two dense
+    trainings of the same recipe differ by a few tenths of a point)."""
+    return "d-" + hashlib.sha256(path.read_bytes()).hexdigest()[:10]
+
+
+def dense_of(row: dict[str, Any]) -> str:
+    return row.get("dense_model", FIRST_DENSE)
+
+
 def run_one(method: str, scheme: str, ratio: int, budget: int, seed: int,
             runs: Path = RUNS) -> dict[str, Any]:
     prune, prune_epochs = prune_section(method, budget)
     retrain_epochs = budget - prune_epochs
     prune["targets"] = [case_rule(scheme, ratio)]
-    overrides = branch_overrides(DENSE, prune, retrain_epochs, seed)
-    out = runs / f"{method.replace(':', '-')}-{scheme}-{ratio}x-{budget}e-seed{seed}"
+    overrides = branch_overrides(DENSE, prune, retrain_epochs, seed, retrain_changes(method))
+    dense = dense_label()
+    out = runs / dense / f"{method.replace(':', '-')}-{scheme}-{ratio}x-{budget}e-seed{seed}"
     start = time.perf_counter()
     report = run_recipe(load_recipe(RECIPE, overrides), out, resume=True, progress=False,
                         echo=lambda *_: None)
     return {
         "method": method, "scheme": scheme, "target_ratio": ratio, "epochs": budget,
-        "seed": seed, "prune_epochs": prune_epochs, "retrain_epochs": retrain_epochs,
+        "seed": seed, "dense_model": dense, "prune_epochs": prune_epochs,
+        "retrain_epochs": retrain_epochs,
         "options": {k: v for k, v in prune.items() if k != "targets"},
+        **({"retrain_changes": retrain_changes(method)} if retrain_changes(method) else {}),
         "load_average": os.getloadavg()[0],
         "ratio": report["compression_ratio_weights"],
         "accuracy": report["accuracy"]["compressed"],
@@ -184,7 +217,8 @@ def _last_prune(report: dict[str, Any], key: str) -> float | None:
 
 
 def key(row: dict[str, Any]) -> tuple:
-    return (row["method"], row["scheme"], row["target_ratio"], row["epochs"], row["seed"])
+    return (dense_of(row), row["method"], row["scheme"], row["target_ratio"], row["epochs"],
+            row["seed"])
 
 
 def plan(methods: list[str], budgets: list[int], seeds: list[int],
@@ -196,14 +230,16 @@ def plan(methods: list[str], budgets: list[int], seeds: list[int],
 
 # --------------------------------------------------------------------------- results
 def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One line per (case, budget, method): mean, both seeds, spread (max - min)."""
+    """One line per (dense model, case, budget, method): mean, both seeds, spread."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for r in rows:
-        groups.setdefault((r["scheme"], r["target_ratio"], r["epochs"], r["method"]), []).append(r)
+        groups.setdefault((dense_of(r), r["scheme"], r["target_ratio"], r["epochs"],
+                           r["method"]), []).append(r)
     lines = []
-    for (scheme, ratio, epochs, method), rs in sorted(groups.items()):
+    for (dense, scheme, ratio, epochs, method), rs in sorted(groups.items()):
         acc = [100 * r["accuracy"] for r in sorted(rs, key=lambda r: r["seed"])]
-        lines.append({"scheme": scheme, "target_ratio": ratio, "epochs": epochs,
+        lines.append({"dense_model": dense, "scheme": scheme, "target_ratio": ratio,
+                      "epochs": epochs,
                       "method": method, "seeds": [r["seed"] for r in rs], "accuracy": acc,
                       "mean": statistics.fmean(acc), "spread": max(acc) - min(acc),
                       "dense": 100 * rs[0]["dense_accuracy"],
@@ -212,45 +248,50 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def verdicts(lines: list[dict[str, Any]]) -> list[str]:
-    """Per case and budget: does the best of ADMM/reweighted beat GMP by more than the
-    larger of the two seed spreads?"""
+    """Per dense model, case and budget: does the best of ADMM/reweighted beat the best
+    gradual magnitude setting by more than the larger of the two seed spreads?"""
     out = []
-    cases = sorted({(x["scheme"], x["target_ratio"], x["epochs"]) for x in lines})
-    for scheme, ratio, epochs in cases:
-        here = {x["method"]: x for x in lines
-                if (x["scheme"], x["target_ratio"], x["epochs"]) == (scheme, ratio, epochs)}
-        ours = [x for m, x in here.items() if m.split(":")[0] in ("admm", "reweighted")
-                and len(x["seeds"]) > 1]
-        gmp = here.get("gradual")
-        if not ours or gmp is None or len(gmp["seeds"]) < 2:
+    cases = sorted({(x["dense_model"], x["scheme"], x["target_ratio"], x["epochs"])
+                    for x in lines})
+    for case in cases:
+        dense, scheme, ratio, epochs = case
+        here = [x for x in lines if len(x["seeds"]) > 1 and
+                (x["dense_model"], x["scheme"], x["target_ratio"], x["epochs"]) == case]
+        ours = [x for x in here if x["method"].split(":")[0] in ("admm", "reweighted")]
+        gmps = [x for x in here if x["method"].split(":")[0] == "gradual"]
+        if not ours or not gmps:
             continue
         best = max(ours, key=lambda x: x["mean"])
+        gmp = max(gmps, key=lambda x: x["mean"])
         margin = best["mean"] - gmp["mean"]
         spread = max(best["spread"], gmp["spread"])
         word = "beats" if margin > spread else "does not beat"
-        out.append(f"- {scheme} {ratio}x, {epochs} epochs: {best['method']} "
-                   f"{best['mean']:.2f} vs GMP {gmp['mean']:.2f} (margin {margin:+.2f}, "
-                   f"seed spread {spread:.2f}): {word} GMP; "
+        out.append(f"- {scheme} {ratio}x, {epochs} epochs ({dense}): {best['method']} "
+                   f"{best['mean']:.2f} vs {gmp['method']} {gmp['mean']:.2f} (margin "
+                   f"{margin:+.2f}, seed spread {spread:.2f}): {word} GMP; "
                    f"{best['mean'] - best['dense']:+.2f} vs dense")
     return out
 
 
 def write_results(rows: list[dict[str, Any]]) -> None:
-    rows.sort(key=lambda r: (r["epochs"], r["scheme"], r["target_ratio"], r["method"],
-                             r["seed"]))
+    rows.sort(key=lambda r: (dense_of(r), r["epochs"], r["scheme"], r["target_ratio"],
+                             r["method"], r["seed"]))
     write_json(JSON, rows)
     lines = summarize(rows)
-    table = ["| scheme | target | epochs | method | mean (%) | seeds (%) | spread | vs dense |"
-             " measured ratio |", "|---|---|---|---|---|---|---|---|---|"]
+    table = ["| dense model | scheme | target | epochs | method | mean (%) | seeds (%) | spread |"
+             " vs dense | measured ratio |", "|---|---|---|---|---|---|---|---|---|---|"]
     for x in lines:
         table.append(
-            f"| {x['scheme']} | {x['target_ratio']}x | {x['epochs']} | {x['method']} | "
+            f"| {x['dense_model']} ({x['dense']:.2f}%) | {x['scheme']} | {x['target_ratio']}x "
+            f"| {x['epochs']} | {x['method']} | "
             f"{x['mean']:.2f} | {', '.join(f'{a:.2f}' for a in x['accuracy'])} | "
             f"{x['spread']:.2f} | {x['mean'] - x['dense']:+.2f} | {x['ratio']:.1f}x |")
     atomic_write_text(
         RESULTS / "compression_seeds.md",
         header("ADMM and reweighted vs gradual magnitude: equal budgets, two seeds")
-        + "\nSame dense LeNet-5 (Fashion-MNIST) for every row. `epochs` = epochs after the "
+        + "\nLeNet-5 on Fashion-MNIST. Rows compare only within one dense model (`dense "
+        "model`: the first 10 hex digits of its file's SHA-256; `" + FIRST_DENSE + "` is the "
+        "model of the first rows, whose file was not kept). `epochs` = epochs after the "
         "dense model; ADMM, reweighted and gradual magnitude prune for 2/3 of them and "
         "retrain inside the masks for the rest, one-shot magnitude retrains for all of them. "
         "`METHOD:NAME` rows use the settings NAME of `VARIANTS` in the script (ADMM rows always "
@@ -266,23 +307,21 @@ def write_results(rows: list[dict[str, Any]]) -> None:
 
 
 def _plot(lines: list[dict[str, Any]]) -> None:
-    cases = sorted({(x["scheme"], x["target_ratio"]) for x in lines})
+    cases = sorted({(x["dense_model"], x["scheme"], x["target_ratio"]) for x in lines})
     fig, axes = plt.subplots(1, max(len(cases), 1), figsize=(5 * max(len(cases), 1), 4),
                              squeeze=False)
     methods = sorted({x["method"] for x in lines})
-    for ax, (scheme, ratio) in zip(axes[0], cases, strict=False):
+    for ax, case in zip(axes[0], cases, strict=False):
+        here = [x for x in lines if (x["dense_model"], x["scheme"], x["target_ratio"]) == case]
         for i, method in enumerate(methods):
-            pts = sorted((x["epochs"], x["mean"], x["spread"]) for x in lines
-                         if (x["scheme"], x["target_ratio"], x["method"]) == (scheme, ratio,
-                                                                               method))
+            pts = sorted((x["epochs"], x["mean"], x["spread"]) for x in here
+                         if x["method"] == method)
             if pts:
                 e, m, s = zip(*pts, strict=True)
                 ax.errorbar([v + 0.3 * i for v in e], m, yerr=[v / 2 for v in s],
                             marker="o", capsize=3, label=method)
-        dense = [x["dense"] for x in lines if (x["scheme"], x["target_ratio"]) == (scheme, ratio)]
-        if dense:
-            ax.axhline(dense[0], color="grey", linestyle="--", label="dense")
-        ax.set_title(f"{scheme} {ratio}x")
+        ax.axhline(here[0]["dense"], color="grey", linestyle="--", label="dense")
+        ax.set_title(f"{case[1]} {case[2]}x, dense {case[0]}")
         ax.set_xlabel("epochs after dense")
         ax.set_ylabel("test accuracy (%), mean of seeds")
         ax.grid(alpha=0.3)

@@ -85,6 +85,7 @@ class Run:
         self.progress = progress
         self.echo = echo
         self.report: dict[str, Any] | None = None
+        self._teacher: nn.Module | None = None
 
     # ------------------------------------------------------------------ setup
     def data_options(self) -> dict[str, Any]:
@@ -134,7 +135,18 @@ class Run:
                 plugins: list[Any]) -> Trainer:
         config.progress = self.progress and config.progress
         return Trainer(model, config, self.train_loader, self.test_loader, plugins=plugins,
-                       checkpoint_path=self.out / "ckpt" / f"{stage}.pt", stage=stage)
+                       checkpoint_path=self.out / "ckpt" / f"{stage}.pt", stage=stage,
+                       teacher=self.teacher() if config.distill > 0 else None)
+
+    def teacher(self) -> nn.Module:
+        """The dense model (``dense.pt``, written by the dense stage before any stage that
+        distills), the teacher of a stage with the train option ``distill``."""
+        if self._teacher is None:
+            teacher = self.build_model()
+            teacher.load_state_dict(load_checkpoint(self.out / "dense.pt",
+                                                    verified=True)["state_dict"])
+            self._teacher = teacher
+        return self._teacher
 
     def stages(self) -> list[Stage]:
         """The stages this recipe asks for, in order."""

@@ -467,6 +467,11 @@ class Plan:
                               "the prune section, which this recipe does not have "
                               "(remove it, or add prune)", key=("retrain",))
         self.trains = {where: self._stage_train(where) for where in self.training_stages()}
+        if self.trains[("train",)].distill > 0:
+            raise ConfigError("dense training has no teacher to distill from: set distill in "
+                              "a later stage (prune.train, retrain, quantize.train or "
+                              "quantize.retrain), whose teacher is the dense model",
+                              key=("train", "distill"))
 
     def training_stages(self) -> list[tuple[str, ...]]:
         """Where each training stage's settings live, in the order the stages run."""

@@ -22,7 +22,8 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("cosine", "step", "constant")
 
 _INT_KEYS = ("epochs", "warmup_epochs", "seed")
-_FLOAT_KEYS = ("lr", "momentum", "weight_decay", "gamma", "label_smoothing")
+_FLOAT_KEYS = ("lr", "momentum", "weight_decay", "gamma", "label_smoothing", "distill",
+               "distill_temperature")
 _BOOL_KEYS = ("nesterov", "progress")
 _STR_KEYS = ("optimizer", "schedule", "device", "on_nan", "memory_format")
 #: what a non-finite loss does: stop the run (naming stage, epoch and step), or skip the batch
@@ -44,6 +45,9 @@ class TrainConfig:
     ``memory_format``: the layout of conv weights while training (see :mod:`.layout`):
     ``"auto"`` (channels-last for 2-D convs on the CPU), ``"channels_last"`` or
     ``"contiguous"``; it changes speed and float rounding, never what is computed.
+    ``distill``: the weight in [0, 1] of distillation from a teacher (the dense model in a
+    recipe's later stages, see :mod:`.distill`) at ``distill_temperature``; 0 trains on the
+    labels alone.
     """
 
     epochs: int = 10
@@ -64,6 +68,8 @@ class TrainConfig:
     grad_clip: float | None = None
     on_nan: str = "stop"
     memory_format: str = "auto"
+    distill: float = 0.0
+    distill_temperature: float = 4.0
 
     def __post_init__(self) -> None:
         for key in _INT_KEYS:
@@ -111,6 +117,9 @@ class TrainConfig:
         _check_device(self.device)
         _require(self.on_nan in ON_NAN, "on_nan",
                  f"must be one of {', '.join(ON_NAN)}, got {self.on_nan!r}")
+        _require(0 <= self.distill <= 1, "distill", f"must be in [0, 1], got {self.distill}")
+        _require(self.distill_temperature > 0, "distill_temperature",
+                 f"must be > 0, got {self.distill_temperature}")
         _require(self.memory_format in MEMORY_FORMATS, "memory_format",
                  f"must be one of {', '.join(MEMORY_FORMATS)}, got {self.memory_format!r}")
 

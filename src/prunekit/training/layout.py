@@ -36,11 +36,13 @@ def chosen_format(model: nn.Module, option: str, device: torch.device) -> torch.
 
 
 @contextmanager
-def training_layout(model: nn.Module, option: str, device: torch.device) -> Iterator[None]:
+def training_layout(model: nn.Module | None, option: str,
+                    device: torch.device) -> Iterator[None]:
     """Train inside this block in the chosen layout; the default layout is back afterwards
     (also when training fails), with the same parameter objects, so optimizers and plugins
-    that hold them keep working."""
-    layout = chosen_format(model, option, device)
+    that hold them keep working. ``None`` (no teacher, say) does nothing."""
+    layout = (torch.contiguous_format if model is None
+              else chosen_format(model, option, device))
     if layout is torch.contiguous_format:
         yield
         return

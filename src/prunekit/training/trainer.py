@@ -43,6 +43,7 @@ from ..errors import ConfigError, DataError, PrunekitError
 from ..io import CorruptFileError, load_checkpoint, save_checkpoint, set_aside
 from . import distributed
 from .config import TrainConfig
+from .distill import distilled_loss, frozen_teacher
 from .layout import training_layout
 from .optim import build_optimizer, build_scheduler
 from .plugins import FunctionPlugin, PluginSet, check_plain
@@ -226,7 +227,8 @@ class Trainer:
                  log: Callable[[dict[str, Any]], Any] | None = None,
                  on_step: Callable[[], Any] | None = None,
                  on_epoch_end: Callable[[], Any] | None = None,
-                 extra_loss: Callable[[], Tensor | float] | None = None) -> None:
+                 extra_loss: Callable[[], Tensor | float] | None = None,
+                 teacher: nn.Module | None = None) -> None:
         if isinstance(config, Mapping):
             config = TrainConfig.from_dict(config)
         if not isinstance(config, TrainConfig):
@@ -242,6 +244,11 @@ class Trainer:
         self.stage = str(stage)
         self.device = distributed.local_device(resolve_device(config.device))
         self.model = model.to(self.device)
+        if config.distill > 0 and teacher is None:
+            raise ConfigError(f"train option 'distill' ({config.distill}) needs a teacher "
+                              f"model: pass Trainer(..., teacher=dense_model)")
+        self.teacher = (frozen_teacher(teacher, self.device)
+                        if teacher is not None and config.distill > 0 else None)
         self.train_loader = train_loader
         self.test_loader = test_loader
         plugin_list = _check_plugins(plugins)
@@ -286,7 +293,8 @@ class Trainer:
                 raise ConfigError("fit(resume=True) needs a checkpoint_path")
             if distributed.rank0_says(self.checkpoint_path.exists()):
                 self._resume_from(self.checkpoint_path)
-        with training_layout(self.model, self.config.memory_format, self.device):
+        with training_layout(self.model, self.config.memory_format, self.device), \
+                training_layout(self.teacher, self.config.memory_format, self.device):
             for epoch in range(self.epoch, self.config.epochs):
                 if self._stop_requested():
                     break
@@ -361,6 +369,11 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             outputs = self._forward_model(inputs)
             task_loss = self.loss_fn(outputs, targets)
+            if self.teacher is not None:
+                with torch.no_grad():
+                    taught = self.teacher(inputs)
+                task_loss = distilled_loss(task_loss, outputs, taught, self.config.distill,
+                                           self.config.distill_temperature)
             penalty = self.plugins.penalty()
             loss = task_loss + penalty
             # one flag per step, agreed by every rank, so that all of them stop or skip
