@@ -15,14 +15,6 @@ from prunekit.recipe import load_recipe
 from prunekit.training import Trainer, evaluate
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def loader(x, y, shuffle=True):
     return DataLoader(TensorDataset(x, y), batch_size=32, shuffle=shuffle,
                       generator=torch.Generator().manual_seed(0))
@@ -80,19 +72,11 @@ def test_distill_needs_a_teacher_and_a_weight_in_range():
 
 
 RECIPE = """\
-name: t
-model:
-  name: lenet5
-data:
-  name: synthetic
-  batch_size: 32
-  options: {n: 96, n_test: 32}
+name: distill
+model: {name: lenet5}
+data: {name: synthetic, batch_size: 32, options: {n: 96, n_test: 32}}
 train: {epochs: 1, optimizer: sgd, lr: 0.05}
-prune:
-  method: magnitude
-  targets:
-    - layers: "fc*"
-      sparsity: 0.8
+prune: {method: magnitude, targets: [{layers: "fc*", sparsity: 0.8}]}
 retrain: {epochs: 1, optimizer: adam, lr: 0.001, distill: 0.7}
 """
 
