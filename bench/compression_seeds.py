@@ -307,7 +307,8 @@ def write_results(rows: list[dict[str, Any]]) -> None:
         "name their schedule); "
         "`irregular_table` is irregular at the per-layer rates of the table "
         "`lenet5-admm-{ratio}x` (the demo recipe's rule) instead of one global allocation; "
-        "the verdicts compare the best ADMM or reweighted row with GMP. Runs went two at a "
+        "the verdicts compare the best ADMM or reweighted row with the best gradual magnitude "
+        "row (both with two seeds). Runs went two at a "
         "time, one torch thread each.\n\n" + "\n".join(table) + "\n\n## Verdicts\n\n"
         + ("\n".join(verdicts(lines)) or "- no case has both seeds of every method yet")
         + measured_by(rows) + "\n![accuracy per case](compression_seeds.png)\n",

@@ -52,11 +52,14 @@ def test_student_learns_from_the_teachers_outputs_alone(teacher):
 
 def test_the_teacher_never_changes(teacher):
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    grads = [None if p.grad is None else p.grad.clone() for p in teacher.parameters()]
     x, y = blob_data(96, seed=4)
     Trainer(tiny_net(seed=1), config(epochs=1, distill=0.5), loader(x, y), teacher=teacher).fit()
     after = teacher.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
-    assert not any(p.requires_grad for p in teacher.parameters())
+    for g, p in zip(grads, teacher.parameters(), strict=True):  # no gradient reached it
+        assert (p.grad is None) if g is None else torch.equal(p.grad, g)
+    assert not teacher.training
     assert all(p.is_contiguous() for p in teacher.parameters())
 
 

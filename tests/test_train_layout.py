@@ -82,7 +82,7 @@ def test_layout_changes_rounding_only():
     assert results["channels_last"][1] > 0.9 and results["contiguous"][1] > 0.9
 
 
-def test_models_without_convs_and_ddp_free_cases_choose_contiguous():
+def test_auto_chooses_channels_last_only_for_conv_models():
     cpu = torch.device("cpu")
     assert chosen_format(nn.Linear(3, 2), "auto", cpu) is torch.contiguous_format
     assert chosen_format(conv_net(), "auto", cpu) is torch.channels_last
@@ -123,3 +123,26 @@ def test_admm_masks_hold_in_channels_last():
 def test_unknown_memory_format_is_refused_by_name():
     with pytest.raises(ConfigError, match="memory_format"):
         TrainConfig(memory_format="nhwc")
+
+
+def test_an_interrupted_channels_last_run_resumes_bitwise(tmp_path):
+    """Checkpoints written in channels-last (weights and Adam moments) resume to exactly
+    the weights of an uninterrupted run."""
+    def run(path, stop=None, resume=False):
+        model = conv_net()
+
+        def log(record):
+            if record["epoch"] == stop:
+                raise KeyboardInterrupt
+
+        trainer = Trainer(model, config(epochs=3), images(), checkpoint_path=path, log=log)
+        trainer.fit(resume=resume)
+        return model
+
+    straight = run(tmp_path / "a.pt")
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "b.pt", stop=1)
+    resumed = run(tmp_path / "b.pt", resume=True)
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values(),
+                            strict=True):
+        assert torch.equal(a, b), name

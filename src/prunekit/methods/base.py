@@ -343,15 +343,6 @@ class PruningMethod:
         param = dict(self.model.named_parameters()).get(name)
         return tensor if param is None else tensor.to(param.device)
 
-    def _check_shape(self, what: str, target: Target, tensor: Any) -> Tensor:
-        if not isinstance(tensor, Tensor) or tensor.shape != target.param.shape:
-            shape = tuple(tensor.shape) if isinstance(tensor, Tensor) else type(tensor).__name__
-            raise ConfigError(
-                f"state {what} for {target.name!r} has shape {shape}, "
-                f"expected {tuple(target.param.shape)}"
-            )
-        return tensor
-
     # ----------------------------------------------------------- subclass hooks
     def _penalty(self) -> Tensor:
         return self._zero()

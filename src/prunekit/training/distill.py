@@ -23,13 +23,11 @@ from ..errors import ConfigError
 
 
 def frozen_teacher(teacher: nn.Module, device: torch.device) -> nn.Module:
-    """The teacher on ``device``, in eval mode, with no parameter asking for a gradient."""
+    """The teacher on ``device`` in eval mode (dropout off, BatchNorm on its running
+    statistics); the trainer runs it under ``no_grad``, so it never gets a gradient."""
     if not isinstance(teacher, nn.Module):
         raise ConfigError(f"teacher must be a torch.nn.Module, got {type(teacher).__name__}")
-    teacher = teacher.to(device).eval()
-    for p in teacher.parameters():
-        p.requires_grad_(False)
-    return teacher
+    return teacher.to(device).eval()
 
 
 def distilled_loss(hard: Tensor, student: Tensor, teacher: Tensor, weight: float,
