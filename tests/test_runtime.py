@@ -57,6 +57,22 @@ def test_sparse_linear_equals_masked_linear(engine, kind, batch):
     assert _rel(got, F.linear(x, w, bias)) < 1e-4
 
 
+@pytest.mark.parametrize("out_features", [45, 46, 47, 48])
+def test_gathered_kernel_at_batch_1_covers_bands_of_any_height(out_features):
+    """Batch 1 takes four weight rows per pass: a band (the last one here) whose height is
+    no multiple of four must still get every row."""
+    if not has_numba():
+        pytest.skip("numba missing")
+    torch.manual_seed(0)
+    w = torch.randn(out_features, 64)
+    w[:, torch.randperm(64)[:40]] = 0  # the same kept columns in every row: one tall band
+    w[: out_features // 2, :3] = 0  # two different column sets: two bands
+    bias = torch.randn(out_features)
+    x = torch.randn(1, 64)
+    for engine in ("gathered", "gathered_parallel"):
+        assert _rel(SparseLinear(w, bias, engine)(x), F.linear(x, w, bias)) < 1e-5
+
+
 def test_gathered_layout_finds_the_block_height():
     torch.manual_seed(0)
     block = schemes.get("block", block=(16, 16)).project(torch.randn(64, 96), 0.8)
@@ -186,17 +202,54 @@ def test_compile_may_freeze_a_plain_model_and_still_match():
 
 def test_onnxruntime_graph_matches_and_other_shapes_run_the_eager_model():
     pytest.importorskip("onnxruntime")
-    from prunekit.runtime.ort_graph import ort_graph
+    from prunekit.runtime.ort_graph import ort_graphs
 
     model = models.get("lenet5").eval()
     x = torch.randn(2, 1, 28, 28)
-    graph, why = ort_graph(model, x)
-    assert graph is not None, why
+    graphs, why = ort_graphs(model, x)
+    assert list(graphs) == ["onnxruntime"], why  # the suite runs torch on one thread
+    graph = graphs["onnxruntime"]
     with torch.no_grad():
         assert _rel(graph(x), model(x)) < 1e-5
         other = torch.randn(5, 1, 28, 28)  # not the exported shape: the eager model runs
         assert _rel(graph(other), model(other)) < 1e-6
     assert graph(x).shape == (2, 10)
+
+
+def test_the_onnxruntime_graph_is_the_optimized_export_with_batchnorm_folded():
+    """The unoptimized export's shape arithmetic (Shape, Expand, CastLike around every
+    BatchNorm) kept ONNX Runtime from fusing the convs: the graph run must be the folded
+    one, and still compute what the model computes."""
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxscript")
+    from prunekit.artifacts.onnx_export import optimized_graph
+
+    model = models.get("resnet20").eval()
+    x = torch.randn(1, 3, 32, 32)
+    ops = {node.op_type for node in onnx.load_from_string(optimized_graph(model, x)).graph.node}
+    assert "Conv" in ops
+    assert not ops & {"BatchNormalization", "Shape", "Expand", "CastLike"}, ops
+
+
+def test_with_two_threads_a_one_thread_onnxruntime_session_is_a_candidate_too():
+    pytest.importorskip("onnxruntime")
+    from prunekit.runtime.ort_graph import ort_graphs
+
+    model = models.get("lenet5").eval()
+    x = torch.randn(1, 1, 28, 28)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        graphs, why = ort_graphs(model, x)
+        compiled = prunekit.compile(model, x, engines=())
+    finally:
+        torch.set_num_threads(before)
+    threads = {name: g.session.get_session_options().intra_op_num_threads
+               for name, g in graphs.items()}
+    assert threads == {"onnxruntime": 2, "onnxruntime_1thread": 1}, why
+    assert {"onnxruntime", "onnxruntime_1thread"} <= set(compiled.prunekit_plan.graph_times_ms)
+    with torch.no_grad():
+        assert _rel(graphs["onnxruntime_1thread"](x), model(x)) < 1e-5
 
 
 def test_without_the_onnx_extra_compile_says_there_was_no_onnxruntime_graph(monkeypatch):

@@ -192,10 +192,19 @@ def _as_int8(name: str, levels: Levels, w: Tensor) -> _Quantized | str:
 
 
 # ------------------------------------------------------------------ the graph
+def optimized_graph(model: nn.Module, example_input: Tensor) -> bytes:
+    """``model`` as a serialized ONNX graph for running, not for keeping: the exporter's
+    optimizer on (BatchNorm folded, the shape arithmetic of the unoptimized graph folded
+    away), which lets ONNX Runtime fuse convs with what follows them. No weight is
+    quantized, so nothing here needs the parameters' own initializers."""
+    _require_onnx()
+    return _torch_export(model, example_input, None, optimize=True).SerializeToString()
+
+
 def _torch_export(model: nn.Module, example_input: Tensor | tuple[Tensor, ...],
-                  opset: int | None) -> Any:
-    """The unoptimized dynamo export (see the module docstring for why) as a ModelProto,
-    in eval mode (the model's mode is restored afterwards)."""
+                  opset: int | None, *, optimize: bool = False) -> Any:
+    """The dynamo export as a ModelProto, unoptimized unless asked (see the module
+    docstring for why), in eval mode (the model's mode is restored afterwards)."""
     if "optimize" not in inspect.signature(torch.onnx.export).parameters:
         raise ConfigError(f"ONNX export needs a torch whose exporter takes optimize= "
                           f"(2.6 or later), this is {torch.__version__}")
@@ -205,7 +214,7 @@ def _torch_export(model: nn.Module, example_input: Tensor | tuple[Tensor, ...],
     model.eval()
     try:
         with _quiet_exporter():
-            program = torch.onnx.export(model, args, dynamo=True, optimize=False,
+            program = torch.onnx.export(model, args, dynamo=True, optimize=optimize,
                                         verbose=False, **options)
     except torch.onnx.OnnxExporterError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -43,7 +43,7 @@ from ..structure import build
 from . import choose
 from .formats import choose_rows, padded_work
 from .modules import ENGINES, Im2colConv2d, SparseLinear, SparseRNN, sparsity
-from .ort_graph import ort_graph
+from .ort_graph import ort_graphs
 from .shrink import dead_units, shrink
 
 #: below this fraction of zeros no sparse kernel is tried
@@ -77,7 +77,8 @@ class Plan:
     fixed: list[str] = field(default_factory=list)
     layers: list[Choice] = field(default_factory=list)
     max_rel_error: float = 0.0
-    #: how the whole model runs: eager, jit_frozen, jit_optimized or onnxruntime (step 3)
+    #: how the whole model runs: eager, jit_frozen, jit_optimized, onnxruntime or
+    #: onnxruntime_1thread (step 3)
     graph: str = "eager"
     graph_times_ms: dict[str, float] = field(default_factory=dict)
     #: why a graph candidate was not available
@@ -170,9 +171,9 @@ def _freeze(model: nn.Module, plain: nn.Module, example: Tensor, plan: Plan) -> 
                 torch.jit.freeze(torch.jit.trace(plain, example, check_trace=False).eval()))
     except Exception as exc:  # not traceable: eager (or ONNX Runtime) it stays
         plan.graph_notes.append(f"TorchScript: {type(exc).__name__}")
-    ort, why_not = ort_graph(plain, example)
-    if ort is not None and _same_outputs(ort, plain, example):
-        candidates["onnxruntime"] = ort
+    graphs, why_not = ort_graphs(plain, example)
+    if graphs and _same_outputs(graphs["onnxruntime"], plain, example):
+        candidates.update(graphs)
     else:
         plan.graph_notes.append(f"onnxruntime: {why_not or 'outputs differ'}")
     times = {name: choose.times_ms(lambda m=m: m(example))[0] for name, m in candidates.items()}
