@@ -221,14 +221,20 @@ def test_the_onnxruntime_graph_is_the_optimized_export_with_batchnorm_folded():
     BatchNorm) kept ONNX Runtime from fusing the convs: the graph run must be the folded
     one, and still compute what the model computes."""
     onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
     from prunekit.artifacts.onnx_export import optimized_graph
 
     model = models.get("resnet20").eval()
     x = torch.randn(1, 3, 32, 32)
-    ops = {node.op_type for node in onnx.load_from_string(optimized_graph(model, x)).graph.node}
+    graph = optimized_graph(model, x)
+    ops = {node.op_type for node in onnx.load_from_string(graph).graph.node}
     assert "Conv" in ops
     assert not ops & {"BatchNormalization", "Shape", "Expand", "CastLike"}, ops
+    session = ort.InferenceSession(graph, providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    with torch.no_grad():
+        assert _rel(torch.from_numpy(got), model(x)) < 1e-5
 
 
 def test_with_two_threads_a_one_thread_onnxruntime_session_is_a_candidate_too():
