@@ -17,12 +17,16 @@ filter-pruned models only) and ``deepsparse`` (DeepSparse 1.8.0 on the ONNX expo
 same masked model, in its own venv: ``bash bench/deepsparse_venv.sh``; at batch 1, and at
 batch 64 for the MLP and LeNet-5, to keep its compile times within the run). Latency is the
 median of timed calls after warm-up, all engines of one configuration (dense included)
-timed in three alternating rounds of --min-seconds/3 each (at least 2 calls per round), so a
+timed in ten alternating rounds of --min-seconds/10 each (at least 2 calls per round), so a
 burst of load from other processes falls on all of them; at batch 1 and 64, with 1 and 2
 threads (DeepSparse: median of at least 7 calls in its own process, after the torch runs).
 Writes bench/results/inference.{json,md,png}.
 
-    python bench/inference.py [--models ...] [--min-seconds 0.3] [--no-deepsparse]
+    python bench/inference.py [--models ...] [--min-seconds 0.3] [--no-deepsparse] [--merge]
+
+``--merge`` re-measures only ``--models`` and keeps every other model's rows from the
+committed inference.json (refused when that was measured on another CPU); the results
+file names each re-measuring command with its date and load.
 
 Quiet the machine first (other benchmarks paused); the load average is recorded.
 """
@@ -58,6 +62,8 @@ from prunekit.io import atomic_write_bytes, atomic_write_text  # noqa: E402
 from prunekit.runtime import Im2colConv2d, SparseLinear, SparseRNN  # noqa: E402
 
 SPARSITIES = (0.5, 0.75, 0.9)
+#: alternating timing rounds per configuration (the rows of runs before 2026-12-03 used 3)
+ROUNDS = 10
 BATCHES = (1, 64)
 THREADS = (1, 2)
 ENGINES = ("dense", "prunekit", "torch_csr", "torch_bsr", "torch_pruning", "deepsparse")
@@ -176,7 +182,7 @@ def _engines(name: str, s: float, model: nn.Module, dense_model: nn.Module,
 
 
 def interleaved_ms(fns: dict[str, Callable[[], Any]], min_seconds: float,
-                   rounds: int = 3) -> dict[str, float]:
+                   rounds: int = ROUNDS) -> dict[str, float]:
     """Median ms of every function, timed in ``rounds`` alternating blocks so that a burst
     of load from other processes hits all of them alike."""
     times: dict[str, list[float]] = {k: [] for k in fns}
@@ -452,15 +458,34 @@ def plot(rows: list[dict[str, Any]], names: list[str]) -> None:
     atomic_write_bytes(RESULTS / "inference.png", buf.getvalue())
 
 
+def merged(rows: list[dict[str, Any]], skipped: list[dict[str, Any]], names: list[str],
+           load_before: str) -> dict[str, Any]:
+    """The committed results with ``names``'s rows replaced by this run's ``rows``."""
+    old = json.loads((RESULTS / "inference.json").read_text())
+    if old["machine"]["cpu"] != machine()["cpu"]:
+        raise SystemExit(f"--merge: inference.json was measured on {old['machine']['cpu']}, "
+                         f"this is {machine()['cpu']}; measure every model here instead")
+    keep = [r for r in old["rows"] if r["model"] not in names]
+    return {**old,
+            "rows": keep + rows,
+            "skipped": [s for s in old["skipped"] if s["model"] not in names] + skipped,
+            "remeasured": old.get("remeasured", []) + [
+                {"models": names, "command": command(), "date": machine()["date"],
+                 "load_average_before": load_before, "rounds": ROUNDS}]}
+
+
 def write(rows: list[dict[str, Any]], skipped: list[dict[str, Any]], names: list[str],
           load_before: str, pools: list[dict[str, Any]] | None = None,
-          meta: dict[str, Any] | None = None, cmd: str | None = None) -> None:
+          meta: dict[str, Any] | None = None, cmd: str | None = None,
+          remeasured: list[dict[str, Any]] | None = None) -> None:
     if meta is None:
         meta = machine()
         meta["load_average_before"] = load_before
-    pools = pools or []
+        meta["timing_rounds"] = ROUNDS
+    pools, remeasured = pools or [], remeasured or []
     write_json("inference.json", {"command": cmd or command(), "machine": meta, "rows": rows,
-                                  "skipped": skipped, "thread_pools": pools})
+                                  "skipped": skipped, "thread_pools": pools,
+                                  "remeasured": remeasured})
     plot(rows, names)
     order = {e: i for i, e in enumerate(ENGINES)}
     rows = sorted(rows, key=lambda r: (names.index(r["model"]), r["batch"], r["threads"],
@@ -480,7 +505,13 @@ def write(rows: list[dict[str, Any]], skipped: list[dict[str, Any]], names: list
         + f": {s['why']}\n" for s in first.values())
     text = (header("Compiled CPU inference: pruned models, dense torch vs prunekit.compile",
                    meta, cmd or command())
-            + f"- load average before timing (1/5/15 min): {load_before}\n\n"
+            + f"- load average before timing (1/5/15 min): {load_before}; "
+            f"{meta.get('timing_rounds', 3)} timing rounds\n"
+            + "".join(f"- {', '.join(r['models'])} re-measured by `{r['command']}` on "
+                      f"{r['date']} (load before: {r['load_average_before']}; "
+                      f"{r.get('rounds', 3)} timing rounds)\n"
+                      for r in remeasured)
+            + "\n"
             + (__doc__ or "").split("\n\n    python")[0].split("\n", 1)[1].strip() + "\n\n"
             "The FLOP limit is 1/(1-s), the issue's yardstick; filter pruning "
             "removes input channels of the next layer too, so its FLOPs can fall by more.\n\n"
@@ -499,6 +530,8 @@ def main() -> None:
                         help="time each engine for at least this long (median of the calls)")
     parser.add_argument("--no-deepsparse", action="store_true")
     parser.add_argument("--replot", action="store_true", help="redraw from inference.json")
+    parser.add_argument("--merge", action="store_true",
+                        help="re-measure --models only, keeping the other models' rows")
     parser.add_argument("--thread-pools", action="store_true",
                         help="measure numba's threading layers next to torch and add the "
                              "table to the existing results")
@@ -517,13 +550,19 @@ def main() -> None:
             data["machine"]["thread_pools_load_average"] = ", ".join(
                 f"{x:.1f}" for x in os.getloadavg())
         write(data["rows"], data["skipped"], names, data["machine"]["load_average_before"],
-              pools, data["machine"], data["command"])
+              pools, data["machine"], data["command"], data.get("remeasured"))
         return
     if any(os.environ.get(k) != v for k, v in QUIET_ENV.items()):
         os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **QUIET_ENV})
     deepsparse = None if args.no_deepsparse or not DS_PYTHON.exists() else DS_PYTHON
     load_before = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     rows, skipped = run(args.models, args.min_seconds, deepsparse)
+    if args.merge:
+        data = merged(rows, skipped, args.models, load_before)
+        names = [n for n in MODELS if any(r["model"] == n for r in data["rows"])]
+        write(data["rows"], data["skipped"], names, data["machine"]["load_average_before"],
+              data["thread_pools"], data["machine"], data["command"], data["remeasured"])
+        return
     write(rows, skipped, args.models, load_before, thread_pools())
 
 

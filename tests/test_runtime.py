@@ -295,6 +295,18 @@ def test_dense_stays_when_sparse_is_slower():
     assert best == "dense" and times["slow"] > times["dense"]
 
 
+def test_candidates_are_timed_in_alternating_rounds():
+    """A burst of load must fall on every candidate, not on whichever is being timed."""
+    calls: list[str] = []
+    fns = {name: (lambda name=name: calls.append(name)) for name in ("a", "b", "c")}
+    times = choose.fastest_calls_ms(fns, rounds=3, warmup=1)
+    assert calls[:3] == ["a", "b", "c"]  # warm-up, one call each
+    timed = calls[3:]
+    assert len(timed) >= 9 and len(timed) % 3 == 0
+    assert timed == ["a", "b", "c"] * (len(timed) // 3)
+    assert set(times) == {"a", "b", "c"} and all(t >= 0 for t in times.values())
+
+
 def test_compile_refuses_bad_input():
     mlp = _block_mlp()
     with pytest.raises(ConfigError, match="torch.nn.Module"):

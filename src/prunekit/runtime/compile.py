@@ -176,7 +176,8 @@ def _freeze(model: nn.Module, plain: nn.Module, example: Tensor, plan: Plan) -> 
         candidates.update(graphs)
     else:
         plan.graph_notes.append(f"onnxruntime: {why_not or 'outputs differ'}")
-    times = {name: choose.times_ms(lambda m=m: m(example))[0] for name, m in candidates.items()}
+    times = choose.fastest_calls_ms({name: (lambda m=m: m(example))
+                                     for name, m in candidates.items()})
     plan.graph = min(times, key=times.__getitem__)
     sparse = any(isinstance(m, (SparseLinear, Im2colConv2d, SparseRNN)) for m in model.modules())
     if plan.graph != "eager" and sparse:
