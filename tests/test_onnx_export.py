@@ -102,6 +102,17 @@ def test_onnxruntime_matches_pytorch(exported, name, quantized):
         assert not dequantize_nodes(path)
 
 
+def test_a_float_export_is_the_optimized_graph(exported):
+    """With no QDQ weight the optimizer's graph is written: BatchNorm folded into the convs,
+    and no shape arithmetic around it (it kept ONNX Runtime from fusing the convs)."""
+    _, _, _, path = exported("resnet20", False)
+    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+    assert "Conv" in ops
+    assert not ops & {"BatchNormalization", "Shape", "Expand", "CastLike"}
+    _, _, _, qdq_path = exported("resnet20", True)  # the QDQ export keeps every weight
+    assert "BatchNormalization" in {n.op_type for n in onnx.load(str(qdq_path)).graph.node}
+
+
 @pytest.mark.parametrize("name", list(ZOO))
 def test_quantized_weights_are_int8_and_dequantize_to_the_exact_weights(exported, name):
     model, frozen, x, path = exported(name, True)
