@@ -72,7 +72,8 @@ STEPS_PER_EPOCH = 469  # 60,000 images in batches of 128
 # a third, two thirds retraining; "support_cosine": the support schedule with the learning
 # rate annealed over the pruning epochs (as GMP's "cosine"); "progressive2" /
 # "progressive4": progressive ADMM, the support schedule through 2 or 4 rounds of rising
-# rate, each hardened inside the last round's mask.
+# rate, each hardened inside the last round's mask; "realloc": support_half with the
+# layers' rates re-allocated globally from W + U at every Z-step (``reallocate``).
 #
 # Reweighted: "irregular" is lam 2e-5 (tuned on single weights); the penalty is summed per
 # *group*, so a scheme with few large groups (block: 16x16 blocks of fc1, 8x4x25 of conv2)
@@ -104,6 +105,7 @@ VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
         "balance": {**_SUPPORT, "rho_schedule": "balance"},
         "steep": {"rho_schedule": "geometric", "rho_growth": 1.6, "update_every": 1},
         "support_half": {**_SUPPORT, "prune_fraction": 0.5},
+        "realloc": {**_SUPPORT, "prune_fraction": 0.5, "reallocate": True},
         "support_third": {**_SUPPORT, "prune_fraction": 1 / 3},
         "support_cosine": {**_SUPPORT, "train": {"schedule": "cosine"}},
         "progressive2": {**_SUPPORT, "rounds": 2},
@@ -170,10 +172,13 @@ def prune_section(method: str, budget: int) -> tuple[dict[str, Any], int]:
 def case_rule(scheme: str, ratio: int) -> dict[str, Any]:
     """The prune rule of a case; ``irregular_table`` is irregular at the per-layer rates of
     the table ``lenet5-admm-{ratio}x`` (the demo recipe's rule) instead of one global
-    allocation."""
+    allocation; ``block_global`` is block with one global allocation over its layers
+    instead of the same rate in each."""
     if scheme == "irregular_table":
         return {"layers": ["conv*", "fc*"], "scheme": "irregular",
                 "sparsity": f"lenet5-admm-{ratio}x"}
+    if scheme == "block_global":
+        return {**rule("block", ratio), "allocation": "global"}
     return rule(scheme, ratio)
 
 
@@ -307,8 +312,9 @@ def write_results(rows: list[dict[str, Any]]) -> None:
         "name their schedule); "
         "`irregular_table` is irregular at the per-layer rates of the table "
         "`lenet5-admm-{ratio}x` (the demo recipe's rule) instead of one global allocation; "
-        "the verdicts compare the best ADMM or reweighted row with the best gradual magnitude "
-        "row (both with two seeds). Runs went two at a "
+        "`block_global` is block with one global allocation over conv2 and fc1 instead of "
+        "the same rate in each; the verdicts compare the best ADMM or reweighted row with "
+        "the best gradual magnitude row (both with two seeds). Runs went two at a "
         "time, one torch thread each.\n\n" + "\n".join(table) + "\n\n## Verdicts\n\n"
         + ("\n".join(verdicts(lines)) or "- no case has both seeds of every method yet")
         + measured_by(rows) + "\n![accuracy per case](compression_seeds.png)\n",

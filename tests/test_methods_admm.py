@@ -581,3 +581,67 @@ def test_get_builds_methods_by_name_and_rejects_unknown_names_and_options():
         get("lasso", model, mlp_targets(model))
     with pytest.raises(ConfigError, match="'rhoo'.*rho"):
         get("admm", model, mlp_targets(model), rhoo=0.1)
+
+
+# ------------------------------------------------------------------ reallocation
+def test_reallocate_follows_w_plus_u_and_keeps_the_total_budget():
+    """Each Z-step's allocation is exactly global allocation over W + U (the point it
+    projects), the total pruned fraction stays the plan's, and Z prunes at those rates."""
+    from dataclasses import replace
+
+    from prunekit.targets import allocate_global
+
+    model = mlp()
+    with torch.no_grad():
+        model[0].weight.mul_(10.0)  # the first layer's weights are much stronger
+    targets = mlp_targets(model, 0.75)
+    numel = sum(t.numel for t in targets)
+    pruner = ADMM(model, targets, rho=0.05, reallocate=True)
+    # from the start: the strong layer keeps more, the weak one gives up more
+    assert targets[0].sparsity < 0.75 < targets[1].sparsity
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    run_epochs(model, pruner, opt, 2)
+    for _ in range(3):
+        points = [replace(t, param=(t.param.detach() + u).clone())
+                  for t, u in zip(targets, pruner.U, strict=True)]
+        allocate_global(points, 0.75)
+        record = pruner.update()
+        assert [t.sparsity for t in targets] == [p.sparsity for p in points]
+        assert [record["layers"][t.name]["target_sparsity"] for t in targets] == \
+            [t.sparsity for t in targets]
+        zeros = sum(int((z == 0).sum()) for z in pruner.Z)
+        assert zeros == round(0.75 * numel)
+        for t, z in zip(targets, pruner.Z, strict=True):
+            assert int((z == 0).sum()) == round(t.sparsity * t.numel)
+    frozen = pruner.harden()
+    assert sum(int((t.param == 0).sum()) for t in targets) == round(0.75 * numel)
+    assert set(frozen) == {t.name for t in targets}
+
+
+def test_reallocate_resumes_its_allocation():
+    def setup():
+        model = mlp()
+        with torch.no_grad():
+            model[0].weight.mul_(3.0)
+        pruner = ADMM(model, mlp_targets(model), rho=0.05, update_unit="step",
+                      update_every=2, reallocate=True)
+        return model, pruner, torch.optim.SGD(model.parameters(), lr=0.05)
+
+    model, pruner, opt = setup()
+    run_epochs(model, pruner, opt, 2, steps=3)
+    saved = snapshot(model, opt, pruner)
+    run_epochs(model, pruner, opt, 2, steps=3)
+    model2, pruner2, opt2 = restore(saved, setup)
+    run_epochs(model2, pruner2, opt2, 2, steps=3)
+    assert pruner2.history == pruner.history
+    assert [t.sparsity for t in pruner2.targets] == [t.sparsity for t in pruner.targets]
+
+
+def test_reallocate_refuses_what_it_cannot_allocate():
+    model = mlp()
+    with pytest.raises(ConfigError, match="progressive"):
+        ProgressiveADMM(model, mlp_targets(model), rates=[0.5, 0.75], reallocate=True)
+    with pytest.raises(ConfigError, match="explicit sparsity"):
+        ADMM(model, [make_target(model, "0.weight", None, "nm", n=2, m=4)], reallocate=True)
+    with pytest.raises(ConfigError, match="reallocate"):
+        ADMM(model, mlp_targets(model), reallocate="yes")

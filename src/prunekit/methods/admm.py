@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -31,7 +32,7 @@ from torch import Tensor, nn
 from ..errors import ConfigError
 from ..group_target import GroupTarget
 from ..schemes import check_sparsity
-from ..targets import Target
+from ..targets import Target, allocate_global
 from .base import (
     UNITS,
     PruningMethod,
@@ -79,6 +80,13 @@ class ADMM(PruningMethod):
     :attr:`lr_cycle_epochs`, ADMM-NN's per-update learning-rate policy when
     ``stage_every=1``. ``keep_zeros=False`` ignores exact zeros already in the weights.
 
+    ``reallocate=True`` re-decides how the targets share their sparsity at every Z-step:
+    the targets' total pruned fraction stays what the plan asked, and
+    :func:`~prunekit.targets.allocate_global` splits it over the layers by the scores of
+    ``W + U`` (the point the Z-step projects), so the allocation follows the weights as
+    training moves them instead of staying what the dense weights suggested. Hardening
+    uses the last allocation. Plain (one-parameter) targets with an explicit rate only.
+
     ``tol_primal`` (relative primal residual ``sum ||W - Z|| / sum ||W||``) and
     ``tol_support`` (fraction of the kept weights whose membership changed at the last
     update): once every given tolerance is met (in the last round), ADMM has converged:
@@ -105,6 +113,7 @@ class ADMM(PruningMethod):
         keep_zeros: bool = True,
         tol_primal: float | None = None,
         tol_support: float | None = None,
+        reallocate: bool = False,
     ) -> None:
         super().__init__(model, targets)
         self.rho_init = per_target(rho, self.targets, "rho")
@@ -127,6 +136,8 @@ class ADMM(PruningMethod):
         self.tol_support = (None if tol_support is None
                             else check_positive(tol_support, "tol_support", allow_zero=True))
         self.stop_requested = False
+        self.reallocate = _check_bool(reallocate, "reallocate")
+        self._budget = self._reallocation_budget() if self.reallocate else None
 
         self.updates = 0  # Z/U updates in all rounds
         self.round = 0
@@ -211,9 +222,16 @@ class ADMM(PruningMethod):
         layers: dict[str, dict[str, float]] = {}
         zeros = total = changed = kept = 0
         weight_norm = 0.0
-        for t, (zs, us), rho in zip(self._active, self._state(), self.rho, strict=True):
+        points = None
+        if self.reallocate:
+            points = [[p.detach() + u for (_, p), u in zip(t.members, us, strict=True)]
+                      for t, (_, us) in zip(self._active, self._state(), strict=True)]
+            self._reallocate(points)
+        for i, (t, (zs, us), rho) in enumerate(zip(self._active, self._state(), self.rho,
+                                                   strict=True)):
             ws = [p.detach() for _, p in t.members]
-            z_new = self._project(t, [w + u for w, u in zip(ws, us, strict=True)])
+            z_new = self._project(t, points[i] if points is not None else
+                                  [w + u for w, u in zip(ws, us, strict=True)])
             dual = rho * _norm([zn - z for zn, z in zip(z_new, zs, strict=True)])
             flips = sum(int(((zn != 0) != (z != 0)).sum().item())
                         for zn, z in zip(z_new, zs, strict=True))
@@ -228,6 +246,8 @@ class ADMM(PruningMethod):
             layers[t.name] = {"rho": rho, "primal": primal, "dual": dual,
                               "relative_primal": primal / norm if norm > 0 else 0.0,
                               "support_change": flips / max(nonzero, 1)}
+            if self.reallocate:
+                layers[t.name]["target_sparsity"] = float(t.sparsity)
             numel = sum(z.numel() for z in zs)
             zeros += numel - nonzero
             total += numel
@@ -297,6 +317,8 @@ class ADMM(PruningMethod):
         """Begin a run (or round): Z = projection of the current weights, U = 0."""
         zeros = total = 0
         primal = weight_norm = 0.0
+        if self.reallocate:
+            self._reallocate([[p.detach() for _, p in t.members] for t in self._active])
         for t, (zs, us) in zip(self._active, self._state(), strict=True):
             ws = [p.detach() for _, p in t.members]
             for z, zn, u in zip(zs, self._project(t, ws), us, strict=True):
@@ -309,6 +331,31 @@ class ADMM(PruningMethod):
         self._last = {"sparsity": zeros / total, "primal": primal, "dual": 0.0,
                       "relative_primal": primal / weight_norm if weight_norm > 0 else 0.0,
                       "support_change": 0.0}
+
+    def _reallocation_budget(self) -> float:
+        """The targets' pruned fraction, all weights together, as the plan set it."""
+        if type(self)._round_targets is not ADMM._round_targets:
+            raise ConfigError("reallocate is for one-round ADMM; progressive ADMM sets "
+                              "each round's rates itself")
+        for t in self.targets:
+            if not isinstance(t, Target) or t.sparsity is None:
+                raise ConfigError(f"reallocate needs plain targets with an explicit "
+                                  f"sparsity; {t.name!r} is not one")
+        numel = sum(t.numel for t in self.targets)
+        return math.fsum(float(t.sparsity) * t.numel for t in self.targets) / numel
+
+    def _reallocate(self, points: list[list[Tensor]]) -> None:
+        """Set every target's rate from one global allocation over ``points`` (one tensor
+        per target: the values the Z-step will project), live masks applied, so weights
+        that must stay zero rank lowest."""
+        assert self._budget is not None
+        masks = self.masks or {}
+        scratch = [replace(t, param=values[0] if masks.get(t.name) is None
+                           else values[0] * masks[t.name])
+                   for t, values in zip(self._active, points, strict=True)]
+        allocate_global(scratch, self._budget, where="ADMM reallocate")
+        for t, moved in zip(self._active, scratch, strict=True):
+            t.sparsity = moved.sparsity
 
     @torch.no_grad()
     def _advance_rho(self, layers: Sequence[Mapping[str, float]]) -> None:
@@ -371,6 +418,7 @@ class ADMM(PruningMethod):
             "lr_reset_pending": self.lr_reset_pending,
             "stop_requested": self.stop_requested,
             "last": dict(self._last),
+            "rates": [t.sparsity for t in self.targets],
         }
 
     @torch.no_grad()
@@ -396,6 +444,12 @@ class ADMM(PruningMethod):
         self.lr_reset_pending = bool(state["lr_reset_pending"])
         self.stop_requested = bool(state["stop_requested"])
         self._last = {k: float(v) for k, v in state["last"].items()}
+        if self.reallocate:  # the saved allocation; older states have none to restore
+            rates = state.get("rates")
+            if not isinstance(rates, list) or len(rates) != len(self.targets):
+                raise ConfigError("state has no allocation for reallocate to resume from")
+            for t, rate in zip(self.targets, rates, strict=True):
+                t.sparsity = check_sparsity(float(rate), f"saved rate of {t.name!r}")
 
 
 class ProgressiveADMM(ADMM):
