@@ -95,6 +95,8 @@ class ADMM(PruningMethod):
     """
 
     name = "admm"
+    #: whether the rates are this method's to re-split (not where rounds fix them)
+    can_reallocate = True
 
     def __init__(
         self,
@@ -334,7 +336,7 @@ class ADMM(PruningMethod):
 
     def _reallocation_budget(self) -> float:
         """The targets' pruned fraction, all weights together, as the plan set it."""
-        if type(self)._round_targets is not ADMM._round_targets:
+        if not self.can_reallocate:
             raise ConfigError("reallocate is for one-round ADMM; progressive ADMM sets "
                               "each round's rates itself")
         for t in self.targets:
@@ -469,6 +471,7 @@ class ProgressiveADMM(ADMM):
     """
 
     name = "progressive_admm"
+    can_reallocate = False
 
     def __init__(
         self,
