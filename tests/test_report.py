@@ -401,6 +401,31 @@ def test_write_report_rejects_a_file_as_run_dir(tmp_path, report):
         write_report(tmp_path / "run", {"method": "admm"})
 
 
+def test_convergence_plot_shows_reallocated_rates(net):
+    from prunekit.methods import ADMM  # noqa: PLC0415
+    from prunekit.report.plots import convergence_figure  # noqa: PLC0415
+    from prunekit.targets import resolve  # noqa: PLC0415
+
+    histories = {}
+    for reallocate in (False, True):
+        model = copy.deepcopy(net)
+        targets = resolve(model, [{"layers": ["conv", "fc"], "scheme": "irregular",
+                                   "sparsity": 0.5}])
+        pruner = ADMM(model, targets, rho=0.1, reallocate=reallocate)
+        rates = []
+        for _ in range(2):
+            pruner.update()
+            rates.append({t.name: t.sparsity for t in targets})
+        histories[reallocate] = (pruner.history, rates)
+    assert len(convergence_figure(histories[False][0]).axes) == 2
+    history, rates = histories[True]
+    axes = convergence_figure(history).axes
+    assert len(axes) == 3 and axes[2].get_title() == "layer rate (reallocated)"
+    lines = {line.get_label(): [float(y) for y in line.get_ydata()]
+             for line in axes[2].get_lines()}
+    assert lines == {name: [r[name] for r in rates] for name in rates[0]}
+
+
 def test_admm_updates_give_a_convergence_plot_and_line(tmp_path, net):
     from prunekit.methods import ADMM  # noqa: PLC0415
     from prunekit.targets import resolve  # noqa: PLC0415

@@ -168,33 +168,42 @@ def layer_updates(updates: Sequence[Mapping[str, Any]] | None) -> list[Mapping[s
 
 
 def convergence_png(updates: Sequence[Mapping[str, Any]]) -> bytes:
+    """:func:`convergence_figure` as PNG bytes."""
+    return to_png(convergence_figure(updates))
+
+
+def convergence_figure(updates: Sequence[Mapping[str, Any]]) -> Figure:
     """Per layer and Z/U update: the relative primal residual ``||W - Z|| / ||W||`` and the
     support change (weights entering or leaving Z's support over the kept weights), so a
-    user sees whether ADMM had converged when it was hardened."""
-    fig = Figure(figsize=(10, 4), layout="constrained")
+    user sees whether ADMM had converged when it was hardened; with ``reallocate``, a third
+    panel shows each layer's rate as the allocation moved it."""
     records = layer_updates(updates)
+    moved = any("target_sparsity" in v for r in records for v in r["layers"].values())
+    fig = Figure(figsize=(15 if moved else 10, 4), layout="constrained")
     if not records:
         _empty(fig, "no ADMM updates recorded")
-        return to_png(fig)
+        return fig
     names = list(dict.fromkeys(n for r in records for n in r["layers"]))
-    panels = (("relative_primal", "relative primal residual ||W - Z|| / ||W||"),
-              ("support_change", "support change per update"))
-    for k, (key, title) in enumerate(panels):
-        ax = fig.add_subplot(1, 2, k + 1)
+    panels = [("relative_primal", "relative primal residual ||W - Z|| / ||W||", "log"),
+              ("support_change", "support change per update", "log")]
+    if moved:
+        panels.append(("target_sparsity", "layer rate (reallocated)", "linear"))
+    for k, (key, title, scale) in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), k + 1)
         for name in names:
             points = [(i + 1, _number(r["layers"][name].get(key)))
-                      for i, r in enumerate(records) if name in r["layers"]]
-            points = [(x, v) for x, v in points if v > 0]
+                      for i, r in enumerate(records) if key in r["layers"].get(name, {})]
+            points = [(x, v) for x, v in points if v > 0 or scale == "linear"]
             if points:
                 ax.plot(*zip(*points, strict=True), "-", marker=".", label=name)
-        ax.set_yscale("log")
+        ax.set_yscale(scale)
         ax.set_xlabel("Z/U update")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(title)
         ax.grid(alpha=0.3, which="both")
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7, ncol=2 if len(names) > 8 else 1)
-    return to_png(fig)
+    return fig
 
 
 # -------------------------------------------------------------------------- weights
