@@ -84,7 +84,8 @@ class ADMM(PruningMethod):
     the targets' total pruned fraction stays what the plan asked, and
     :func:`~prunekit.targets.allocate_global` splits it over the layers by the scores of
     ``W + U`` (the point the Z-step projects), so the allocation follows the weights as
-    training moves them instead of staying what the dense weights suggested. Hardening
+    training moves them instead of staying what the dense weights suggested. The targets'
+    ``sparsity`` is updated in place, so hardening (and whatever reads the targets after it)
     uses the last allocation. Plain (one-parameter) targets with an explicit rate only.
 
     ``tol_primal`` (relative primal residual ``sum ||W - Z|| / sum ||W||``) and
