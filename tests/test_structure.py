@@ -157,6 +157,65 @@ def test_removing_any_single_unit_matches_zeroing_it():
         assert float((want - got).abs().max()) <= 1e-5 * float(want.abs().max()), u
 
 
+class ChunkGate(nn.Module):
+    """A user's gated block: one half of a conv's channels feeds b, the other half gates
+    b's output elementwise and is concatenated after it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 16, 3, padding=1)
+        self.b = nn.Conv2d(8, 8, 3, padding=1)
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x):
+        p, q = torch.relu(self.a(x)).chunk(2, 1)
+        y = torch.cat([self.b(p) * torch.sigmoid(q), q], 1)
+        return self.head(y.mean((2, 3)))
+
+
+def test_a_layer_whose_inputs_are_all_dead_keeps_one_and_compiles_exactly():
+    """All of b's inputs dead: torch would turn b into a conv with no outputs (not its
+    bias), so one zero input channel stays and the model still computes the same."""
+    torch.manual_seed(0)
+    model = ChunkGate().eval()
+    with torch.no_grad():
+        model.a.weight[:8] = 0
+        model.a.bias[:8] = 0
+    x = torch.randn(2, 3, 8, 8)
+    s = structure.build(model, x)
+    assert len(dead_units(s, model)) == 8
+    small = shrink(s, dead_units(s, model))
+    assert small.b.in_channels == 1 and small.b.out_channels == 8
+    assert small.a.out_channels == 9
+    compiled = prunekit.compile(model, x, engines=())
+    with torch.no_grad():
+        want, got = model(x), compiled(x)
+    assert float((want - got).abs().max()) <= 1e-5 * float(want.abs().max())
+    assert compiled.prunekit_plan.removed_channels == 7
+
+
+def test_compile_keeps_the_unshrunk_model_when_the_smaller_one_fails(monkeypatch):
+    """A graph the structure misread must cost speed, never a traceback or a wrong model."""
+    import importlib
+
+    compile_module = importlib.import_module("prunekit.runtime.compile")
+
+    class Broken(nn.Module):
+        def forward(self, x):
+            raise RuntimeError("size of tensor a (0) must match size of tensor b (8)")
+
+    monkeypatch.setattr(compile_module, "shrink", lambda structure, removed: Broken())
+    model = models.get("lenet5").eval()
+    x = torch.randn(2, 1, 28, 28)
+    structure.prune(model, x, 0.5)
+    compiled = prunekit.compile(model, x, engines=())
+    plan = compiled.prunekit_plan
+    assert plan.removed_channels == 0
+    assert "not shrunk: the smaller model failed its check (RuntimeError" in plan.describe()
+    with torch.no_grad():
+        assert torch.allclose(compiled(x), model(x), rtol=1e-4, atol=1e-6)
+
+
 def test_gru_classifier_is_traced_and_its_recurrent_layer_explained():
     model = models.get("gru_classifier").eval()
     s = structure.build(model, torch.randn(2, 20, 16))

@@ -44,7 +44,7 @@ from . import choose
 from .formats import choose_rows, padded_work
 from .modules import ENGINES, Im2colConv2d, SparseLinear, SparseRNN, sparsity
 from .ort_graph import ort_graphs
-from .shrink import dead_units, shrink
+from .shrink import dead_units, removable, shrink
 
 #: below this fraction of zeros no sparse kernel is tried
 MIN_SPARSITY = 0.3
@@ -212,12 +212,23 @@ def _shrink(model: nn.Module, example: Tensor, plan: Plan) -> nn.Module:
     except ConfigError as exc:
         plan.shrink_note = f"not shrunk: {exc}"
         return model
-    dead = dead_units(structure, model)
-    plan.removed_channels = len(dead)
     plan.fixed = [f"{', '.join(g.layers[:3])}{', ...' if len(g.layers) > 3 else ''}: "
                   f"{n} channels: {why}" for g in structure.groups
                   for why, n in _reasons(g).items()]
-    return shrink(structure, dead) if dead else model
+    dead = removable(structure, dead_units(structure, model))
+    if not dead:
+        return model
+    try:  # a graph the structure misread must cost speed, never a wrong model or a traceback
+        small = shrink(structure, dead)
+        same = _same_outputs(small, model, example)
+        why = "outputs differ"
+    except Exception as exc:
+        same, why = False, f"{type(exc).__name__}: {exc}"
+    if not same:
+        plan.shrink_note = f"not shrunk: the smaller model failed its check ({why})"
+        return model
+    plan.removed_channels = len(dead)
+    return small
 
 
 def _reasons(group) -> dict[str, int]:

@@ -87,10 +87,25 @@ def _set(root: nn.Module, name: str, module: nn.Module) -> None:
     setattr(root.get_submodule(parent) if parent else root, attr, module)
 
 
+def removable(structure: Structure, removed: set[int]) -> set[int]:
+    """``removed`` less one unit wherever it would empty a layer's outputs or inputs:
+    torch turns a conv with no input channels into one with no *output* channels (not its
+    bias), and an empty tensor breaks the ops after it. Keeping a dead unit never changes
+    the outputs; the layer only keeps one zero channel more."""
+    removed = set(removed)
+    for roles in structure.slots.values():
+        for units in roles.values():
+            present = units.unique().tolist()
+            if present and all(u in removed for u in present):
+                removed.discard(min(present))
+    return removed
+
+
 def shrink(structure: Structure, removed: set[int]) -> fx.GraphModule:
-    """A copy of the traced model with the ``removed`` units taken out of every layer."""
+    """A copy of the traced model with the ``removed`` units taken out of every layer
+    (all but one where a layer would lose all its channels, see :func:`removable`)."""
     gm = copy.deepcopy(structure.graph)
-    gone = torch.tensor(sorted(removed), dtype=torch.long)
+    gone = torch.tensor(sorted(removable(structure, removed)), dtype=torch.long)
     modules = dict(gm.named_modules())
     for name, roles in structure.slots.items():
         m = modules[name]
@@ -129,4 +144,4 @@ def _resize_splits(gm: fx.GraphModule, structure: Structure, gone: Tensor) -> No
         gm.graph.erase_node(node)
 
 
-__all__ = ["dead_units", "shrink"]
+__all__ = ["dead_units", "removable", "shrink"]
