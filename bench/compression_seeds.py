@@ -42,7 +42,7 @@ import torch  # noqa: E402
 
 from common import RESULTS, command, header, measured_by, write_json  # noqa: E402
 from compression import ADAM, RECIPE, branch_overrides, rule, seconds_per_epoch  # noqa: E402
-from prunekit.io import atomic_write_bytes, atomic_write_text  # noqa: E402
+from prunekit.io import atomic_write_bytes, atomic_write_text, load_checkpoint  # noqa: E402
 from prunekit.pipeline import run_recipe  # noqa: E402
 from prunekit.recipe import load_recipe  # noqa: E402
 
@@ -73,7 +73,8 @@ STEPS_PER_EPOCH = 469  # 60,000 images in batches of 128
 # rate annealed over the pruning epochs (as GMP's "cosine"); "progressive2" /
 # "progressive4": progressive ADMM, the support schedule through 2 or 4 rounds of rising
 # rate, each hardened inside the last round's mask; "realloc": support_half with the
-# layers' rates re-allocated globally from W + U at every Z-step (``reallocate``).
+# layers' rates re-allocated globally from W + U at every Z-step (``reallocate``);
+# "realloc_cosine": realloc with the learning rate annealed over the pruning epochs.
 #
 # Reweighted: "irregular" is lam 2e-5 (tuned on single weights); the penalty is summed per
 # *group*, so a scheme with few large groups (block: 16x16 blocks of fc1, 8x4x25 of conv2)
@@ -106,6 +107,8 @@ VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
         "steep": {"rho_schedule": "geometric", "rho_growth": 1.6, "update_every": 1},
         "support_half": {**_SUPPORT, "prune_fraction": 0.5},
         "realloc": {**_SUPPORT, "prune_fraction": 0.5, "reallocate": True},
+        "realloc_cosine": {**_SUPPORT, "prune_fraction": 0.5, "reallocate": True,
+                           "train": {"schedule": "cosine"}},
         "support_third": {**_SUPPORT, "prune_fraction": 1 / 3},
         "support_cosine": {**_SUPPORT, "train": {"schedule": "cosine"}},
         "progressive2": {**_SUPPORT, "rounds": 2},
@@ -187,9 +190,15 @@ FIRST_DENSE = "d0"
 
 
 def dense_label(path: Path = DENSE) -> str:
-    """Which dense model a row starts from: rows compare only within one (two dense
-    trainings of the same recipe differ by a few tenths of a point)."""
-    return "d-" + hashlib.sha256(path.read_bytes()).hexdigest()[:10]
+    """Which dense model a row starts from: rows compare only within one (dense trainings
+    of the same recipe on other CPUs differ by a few tenths of a point). The label digests
+    the weights, not the file (which also holds timings), so a retraining that gives the
+    same weights (same recipe, same kind of CPU) continues the same rows."""
+    digest = hashlib.sha256()
+    for name, value in load_checkpoint(path)["state_dict"].items():
+        digest.update(name.encode())
+        digest.update(value.contiguous().numpy().tobytes())
+    return "w-" + digest.hexdigest()[:10]
 
 
 def dense_of(row: dict[str, Any]) -> str:
@@ -304,7 +313,8 @@ def write_results(rows: list[dict[str, Any]]) -> None:
         RESULTS / "compression_seeds.md",
         header("ADMM and reweighted vs gradual magnitude: equal budgets, two seeds")
         + "\nLeNet-5 on Fashion-MNIST. Rows compare only within one dense model (`dense "
-        "model`: the first 10 hex digits of its file's SHA-256; `" + FIRST_DENSE + "` is the "
+        "model`: `w-` and the first 10 hex digits of the SHA-256 of its weights, or `d-` and "
+        "those of its file's for rows written before; `" + FIRST_DENSE + "` is the "
         "model of the first rows, whose file was not kept). `epochs` = epochs after the "
         "dense model; ADMM, reweighted and gradual magnitude prune for 2/3 of them and "
         "retrain inside the masks for the rest, one-shot magnitude retrains for all of them. "
@@ -315,7 +325,10 @@ def write_results(rows: list[dict[str, Any]]) -> None:
         "`block_global` is block with one global allocation over conv2 and fc1 instead of "
         "the same rate in each; the verdicts compare the best ADMM or reweighted row with "
         "the best gradual magnitude row (both with two seeds). Runs went two at a "
-        "time, one torch thread each.\n\n" + "\n".join(table) + "\n\n## Verdicts\n\n"
+        "time, one torch thread each. The machine above is the one of the last write: the "
+        "rows of d0 and d-cd2c49da34 ran on machines of this kind with AVX2, those of "
+        "w-4a753516cd on one with AVX-512 (the dense trainings differ between them).\n\n"
+        + "\n".join(table) + "\n\n## Verdicts\n\n"
         + ("\n".join(verdicts(lines)) or "- no case has both seeds of every method yet")
         + measured_by(rows) + "\n![accuracy per case](compression_seeds.png)\n",
     )
