@@ -5,7 +5,9 @@ Two passes, each keeping the outputs of the (masked) model:
 1. **Shrink.** The model is traced (:mod:`prunekit.structure`) and every dead channel
    unit (pruned filters with their biases and BatchNorm entries, or channels no layer
    reads) is physically removed: convs, linears and norms become smaller dense layers.
-   A model torch.fx cannot trace skips this pass; the reason is in ``plan``.
+   A model torch.fx cannot trace skips this pass, and so does a shrunk model that does not
+   match the input model on ``example`` (a graph the tracing misread costs speed, not
+   correctness); the reason is in ``plan``.
 2. **Sparse kernels.** Every remaining conv, linear and GRU/LSTM whose weight still has
    zeros gets candidate implementations (gathered-dense block kernel, torch CSR; for convs
    the same behind im2col; for recurrent layers sparse gate products), each is timed on
