@@ -227,10 +227,18 @@ def run_one(method: str, scheme: str, ratio: int, budget: int, seed: int,
         "accuracy": report["accuracy"]["compressed"],
         "dense_accuracy": report["accuracy"]["dense"],
         "final_primal": _last_prune(report, "relative_primal"),
+        "dead_channels": dead_channels(report),
         "seconds": time.perf_counter() - start,
         "seconds_per_epoch": seconds_per_epoch(report),
         "command": command(),
     }
+
+
+def dead_channels(report: dict[str, Any]) -> int | None:
+    """Channels the model file holds no weight for (the report counts them per group on
+    the file it reads back); None where the model could not be traced."""
+    counts = report.get("extra", {}).get("dead_channels")
+    return None if counts is None else sum(counts.values())
 
 
 def _last_prune(report: dict[str, Any], key: str) -> float | None:
@@ -266,7 +274,8 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                       "method": method, "seeds": [r["seed"] for r in rs], "accuracy": acc,
                       "mean": statistics.fmean(acc), "spread": max(acc) - min(acc),
                       "dense": 100 * rs[0]["dense_accuracy"],
-                      "ratio": statistics.fmean(r["ratio"] for r in rs)})
+                      "ratio": statistics.fmean(r["ratio"] for r in rs),
+                      "dead_channels": [r.get("dead_channels") for r in rs]})
     return lines
 
 
@@ -302,13 +311,15 @@ def write_results(rows: list[dict[str, Any]]) -> None:
     write_json(JSON, rows)
     lines = summarize(rows)
     table = ["| dense model | scheme | target | epochs | method | mean (%) | seeds (%) | spread |"
-             " vs dense | measured ratio |", "|---|---|---|---|---|---|---|---|---|---|"]
+             " vs dense | measured ratio | dead channels |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for x in lines:
         table.append(
             f"| {x['dense_model']} ({x['dense']:.2f}%) | {x['scheme']} | {x['target_ratio']}x "
             f"| {x['epochs']} | {x['method']} | "
             f"{x['mean']:.2f} | {', '.join(f'{a:.2f}' for a in x['accuracy'])} | "
-            f"{x['spread']:.2f} | {x['mean'] - x['dense']:+.2f} | {x['ratio']:.1f}x |")
+            f"{x['spread']:.2f} | {x['mean'] - x['dense']:+.2f} | {x['ratio']:.1f}x | "
+            f"{', '.join('-' if d is None else str(d) for d in x['dead_channels'])} |")
     atomic_write_text(
         RESULTS / "compression_seeds.md",
         header("ADMM and reweighted vs gradual magnitude: equal budgets, two seeds")
@@ -324,7 +335,9 @@ def write_results(rows: list[dict[str, Any]]) -> None:
         "`lenet5-admm-{ratio}x` (the demo recipe's rule) instead of one global allocation; "
         "`block_global` is block with one global allocation over conv2 and fc1 instead of "
         "the same rate in each; the verdicts compare the best ADMM or reweighted row with "
-        "the best gradual magnitude row (both with two seeds). Runs went two at a "
+        "the best gradual magnitude row (both with two seeds). `dead channels`: per seed, the "
+        "channels its model file holds no weight for, as its report counts them (`-`: rows "
+        "written before rows recorded it). Runs went two at a "
         "time, one torch thread each. The machine above is the one of the last write: the "
         "rows of d0 and d-cd2c49da34 ran on machines of this kind with AVX2, those of "
         "w-4a753516cd on one with AVX-512 (the dense trainings differ between them).\n\n"
