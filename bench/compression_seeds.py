@@ -74,7 +74,12 @@ STEPS_PER_EPOCH = 469  # 60,000 images in batches of 128
 # "progressive4": progressive ADMM, the support schedule through 2 or 4 rounds of rising
 # rate, each hardened inside the last round's mask; "realloc": support_half with the
 # layers' rates re-allocated globally from W + U at every Z-step (``reallocate``);
-# "realloc_cosine": realloc with the learning rate annealed over the pruning epochs.
+# "realloc_cosine": realloc with the learning rate annealed over the pruning epochs;
+# "realloc_sgd": realloc retraining as the dense model trained (``_SGD_RETRAIN``);
+# "realloc_distill": realloc with distillation from the dense model while retraining;
+# "realloc_slow": realloc with one Z/U update per epoch instead of four (rho rises 4x
+# slower, so the support keeps moving through the whole pruning stage of a long budget);
+# "progressive3_half": support_half through 3 rounds of rising rate.
 #
 # Reweighted: "irregular" is lam 2e-5 (tuned on single weights); the penalty is summed per
 # *group*, so a scheme with few large groups (block: 16x16 blocks of fc1, 8x4x25 of conv2)
@@ -92,9 +97,15 @@ STEPS_PER_EPOCH = 469  # 60,000 images in batches of 128
 #
 # Gradual magnitude: "constant" is the shared Adam 1e-3 at a constant rate while pruning;
 # "cosine" anneals that rate over the pruning epochs (Zhu and Gupta prune while the rate
-# decays), a check that the long budget does not handicap GMP.
+# decays), a check that the long budget does not handicap GMP; "cosine_sgd": cosine, then
+# retraining as the dense model trained (``_SGD_RETRAIN``).
 _GEOMETRIC = {"rho_schedule": "geometric", "rho_growth": 1.3, "update_every": 1}
 _DISTILL = {"distill": 0.7, "distill_temperature": 4.0}
+#: retraining as the dense model was trained (SGD with Nesterov momentum and weight decay,
+#: cosine) instead of Adam: a check that Adam's weaker generalization is not what is left
+#: between a pruned model and its dense one
+_SGD_RETRAIN = {"optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "nesterov": True,
+                "weight_decay": 5e-4}
 _SUPPORT = {"rho_schedule": "support", "update_unit": "step",
             "update_every": STEPS_PER_EPOCH // 4}
 VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
@@ -109,6 +120,13 @@ VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
         "realloc": {**_SUPPORT, "prune_fraction": 0.5, "reallocate": True},
         "realloc_cosine": {**_SUPPORT, "prune_fraction": 0.5, "reallocate": True,
                            "train": {"schedule": "cosine"}},
+        "realloc_sgd": {**_SUPPORT, "prune_fraction": 0.5, "reallocate": True,
+                        "retrain": _SGD_RETRAIN},
+        "realloc_distill": {**_SUPPORT, "prune_fraction": 0.5, "reallocate": True,
+                            "retrain": _DISTILL},
+        "realloc_slow": {**_SUPPORT, "update_every": STEPS_PER_EPOCH, "prune_fraction": 0.5,
+                         "reallocate": True},
+        "progressive3_half": {**_SUPPORT, "prune_fraction": 0.5, "rounds": 3},
         "support_third": {**_SUPPORT, "prune_fraction": 1 / 3},
         "support_cosine": {**_SUPPORT, "train": {"schedule": "cosine"}},
         "progressive2": {**_SUPPORT, "rounds": 2},
@@ -125,6 +143,7 @@ VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
     },
     "gradual": {"constant": {}, "cosine": {"train": {"schedule": "cosine"}},
                 "hot_retrain": {"retrain": {"lr": 1e-3}},
+                "cosine_sgd": {"train": {"schedule": "cosine"}, "retrain": _SGD_RETRAIN},
                 "distill": {"train": _DISTILL, "retrain": _DISTILL}},
     "magnitude": {"oneshot": {}},
 }
