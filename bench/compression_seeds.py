@@ -62,9 +62,11 @@ STEPS_PER_EPOCH = 469  # 60,000 images in batches of 128
 # epochs split into this many rounds of rising rate) and ``train`` (changes to the pruning
 # stage's optimizer settings).
 #
-# ADMM (rho 1e-3 at the start for all). "geometric": rho x1.3 per Z/U update, one update per
-# epoch; "restart": the same with the learning rate restarted and annealed at every update
-# (ADMM-NN's solver); "support": four updates per epoch, rho x1.3 while more than 10% of a
+# ADMM (rho 1e-3 at the start for all). "constant": rho stays 1e-3, one Z/U update per epoch
+# (ADMM's defaults); "support_epoch": the same with the support schedule (a check of whether
+# that schedule should be the default); "geometric": rho x1.3 per Z/U update, one update
+# per epoch; "restart": the same with the learning rate restarted and annealed at every
+# update (ADMM-NN's solver); "support": four updates per epoch, rho x1.3 while more than 10% of a
 # layer's support changes per update and x1.1 once it settles; "balance": residual
 # balancing per layer; "steep": rho x1.6 per update (for schemes whose primal residual is
 # still high at hardening with x1.3, e.g. block); "support_half": the support schedule over
@@ -77,6 +79,7 @@ STEPS_PER_EPOCH = 469  # 60,000 images in batches of 128
 # "realloc_cosine": realloc with the learning rate annealed over the pruning epochs;
 # "realloc_sgd": realloc retraining as the dense model trained (``_SGD_RETRAIN``);
 # "realloc_distill": realloc with distillation from the dense model while retraining;
+# "realloc_distill_all": realloc with distillation in both stages;
 # "realloc_slow": realloc with one Z/U update per epoch instead of four (rho rises 4x
 # slower, so the support keeps moving through the whole pruning stage of a long budget);
 # "progressive3_half": support_half through 3 rounds of rising rate.
@@ -111,6 +114,8 @@ _SUPPORT = {"rho_schedule": "support", "update_unit": "step",
 VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
     "admm": {
         "geometric": _GEOMETRIC,
+        "constant": {"rho_schedule": "constant", "update_every": 1},
+        "support_epoch": {"rho_schedule": "support", "update_every": 1},
         "restart": {"rho_schedule": "geometric", "rho_growth": 1.3, "update_every": 1,
                     "reset_lr": True, "stage_every": 1},
         "support": _SUPPORT,
@@ -124,6 +129,8 @@ VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
                         "retrain": _SGD_RETRAIN},
         "realloc_distill": {**_SUPPORT, "prune_fraction": 0.5, "reallocate": True,
                             "retrain": _DISTILL},
+        "realloc_distill_all": {**_SUPPORT, "prune_fraction": 0.5, "reallocate": True,
+                                "train": _DISTILL, "retrain": _DISTILL},
         "realloc_slow": {**_SUPPORT, "update_every": STEPS_PER_EPOCH, "prune_fraction": 0.5,
                          "reallocate": True},
         "progressive3_half": {**_SUPPORT, "prune_fraction": 0.5, "rounds": 3},
