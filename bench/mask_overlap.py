@@ -11,6 +11,11 @@ Why: if two methods keep supports that share little, yet reach the same accuracy
 support is not what limits that case, and a method whose advantage is a better support (ADMM)
 has nothing to win there.
 
+The run directories are not in git (each holds checkpoints): the committed tables come from
+the runs of the rows ``compression_seeds.py`` wrote in the same checkout. That script skips
+rows already in its JSON, so recreating the directories means running those rows again
+without them (e.g. on a copy of the JSON with the rows removed).
+
     python bench/mask_overlap.py --case block_global-8x-12e [--dense w-4a753516cd]
 """
 
@@ -29,13 +34,13 @@ from compression_seeds import RUNS, dense_label
 from prunekit.io import atomic_write_text, load_checkpoint
 
 
-def supports(run: Path) -> dict[str, torch.Tensor]:
-    """The kept (nonzero) weights of every layer the run pruned."""
+def supports(run: Path) -> tuple[dict[str, torch.Tensor], float]:
+    """The kept (nonzero) weights of every layer the run pruned, and its accuracy."""
     state = load_checkpoint(run / "retrained.pt")["state_dict"]
     report = json.loads((run / "report.json").read_text())
     pruned = sorted(layer["name"] for layer in report["layers"]
                     if layer.get("scheme") != "dense" and layer["name"] in state)
-    return {name: state[name] != 0 for name in pruned}
+    return {name: state[name] != 0 for name in pruned}, report["accuracy"]["compressed"]
 
 
 def digest(masks: dict[str, torch.Tensor]) -> str:
@@ -57,8 +62,7 @@ def distinct_supports(case: str, dense: str) -> list[tuple[list[tuple[str, float
     for run in sorted((RUNS / dense).glob(f"*-{case}-seed*")):
         if not (run / "retrained.pt").exists() or not (run / "report.json").exists():
             continue
-        masks = supports(run)
-        accuracy = json.loads((run / "report.json").read_text())["accuracy"]["compressed"]
+        masks, accuracy = supports(run)
         name = run.name.replace(f"-{case}-", " ")
         found.setdefault(digest(masks), ([], masks))[0].append((name, accuracy))
     return list(found.values())
