@@ -40,7 +40,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from common import RESULTS, command, header, measured_by, write_json  # noqa: E402
+from common import RESULTS, command, header, machine, measured_by, write_json  # noqa: E402
 from compression import ADAM, RECIPE, branch_overrides, rule, seconds_per_epoch  # noqa: E402
 from prunekit.io import atomic_write_bytes, atomic_write_text, load_checkpoint  # noqa: E402
 from prunekit.pipeline import run_recipe  # noqa: E402
@@ -256,6 +256,7 @@ def run_one(method: str, scheme: str, ratio: int, budget: int, seed: int,
         "dead_channels": dead_channels(report),
         "seconds": time.perf_counter() - start,
         "seconds_per_epoch": seconds_per_epoch(report),
+        "cpu": machine()["cpu"],
         "command": command(),
     }
 
@@ -274,6 +275,7 @@ def _last_prune(report: dict[str, Any], key: str) -> float | None:
 
 
 def key(row: dict[str, Any]) -> tuple:
+    """A row's identity: its dense model, then the order of :func:`plan`'s tuples."""
     return (dense_of(row), row["method"], row["scheme"], row["target_ratio"], row["epochs"],
             row["seed"])
 
@@ -425,8 +427,10 @@ def main() -> None:
     methods = [method_name(m) for m in args.methods]
     methods += [f"admm:{v}" for v in args.variants if f"admm:{v}" not in methods]
     cases = tuple((c.split(":")[0], int(c.split(":")[1])) for c in args.cases)
+    dense = dense_label()
     done = {key(r) for r in rows}
-    todo = [t for t in plan(methods, args.budgets, args.seeds, cases) if t not in done]
+    todo = [t for t in plan(methods, args.budgets, args.seeds, cases)
+            if (dense, *t) not in done]
     print(f"{len(todo)} runs to go ({len(done)} rows already there)", flush=True)
     with ProcessPoolExecutor(args.workers, initializer=torch.set_num_threads,
                              initargs=(1,)) as pool:
