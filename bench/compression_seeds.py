@@ -368,12 +368,23 @@ def write_results(rows: list[dict[str, Any]]) -> None:
         "written before rows recorded it). Runs went two at a "
         "time, one torch thread each. The machine above is the one of the last write: the "
         "rows of d0 and d-cd2c49da34 ran on machines of this kind with AVX2, those of "
-        "w-4a753516cd on one with AVX-512 (the dense trainings differ between them).\n\n"
+        "w-4a753516cd on one with AVX-512 (the dense trainings differ between them)"
+        + _recorded_cpus(rows) + ".\n\n"
         + "\n".join(table) + "\n\n## Verdicts\n\n"
         + ("\n".join(verdicts(lines)) or "- no case has both seeds of every method yet")
         + measured_by(rows) + "\n![accuracy per case](compression_seeds.png)\n",
     )
     _plot(lines)
+
+
+def _recorded_cpus(rows: list[dict[str, Any]]) -> str:
+    """Where rows record their CPU (rows written since they do): which, per dense model."""
+    cpus: dict[str, set[str]] = {}
+    for r in rows:
+        if "cpu" in r:
+            cpus.setdefault(dense_of(r), set()).add(r["cpu"])
+    return "".join(f"; those of {dense} on {', '.join(sorted(names))}"
+                   for dense, names in sorted(cpus.items()))
 
 
 def _plot(lines: list[dict[str, Any]]) -> None:

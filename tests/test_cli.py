@@ -104,6 +104,26 @@ def test_default_recipe_runs_on_synthetic_data(tmp_path):
     assert report["compression_ratio_weights"] > 60  # the paper's per-layer table, ~71x
 
 
+def test_updates_per_epoch_takes_the_epoch_length_from_the_data(tmp_path, capsys):
+    """512 training images in batches of 64: 8 steps per epoch, so 4 updates per epoch
+    land after steps 2, 4 and 6 and at the epoch's end."""
+    out = tmp_path / "run"
+    assert main(["compress", str(write_recipe(tmp_path)), "--out", str(out), "--no-progress",
+                 "--set", "prune.rho_schedule=support", "--set", "prune.rho_growth=null",
+                 "--set", "prune.updates_per_epoch=4"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    steps = [r["step"] for r in report["prune_updates"] if r["event"] == "update"]
+    assert steps == [2, 4, 6, 8, 10, 12, 14, 16]
+
+    # more updates than an epoch has steps: refused before the dense training starts
+    again = tmp_path / "again"
+    assert main(["compress", str(write_recipe(tmp_path)), "--out", str(again),
+                 "--no-progress", "--set", "prune.updates_per_epoch=9"]) == 2
+    err = capsys.readouterr().err
+    assert "prune.updates_per_epoch" in err and "exceeds the 8 steps" in err
+    assert "Traceback" not in err and not (again / "dense.pt").exists()
+
+
 def test_bad_recipe_is_one_clear_error(tmp_path, capsys):
     path = write_recipe(tmp_path)
     path.write_text(path.read_text().replace("batch_size: 64", "batch_size: lots"))

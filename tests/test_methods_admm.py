@@ -40,16 +40,40 @@ def batch(seed: int = 1, n: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(n, 8, generator=g), torch.randn(n, 4, generator=g)
 
 
-def run_epochs(model, pruner, opt, epochs: int, steps: int = 2, data=None) -> None:
+def train_steps(model, pruner, opt, steps: int, data=None) -> None:
     x, y = batch() if data is None else data
+    for _ in range(steps):
+        loss = nn.functional.mse_loss(model(x), y) + pruner.penalty()
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        pruner.after_step()
+
+
+def run_epochs(model, pruner, opt, epochs: int, steps: int = 2, data=None) -> None:
     for _ in range(epochs):
-        for _ in range(steps):
-            loss = nn.functional.mse_loss(model(x), y) + pruner.penalty()
-            loss.backward()
-            opt.step()
-            opt.zero_grad()
-            pruner.after_step()
+        train_steps(model, pruner, opt, steps, data)
         pruner.end_epoch()
+
+
+def run_and_resume(setup, before, after):
+    """``before`` then ``after`` on one ``setup()`` (model, pruner, optimizer), and ``after``
+    on a second one that loads the state saved between them (through ``torch.save``, as a
+    checkpoint is). Returns ``(model, pruner)`` of both runs."""
+    model, pruner, opt = setup()
+    before(model, pruner, opt)
+    buffer = io.BytesIO()
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(),
+                "pruner": pruner.state_dict()}, buffer)
+    after(model, pruner, opt)
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=True)
+    model2, pruner2, opt2 = setup()
+    model2.load_state_dict(saved["model"])
+    opt2.load_state_dict(saved["opt"])
+    pruner2.load_state_dict(saved["pruner"])
+    after(model2, pruner2, opt2)
+    return (model, pruner), (model2, pruner2)
 
 
 def sparse_least_squares(seed: int, n: int = 30, d: int = 40, k: int = 5):
@@ -250,6 +274,68 @@ def test_update_every_counts_epochs_or_steps():
     assert set(by_step.progress()) >= {"sparsity", "primal", "dual", "rho"}
 
 
+def test_updates_per_epoch_spreads_updates_evenly_with_the_last_at_the_epochs_end():
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    pruner = ADMM(model, mlp_targets(model), updates_per_epoch=3, steps_per_epoch=7)
+    run_epochs(model, pruner, opt, 2, steps=7)
+    # within each epoch of 7 steps: after steps 2 and 5 (round(7/3), round(14/3)), then at
+    # the epoch's end
+    assert [h["step"] for h in pruner.history] == [2, 5, 7, 9, 12, 14]
+    assert [h["epoch"] for h in pruner.history] == [0, 0, 1, 1, 1, 2]
+
+    # an epoch shorter than announced (a smaller last batch, a sampler's share) still ends
+    # with its update; one update per epoch is plain end-of-epoch ADMM
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    short = ADMM(model, mlp_targets(model), updates_per_epoch=2, steps_per_epoch=10)
+    run_epochs(model, short, opt, 2, steps=4)
+    assert [h["step"] for h in short.history] == [4, 8]
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    once = ADMM(model, mlp_targets(model), updates_per_epoch=1)
+    run_epochs(model, once, opt, 2, steps=3)
+    assert [h["step"] for h in once.history] == [3, 6]
+
+
+def test_updates_per_epoch_resumes_mid_epoch_exactly():
+    def setup():
+        model = mlp()
+        pruner = ADMM(model, mlp_targets(model), rho=0.05, updates_per_epoch=2,
+                      steps_per_epoch=5, rho_schedule="support")
+        return model, pruner, torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+
+    def rest(model, pruner, opt):
+        train_steps(model, pruner, opt, 4)
+        pruner.end_epoch()
+        train_steps(model, pruner, opt, 3)
+
+    # saved mid-epoch, before the epoch's first update (after step 2)
+    (_, pruner), (_, pruner2) = run_and_resume(
+        setup, lambda *run: train_steps(*run, 1), rest)
+    assert [h["step"] for h in pruner2.history] == [h["step"] for h in pruner.history] \
+        == [2, 5, 7]
+    for a, b in zip(pruner.Z + pruner.U, pruner2.Z + pruner2.U, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_updates_per_epoch_refuses_what_it_cannot_place():
+    model = mlp()
+    targets = mlp_targets(model)
+    with pytest.raises(ConfigError, match="needs steps_per_epoch"):
+        ADMM(model, targets, updates_per_epoch=4)
+    with pytest.raises(ConfigError, match="exceeds the 3 steps"):
+        ADMM(model, targets, updates_per_epoch=4, steps_per_epoch=3)
+    with pytest.raises(ConfigError, match="replaces update_every"):
+        ADMM(model, targets, updates_per_epoch=2, steps_per_epoch=10, update_every=5)
+    with pytest.raises(ConfigError, match="replaces update_every"):
+        ADMM(model, targets, updates_per_epoch=2, steps_per_epoch=10, update_unit="step")
+    with pytest.raises(ConfigError, match="updates_per_epoch"):
+        ADMM(model, targets, updates_per_epoch=0, steps_per_epoch=10)
+    with pytest.raises(ConfigError, match="only with updates_per_epoch"):
+        ADMM(model, targets, steps_per_epoch=10)
+
+
 def test_stage_callbacks_and_learning_rate_reset_flag():
     model = mlp()
     pruner = ADMM(model, mlp_targets(model), stage_every=2, reset_lr=True)
@@ -391,20 +477,10 @@ def test_state_dict_resume_gives_identical_updates():
         opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
         return model, pruner, opt
 
-    model, pruner, opt = setup()
-    run_epochs(model, pruner, opt, 3, steps=3)
-    buffer = io.BytesIO()
-    torch.save({"model": model.state_dict(), "opt": opt.state_dict(),
-                "pruner": pruner.state_dict()}, buffer)
-    run_epochs(model, pruner, opt, 3, steps=3)
+    def three_epochs(*run):
+        run_epochs(*run, 3, steps=3)
 
-    buffer.seek(0)
-    saved = torch.load(buffer, weights_only=True)
-    model2, pruner2, opt2 = setup()
-    model2.load_state_dict(saved["model"])
-    opt2.load_state_dict(saved["opt"])
-    pruner2.load_state_dict(saved["pruner"])
-    run_epochs(model2, pruner2, opt2, 3, steps=3)
+    (model, pruner), (model2, pruner2) = run_and_resume(setup, three_epochs, three_epochs)
 
     assert pruner2.history == pruner.history
     assert pruner2.rho == pruner.rho and pruner2.stage == pruner.stage

@@ -86,6 +86,8 @@ class Run:
         self.echo = echo
         self.report: dict[str, Any] | None = None
         self._teacher: nn.Module | None = None
+        self.train_loader: Any = None  # built after the plan check (build_data)
+        self.test_loader: Any = None
 
     # ------------------------------------------------------------------ setup
     def data_options(self) -> dict[str, Any]:
@@ -188,6 +190,9 @@ class Run:
         state = State(self.build_model())
         self.check_plan(state.model)
         self.build_data()
+        if any((self.recipe[section] or {}).get("updates_per_epoch") is not None
+               for section in ("prune", "quantize")):
+            self.check_plan(state.model)  # again, with the loader's epoch length
         self.started = start
         for stage in self.stages():
             path = self.out / stage.artifact
@@ -309,7 +314,8 @@ class Run:
 
     def prune_method(self, model: nn.Module, targets: list[Target], *, dry_run: bool = False):
         prune = self.recipe["prune"]
-        options = {k: v for k, v in prune.items() if k not in PRUNE_KEYS}
+        options = self.with_epoch_length(prune["method"], {k: v for k, v in prune.items()
+                                                           if k not in PRUNE_KEYS})
         try:
             if dry_run:  # on a copy: some methods act on the weights when they start
                 model = copy.deepcopy(model)
@@ -317,6 +323,20 @@ class Run:
             return methods.get(prune["method"], model, targets, **options)
         except ConfigError as exc:
             raise self.recipe.locate(exc, "prune", *option_key(exc, options)) from None
+
+    def with_epoch_length(self, method: Any, options: dict[str, Any]) -> dict[str, Any]:
+        """``options`` with ``steps_per_epoch`` filled in where ``updates_per_epoch`` needs
+        it: the optimizer steps of one epoch of this rank's data loader, so a recipe says
+        "n updates per epoch" on any data set. The plan check runs before the data is
+        loaded and takes the smallest length the option allows; the stage itself, still
+        before any training, takes the loader's."""
+        if (options.get("updates_per_epoch") is None or "steps_per_epoch" in options
+                or method not in methods.METHODS
+                or "updates_per_epoch" not in methods.options(method)):
+            return options
+        loader = self.train_loader
+        steps = options["updates_per_epoch"] if loader is None else len(loader)
+        return {**options, "steps_per_epoch": steps}
 
     def prune_stage(self, state: State, resume: bool) -> None:
         targets = self.prune_targets(state.model)
@@ -375,9 +395,11 @@ class Run:
     def quantize_method(self, model: nn.Module):
         q = self.recipe["quantize"]
         targets = self.quant_targets(model)
-        options = {k: v for k, v in q.items() if k not in QUANT_KEYS}
+        name = q.get("method", "admm")
+        options = self.with_epoch_length(name, {k: v for k, v in q.items()
+                                                if k not in QUANT_KEYS})
         try:
-            return methods.get(q.get("method", "admm"), model, targets, **options)
+            return methods.get(name, model, targets, **options)
         except ConfigError as exc:
             raise self.recipe.locate(exc, "quantize", *option_key(exc, options)) from None
 

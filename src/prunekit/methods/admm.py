@@ -71,7 +71,10 @@ class ADMM(PruningMethod):
     ``SUPPORT_BUSY`` of the layer's kept weights changed since the last update, times
     ``SUPPORT_SLOW_GROWTH`` once the support settles). Z/U are updated every ``update_every`` epochs
     (``update_unit="epoch"``, counted in :meth:`end_epoch`) or optimizer steps
-    (``"step"``, counted in :meth:`after_step`).
+    (``"step"``, counted in :meth:`after_step`). ``updates_per_epoch=n`` instead updates n
+    times per epoch, evenly spaced over the epoch's ``steps_per_epoch`` optimizer steps, the
+    last at :meth:`end_epoch`: the cadence then means the same on a data set of any size
+    (prunekit's pipeline fills ``steps_per_epoch`` in from its data loader).
 
     Every ``stage_every`` updates a *stage* ends: the functions given to :meth:`on_stage`
     are called with the stage number, and with ``reset_lr=True`` the flag
@@ -117,12 +120,17 @@ class ADMM(PruningMethod):
         tol_primal: float | None = None,
         tol_support: float | None = None,
         reallocate: bool = False,
+        updates_per_epoch: int | None = None,
+        steps_per_epoch: int | None = None,
     ) -> None:
         super().__init__(model, targets)
         self.rho_init = per_target(rho, self.targets, "rho")
         self.rho = list(self.rho_init)
         self.update_every = check_count(update_every, "update_every")
         self.update_unit = check_choice(update_unit, "update_unit", UNITS)
+        self._boundaries = _epoch_boundaries(updates_per_epoch, steps_per_epoch, update_every,
+                                             update_unit)
+        self.epoch_step = 0  # optimizer steps since the last end_epoch
         self.rho_schedule = check_choice(rho_schedule, "rho_schedule", RHO_SCHEDULES)
         growth = _DEFAULT_GROWTH[rho_schedule] if rho_growth is None else rho_growth
         self.rho_growth = check_positive(growth, "rho_growth")
@@ -182,12 +190,19 @@ class ADMM(PruningMethod):
 
     def _after_step(self) -> None:
         self.round_step += 1
-        if self.update_unit == "step" and self.round_step % self.update_every == 0:
+        self.epoch_step += 1
+        if self._boundaries is not None:
+            if self.epoch_step in self._boundaries:
+                self.update()
+        elif self.update_unit == "step" and self.round_step % self.update_every == 0:
             self.update()
 
     def _end_epoch(self) -> None:
         self.round_epoch += 1
-        if self.update_unit == "epoch" and self.round_epoch % self.update_every == 0:
+        self.epoch_step = 0
+        if self._boundaries is not None:
+            self.update()  # the epoch's last update, however many steps it had
+        elif self.update_unit == "epoch" and self.round_epoch % self.update_every == 0:
             self.update()
 
     def harden_targets(self) -> list[Target]:
@@ -206,7 +221,7 @@ class ADMM(PruningMethod):
     def lr_cycle_epochs(self) -> int | None:
         """Epochs between two learning-rate restarts (one stage); None when updates are
         counted in steps, where the trainer anneals to the end of training instead."""
-        if self.update_unit != "epoch":
+        if self.update_unit != "epoch" or self._boundaries is not None:
             return None
         return self.update_every * self.stage_every
 
@@ -417,6 +432,7 @@ class ADMM(PruningMethod):
             "round_updates": self.round_updates,
             "round_epoch": self.round_epoch,
             "round_step": self.round_step,
+            "epoch_step": self.epoch_step,
             "stage": self.stage,
             "lr_reset_pending": self.lr_reset_pending,
             "stop_requested": self.stop_requested,
@@ -443,6 +459,7 @@ class ADMM(PruningMethod):
         self.round_updates = int(state["round_updates"])
         self.round_epoch = int(state["round_epoch"])
         self.round_step = int(state["round_step"])
+        self.epoch_step = int(state.get("epoch_step", 0))  # states saved before had none
         self.stage = int(state["stage"])
         self.lr_reset_pending = bool(state["lr_reset_pending"])
         self.stop_requested = bool(state["stop_requested"])
@@ -562,6 +579,29 @@ def _norm(tensors: Sequence[Tensor]) -> float:
     """L2 norm of several tensors taken together (of one: exactly its ``vector_norm``)."""
     norms = [float(torch.linalg.vector_norm(t).item()) for t in tensors]
     return norms[0] if len(norms) == 1 else math.sqrt(math.fsum(n * n for n in norms))
+
+
+def _epoch_boundaries(updates_per_epoch: int | None, steps_per_epoch: int | None,
+                      update_every: int, update_unit: str) -> frozenset[int] | None:
+    """The steps within an epoch after which ``updates_per_epoch`` puts a Z/U update (the
+    last one is the epoch's end, so it is not among them); None where the cadence is
+    ``update_every`` in ``update_unit``."""
+    if updates_per_epoch is None:
+        if steps_per_epoch is not None:
+            raise ConfigError("steps_per_epoch is read only with updates_per_epoch")
+        return None
+    n = check_count(updates_per_epoch, "updates_per_epoch")
+    if update_every != 1 or update_unit != "epoch":
+        raise ConfigError("updates_per_epoch replaces update_every/update_unit; give one")
+    if n == 1:
+        return frozenset()
+    if steps_per_epoch is None:
+        raise ConfigError(f"updates_per_epoch ({n}) needs steps_per_epoch (the optimizer steps "
+                          f"in one epoch, e.g. len(train_loader))")
+    steps = check_count(steps_per_epoch, "steps_per_epoch")
+    if n > steps:
+        raise ConfigError(f"updates_per_epoch ({n}) exceeds the {steps} steps of an epoch")
+    return frozenset(round(k * steps / n) for k in range(1, n))
 
 
 def _check_bool(value: Any, what: str) -> bool:
