@@ -331,7 +331,7 @@ class Run:
         loaded and takes the smallest length the option allows; the stage itself, still
         before any training, takes the loader's."""
         if (options.get("updates_per_epoch") is None or "steps_per_epoch" in options
-                or method not in methods.METHODS
+                or not isinstance(method, str) or method not in methods.METHODS
                 or "updates_per_epoch" not in methods.options(method)):
             return options
         loader = self.train_loader

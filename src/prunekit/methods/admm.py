@@ -221,7 +221,7 @@ class ADMM(PruningMethod):
     def lr_cycle_epochs(self) -> int | None:
         """Epochs between two learning-rate restarts (one stage); None when updates are
         counted in steps, where the trainer anneals to the end of training instead."""
-        if self.update_unit != "epoch" or self._boundaries is not None:
+        if self.update_unit != "epoch" or self._boundaries:  # none at one update per epoch
             return None
         return self.update_every * self.stage_every
 
