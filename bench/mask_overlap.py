@@ -17,6 +17,8 @@ rows already in its JSON, so recreating the directories means running those rows
 without them (e.g. on a copy of the JSON with the rows removed).
 
     python bench/mask_overlap.py --case block_global-8x-12e [--dense w-4a753516cd]
+
+writes results/mask_overlap_<case>-<dense model>.{md,json}.
 """
 
 from __future__ import annotations
@@ -34,13 +36,17 @@ from compression_seeds import RUNS, dense_label
 from prunekit.io import atomic_write_text, load_checkpoint
 
 
-def supports(run: Path) -> tuple[dict[str, torch.Tensor], float]:
-    """The kept (nonzero) weights of every layer the run pruned, and its accuracy."""
+def supports(run: Path) -> tuple[dict[str, torch.Tensor], float, float]:
+    """The kept (nonzero) weights of every layer the run pruned, its test accuracy and its
+    training accuracy over the last retraining epoch (how well the pruned network fits:
+    two supports that fit the training set differently yet test the same say the test
+    accuracy, not the capacity, is what is left)."""
     state = load_checkpoint(run / "retrained.pt")["state_dict"]
     report = json.loads((run / "report.json").read_text())
     pruned = sorted(layer["name"] for layer in report["layers"]
                     if layer.get("scheme") != "dense" and layer["name"] in state)
-    return {name: state[name] != 0 for name in pruned}, report["accuracy"]["compressed"]
+    return ({name: state[name] != 0 for name in pruned}, report["accuracy"]["compressed"],
+            report["history"][-1]["train_accuracy"])
 
 
 def digest(masks: dict[str, torch.Tensor]) -> str:
@@ -55,16 +61,18 @@ def jaccard(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a & b).sum().item() / max(1, (a | b).sum().item())
 
 
-def distinct_supports(case: str, dense: str) -> list[tuple[list[tuple[str, float]], dict]]:
-    """Per distinct support, in run-name order: the runs that keep it (name, accuracy) and
-    its masks."""
-    found: dict[str, tuple[list[tuple[str, float]], dict[str, torch.Tensor]]] = {}
+def distinct_supports(case: str, dense: str) -> list[tuple[list[tuple[str, float, float]],
+                                                           dict]]:
+    """Per distinct support, in run-name order: the runs that keep it (name, test and
+    training accuracy) and its masks."""
+    found: dict[str, tuple[list[tuple[str, float, float]], dict[str, torch.Tensor]]] = {}
     for run in sorted((RUNS / dense).glob(f"*-{case}-seed*")):
         if not (run / "retrained.pt").exists() or not (run / "report.json").exists():
             continue
-        masks, accuracy = supports(run)
+        masks, accuracy, train_accuracy = supports(run)
         name = run.name.replace(f"-{case}-", " ")
-        found.setdefault(digest(masks), ([], masks))[0].append((name, accuracy))
+        found.setdefault(digest(masks), ([], masks))[0].append((name, accuracy,
+                                                                train_accuracy))
     return list(found.values())
 
 
@@ -85,19 +93,22 @@ def main() -> None:
             pairs.append({"a": labels[i], "b": labels[j], "layer": layer,
                           "kept_a": int(a[layer].sum()), "kept_b": int(b[layer].sum()),
                           "size": a[layer].numel(), "jaccard": jaccard(a[layer], b[layer])})
-    stem = f"mask_overlap_{args.case}"
+    stem = f"mask_overlap_{args.case}-{dense}"
     write_json(f"{stem}.json", {
         "case": args.case, "dense_model": dense,
-        "supports": {label: [{"run": n, "accuracy": acc} for n, acc in runs]
+        "supports": {label: [{"run": n, "accuracy": acc, "train_accuracy": fit}
+                             for n, acc, fit in runs]
                      for label, (runs, _) in zip(labels, found, strict=True)},
         "pairs": pairs})
     lines = [header(f"Kept-weight overlap, {args.case} ({dense})"), "",
              "Each distinct support the retrained models keep, with the runs that keep it "
              "(settings that change only the retraining share their pruning stage's "
-             "support):", "", "| support | runs (accuracy %) |", "|---|---|"]
+             "support). Accuracy: on the test set / on the training set over the last "
+             "retraining epoch.", "", "| support | runs (accuracy %: test / training) |",
+             "|---|---|"]
     for label, (runs, _) in zip(labels, found, strict=True):
-        lines.append(f"| {label} | " + ", ".join(f"{n} ({100 * acc:.2f})" for n, acc in runs)
-                     + " |")
+        lines.append(f"| {label} | " + ", ".join(f"{n} ({100 * acc:.2f} / {100 * fit:.2f})"
+                                                 for n, acc, fit in runs) + " |")
     lines += ["", "Jaccard index of two supports' kept weights per layer (1: the same). Two "
               "random supports of densities p and q would share about pq / (p + q - pq) "
               "(`random`).", "", "| A | B | layer | kept A | kept B | Jaccard | random |",
