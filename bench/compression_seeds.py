@@ -353,8 +353,11 @@ def verdicts(lines: list[dict[str, Any]]) -> list[str]:
     gradual magnitude setting by more than the larger of the two seed spreads? Where the
     dense case ran at that budget, the best method is also set against that ceiling."""
     out = []
-    ceilings = {(x["dense_model"], x["epochs"]): x["mean"] for x in
-                sorted(lines, key=lambda x: x["mean"]) if x["scheme"] == "dense"}
+    ceilings: dict[tuple[str, int], float] = {}  # the best dense setting per budget
+    for x in lines:
+        if x["scheme"] == "dense":
+            at = (x["dense_model"], x["epochs"])
+            ceilings[at] = max(ceilings.get(at, x["mean"]), x["mean"])
     for c in comparisons(lines):
         (dense, scheme, ratio, epochs), best, gmp = c["case"], c["best"], c["gmp"]
         word = "beats" if c["margin"] > c["spread"] else "does not beat"
@@ -391,8 +394,8 @@ def across_dense_models(lines: list[dict[str, Any]]) -> list[str]:
 
 def _against_ceiling(best: float, needed: float, ceiling: float, epochs: int) -> str:
     """The best method against the dense model trained on for the same budget and, where it
-    does not win, how close to that model a win would have to come: a win that needs the
-    ceiling itself is a finding about the benchmark's room, not about the method."""
+    does not win, how close to that model a win would have to come: when a win would need
+    about the ceiling itself, the case has no room to separate methods, whatever they do."""
     text = f", {best - ceiling:+.2f} vs the dense model trained on for {epochs} epochs"
     if best <= needed:
         text += (f" (beating GMP by more than the spread needs {needed:.2f}, "

@@ -39,8 +39,8 @@ from prunekit.io import atomic_write_text, load_checkpoint
 def supports(run: Path) -> tuple[dict[str, torch.Tensor], float, float]:
     """The kept (nonzero) weights of every layer the run pruned, its test accuracy and its
     training accuracy over the last retraining epoch (how well the pruned network fits:
-    two supports that fit the training set differently yet test the same say the test
-    accuracy, not the capacity, is what is left)."""
+    two supports that fit the training set differently yet test the same show that
+    capacity is not what limits the test accuracy)."""
     state = load_checkpoint(run / "retrained.pt")["state_dict"]
     report = json.loads((run / "report.json").read_text())
     pruned = sorted(layer["name"] for layer in report["layers"]
