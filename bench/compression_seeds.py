@@ -107,6 +107,11 @@ STEPS_PER_EPOCH = 469  # 60,000 images in batches of 128
 #
 # One-shot magnitude: "distill" retrains with distillation from the dense model (on the
 # ``dense`` case: the dense model trained on for the budget as the distilled methods are).
+#
+# Random (a control, not a competitor): one-shot from a support drawn at random in the
+# scheme's groups at the layer split of the global allocation (each seed its own draw),
+# then the same retraining as one-shot magnitude ("distill": with distillation). What a
+# method scores above it is what its choice of support is worth.
 _GEOMETRIC = {"rho_schedule": "geometric", "rho_growth": 1.3, "update_every": 1}
 _DISTILL = {"distill": 0.7, "distill_temperature": 4.0}
 #: retraining as the dense model was trained (SGD with Nesterov momentum and weight decay,
@@ -160,9 +165,12 @@ VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
                 "cosine_sgd": {"train": {"schedule": "cosine"}, "retrain": _SGD_RETRAIN},
                 "distill": {"train": _DISTILL, "retrain": _DISTILL}},
     "magnitude": {"oneshot": {}, "distill": {"retrain": _DISTILL}},
+    "random": {"oneshot": {}, "distill": {"retrain": _DISTILL}},
 }
 BEST = {"admm": "geometric", "reweighted": "irregular", "gradual": "constant",
-        "magnitude": "oneshot"}
+        "magnitude": "oneshot", "random": "oneshot"}
+#: methods that prune once at the start and spend the whole budget retraining
+ONE_SHOT = ("magnitude", "random")
 
 
 def method_name(method: str) -> str:
@@ -191,7 +199,7 @@ def prune_section(method: str, budget: int) -> tuple[dict[str, Any], int]:
     options.pop("retrain", None)
     fraction = options.pop("prune_fraction", PRUNE_FRACTION)
     train = {**ADAM, **options.pop("train", {})}
-    prune_epochs = 0 if name == "magnitude" else max(1, round(budget * fraction))
+    prune_epochs = 0 if name in ONE_SHOT else max(1, round(budget * fraction))
     rounds = options.pop("rounds", None)
     if name == "admm" and rounds:
         options.update(method="progressive_admm", rounds=rounds,
@@ -256,6 +264,8 @@ def dense_of(row: dict[str, Any]) -> str:
 def run_one(method: str, scheme: str, ratio: int, budget: int, seed: int,
             runs: Path = RUNS) -> dict[str, Any]:
     prune, prune_epochs = prune_section(method, budget)
+    if method.startswith("random"):
+        prune["seed"] = seed  # each seed draws its own support
     retrain_epochs = budget - prune_epochs
     prune["targets"] = [case_rule(scheme, ratio)]
     overrides = branch_overrides(DENSE, prune, retrain_epochs, seed, retrain_changes(method))
@@ -392,6 +402,38 @@ def across_dense_models(lines: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+def support_worth(lines: list[dict[str, Any]]) -> list[str]:
+    """Per dense model, case and budget with a random-support row: each method family's
+    best against it. Random pruning keeps the layer split and the retraining and changes
+    only which weights are kept, so a family's lead over it is what that family's choice
+    of support bought; where no family leads it by more than the seed spread, no method
+    could win the case by choosing weights better."""
+    families = {"ADMM/reweighted": ("admm", "reweighted"), "GMP": ("gradual",),
+                "one-shot magnitude": ("magnitude",)}
+    out = []
+    for case in sorted({(x["dense_model"], x["scheme"], x["target_ratio"], x["epochs"])
+                        for x in lines if x["method"].startswith("random")}):
+        here = [x for x in lines if len(x["seeds"]) > 1 and x["scheme"] != "dense" and
+                (x["dense_model"], x["scheme"], x["target_ratio"], x["epochs"]) == case]
+        randoms = [x for x in here if x["method"].startswith("random")]
+        if not randoms:
+            continue
+        control = max(randoms, key=lambda x: x["mean"])
+        parts = []
+        for family, names in families.items():
+            rows = [x for x in here if x["method"].split(":")[0] in names]
+            if rows:
+                best = max(rows, key=lambda x: x["mean"])
+                spread = max(best["spread"], control["spread"])
+                parts.append(f"{family} {best['mean']:.2f} ({best['mean'] - control['mean']:+.2f}"
+                             f" / {spread:.2f})")
+        dense, scheme, ratio, epochs = case
+        out.append(f"- {scheme} {ratio}x, {epochs} epochs ({dense}): {control['method']} "
+                   f"{control['mean']:.2f} ({', '.join(f'{a:.2f}' for a in control['accuracy'])})"
+                   f"; {'; '.join(parts)}")
+    return out
+
+
 def _against_ceiling(best: float, needed: float, ceiling: float, epochs: int) -> str:
     """The best method against the dense model trained on for the same budget and, where it
     does not win, how close to that model a win would have to come: when a win would need
@@ -450,6 +492,10 @@ def write_results(rows: list[dict[str, Any]]) -> None:
         + ("\n".join(verdicts(lines)) or "- no case has both seeds of every method yet")
         + "\n\n## The same case from different dense models\n\nmargin / larger seed spread "
         "per dense model:\n\n" + ("\n".join(across_dense_models(lines)) or "- none yet")
+        + "\n\n## What choosing the support is worth\n\nThe best random-support row (the "
+        "layer split of the global allocation and the same retraining, only the kept weights "
+        "drawn at random) against each method family's best: its mean (lead over random / "
+        "larger seed spread):\n\n" + ("\n".join(support_worth(lines)) or "- none yet")
         + measured_by(rows) + "\n![accuracy per case](compression_seeds.png)\n",
     )
     _plot(lines)

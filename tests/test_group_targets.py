@@ -387,3 +387,12 @@ def test_recipe_errors_come_before_any_training(tmp_path, monkeypatch):
         run_recipe(recipe, tmp_path / "run", progress=False, echo=lambda s: None)
     assert not (tmp_path / "run" / "dense.pt").exists()
     assert not (tmp_path / "run" / "ckpt").exists()
+
+
+def test_random_support_refuses_coupled_groups_before_touching_a_weight():
+    model = build()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    targets = resolve(model, [GROUP_RULE], example=EXAMPLE)
+    with pytest.raises(PrunekitError, match="random: .*coupled channel group"):
+        methods.get("random", model, targets)
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())

@@ -264,7 +264,8 @@ def sane_rules(draw):
 @given(kind=st.sampled_from(sorted(MODELS)),
        rule_list=st.lists(st.one_of(sane_rules(), sane_rules(), rules()), min_size=1,
                           max_size=2),
-       method=st.sampled_from(["admm", "magnitude", "reweighted", "group_lasso", "gradual"]))
+       method=st.sampled_from(["admm", "magnitude", "reweighted", "group_lasso", "gradual",
+                              "random"]))
 def test_rules_on_odd_models_prune_or_fail_cleanly_and_leave_the_model(kind, rule_list, method):
     model = MODELS[kind]()
     before = snapshot(model)

@@ -10,16 +10,20 @@ from method_state import restore, snapshot
 from prunekit import schemes
 from prunekit.constraints import harden
 from prunekit.errors import ConfigError
+from prunekit.io import load_checkpoint
 from prunekit.methods import (
     GradualMagnitude,
     GroupLasso,
     OneShotMagnitude,
     PostTrainingRounding,
+    RandomSupport,
     StraightThrough,
     available,
     cubic_sparsity,
     get,
 )
+from prunekit.pipeline import run_recipe
+from prunekit.recipe import load_recipe
 from prunekit.targets import Target
 
 
@@ -83,6 +87,78 @@ def test_one_shot_prunes_on_its_first_hook_call_inside_an_existing_mask():
     assert pruner.hardened
     assert int((model[0].weight != 0).sum()) == 40
     assert not ((model[0].weight != 0) & ~previous["0.weight"]).any()
+
+
+# --------------------------------------------------------------------------- random
+RANDOM_RECIPE = """\
+name: random
+model: {{name: lenet5}}
+data: {{name: synthetic, batch_size: 32, options: {{n: 64, n_test: 32}}}}
+train: {{epochs: 1, optimizer: sgd, lr: 0.05}}
+prune: {{method: random, seed: {seed}, targets: [{{layers: fc1, sparsity: 0.8}}]}}
+retrain: {{epochs: 1, optimizer: adam, lr: 0.001}}
+"""
+
+
+def wide(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(64, 48), nn.ReLU(), nn.Linear(48, 10))
+
+
+@pytest.mark.parametrize("scheme", ["irregular", "block", "filter"])
+def test_random_support_meets_each_rate_in_the_schemes_groups(scheme):
+    model = wide()
+    dense = {n: p.detach().clone() for n, p in model.named_parameters()}
+    targets = [make_target(model, "0.weight", 0.75, scheme),
+               make_target(model, "2.weight", 0.5, scheme)]
+    magnitude = {t.name: t.mask().clone() for t in targets}
+    before = torch.get_rng_state()
+    masks = RandomSupport(model, targets, seed=1).start()
+    assert torch.equal(torch.get_rng_state(), before)  # its own generator
+    for t in targets:
+        w = t.param.detach()
+        assert torch.equal(w != 0, masks[t.name])
+        assert torch.equal(w[masks[t.name]], dense[t.name][masks[t.name]])  # values untouched
+        assert int(masks[t.name].sum()) == int(magnitude[t.name].sum())  # the same rate
+        assert torch.equal(t.project(w), w)  # inside the scheme's constraint set
+        assert not torch.equal(masks[t.name], magnitude[t.name])
+
+
+def test_random_support_is_reproducible_per_seed_and_unrelated_to_magnitude():
+    def draw(seed):
+        model = wide()
+        target = make_target(model, "0.weight", 0.5)
+        return RandomSupport(model, [target], seed=seed).start()["0.weight"], target
+    first, target = draw(0)
+    again, _ = draw(0)
+    other, _ = draw(1)
+    assert torch.equal(first, again)
+    assert not torch.equal(first, other)
+    magnitude = make_target(wide(), "0.weight", 0.5).mask()
+    # 1,536 of 3,072 kept at random: about half of them are among magnitude's largest half
+    # (binomial sd 0.013), where magnitude's own support would share all of them
+    shared = float((first & magnitude).sum() / first.sum())
+    assert 0.45 < shared < 0.55
+
+
+def test_a_recipe_draws_the_random_support_its_seed_names(tmp_path):
+    def pruned_fc1(seed):
+        recipe = load_recipe(text=RANDOM_RECIPE.format(seed=seed))
+        run_recipe(recipe, tmp_path / str(seed), progress=False, echo=lambda s: None)
+        return load_checkpoint(tmp_path / str(seed) / "pruned.pt")["state_dict"]["fc1.weight"]
+    first, other = pruned_fc1(0), pruned_fc1(1)
+    for w in (first, other):
+        assert int((w != 0).sum()) == w.numel() - round(0.8 * w.numel())
+    assert not torch.equal(first != 0, other != 0)
+
+
+def test_random_support_refuses_value_setting_schemes_and_coupled_groups():
+    model = wide()
+    for scheme in ("quant", "irregular+quant", "unify"):
+        with pytest.raises(ConfigError, match="random: .*sets values"):
+            RandomSupport(model, [make_target(model, "0.weight", 0.5, scheme)])
+    with pytest.raises(ConfigError, match="seed"):
+        RandomSupport(model, [make_target(model, "0.weight", 0.5)], seed=-1)
 
 
 # --------------------------------------------------------------------------- gradual
@@ -205,7 +281,7 @@ def test_group_lasso_penalty_is_the_sum_of_unsquared_group_norms():
 def test_get_knows_every_method_and_rejects_the_rest():
     assert available() == sorted(
         ["admm", "progressive_admm", "reweighted", "magnitude", "gradual", "group_lasso",
-         "ptq", "ste"]
+         "ptq", "random", "ste"]
     )
     model = mlp()
     targets = [make_target(model, "0.weight", 0.5)]
@@ -214,6 +290,7 @@ def test_get_knows_every_method_and_rejects_the_rest():
     assert isinstance(get("group_lasso", model, targets, lam=0.1), GroupLasso)
     assert isinstance(get("ptq", model, targets), PostTrainingRounding)
     assert isinstance(get("ste", model, targets), StraightThrough)
+    assert isinstance(get("random", model, targets, seed=2), RandomSupport)
     with pytest.raises(ConfigError, match="'magnitude'.*'lam'.*no options"):
         get("magnitude", model, targets, lam=0.1)
     with pytest.raises(ConfigError, match="unknown pruning method 'gmp'"):

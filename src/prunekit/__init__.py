@@ -17,6 +17,7 @@ _EXPORTS = {
     "Reweighted": "methods",
     "OneShotMagnitude": "methods",
     "GradualMagnitude": "methods",
+    "RandomSupport": "methods",
     "GroupLasso": "methods",
     "resolve": "targets",
     "Target": "targets",

@@ -1,9 +1,10 @@
 """Pruning methods by name: ``prunekit.methods.get(name, model, targets, **options)``.
 
 Names: ``admm``, ``progressive_admm``, ``reweighted``, ``magnitude`` (one-shot),
-``gradual``, ``group_lasso``, and for quantization targets also ``ptq`` (post-training
-rounding) and ``ste`` (straight-through quantization-aware training); ``admm`` quantizes
-too (see :mod:`.quantize`). Every method follows the plugin protocol of
+``gradual``, ``random`` (one-shot from a random support: the control for any method's
+choice of weights), ``group_lasso``, and for quantization targets also ``ptq``
+(post-training rounding) and ``ste`` (straight-through quantization-aware training);
+``admm`` quantizes too (see :mod:`.quantize`). Every method follows the plugin protocol of
 :class:`~prunekit.methods.base.PruningMethod`, so any of them drops into any training loop.
 """
 
@@ -22,6 +23,7 @@ from .base import PruningMethod
 from .group_lasso import GroupLasso
 from .magnitude import GradualMagnitude, OneShotMagnitude, cubic_sparsity
 from .quantize import PostTrainingRounding, ProgressiveFixing, StraightThrough
+from .random_support import RandomSupport
 from .reweighted import Reweighted
 
 METHODS: dict[str, type[PruningMethod]] = {
@@ -29,6 +31,7 @@ METHODS: dict[str, type[PruningMethod]] = {
     "progressive_admm": ProgressiveADMM,
     "reweighted": Reweighted,
     "magnitude": OneShotMagnitude,
+    "random": RandomSupport,
     "gradual": GradualMagnitude,
     "group_lasso": GroupLasso,
     "ptq": PostTrainingRounding,
@@ -79,6 +82,7 @@ __all__ = [
     "ProgressiveFixing",
     "ProgressiveADMM",
     "PruningMethod",
+    "RandomSupport",
     "Reweighted",
     "StraightThrough",
     "available",

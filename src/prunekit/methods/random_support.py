@@ -1,0 +1,72 @@
+"""One-shot random pruning: the control that measures what choosing a support is worth.
+
+Every method differs from the others mainly in *which* weights it keeps. Whether that
+choice matters for a model, scheme and rate is an empirical question, and random pruning at
+the same rates answers it: retrain from a random support exactly as a method retrains from
+its own, and the gap between the two is what the method's selection bought. Random pruning
+at a good layer split is a strong baseline on wide layers (Liu et al., ICLR 2022, "The
+unreasonable effectiveness of random pruning"), so a method that does not beat it has
+found nothing the layer split did not already give.
+
+The support is drawn in the scheme's own groups: the layer's weight values are shuffled to
+random positions and the scheme's exact projection picks from the shuffled tensor. A
+support so drawn is one the scheme could have produced (whole blocks, filters, N:M
+groups...), each target keeps exactly its rate, and groups of unequal size are favoured
+exactly as the projection favours them on real weights (a short block at a ragged edge has
+a smaller norm in both). Then the layer's own weights are hardened inside that support and
+everything else is one-shot magnitude's: the masks are enforced while the model retrains.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import ConfigError
+from ..group_target import GroupTarget
+from ..schemes.compose import Composite
+from ..schemes.quant import Quant
+from ..schemes.unify import Unify
+from ..targets import Target
+from .base import check_count
+from .magnitude import OneShotMagnitude
+
+
+class RandomSupport(OneShotMagnitude):
+    """Harden every target inside a support drawn at random at its rate (see the module
+    docstring); ``seed`` makes the draw reproducible, independently of torch's global
+    generator (which the training loop's shuffling also draws from)."""
+
+    name = "random"
+
+    def __init__(self, model: nn.Module, targets: Iterable[Target | GroupTarget], *,
+                 seed: int = 0) -> None:
+        super().__init__(model, targets)
+        for t in self.targets:
+            if isinstance(t, GroupTarget):
+                raise ConfigError(f"random: target {t.name!r} is a coupled channel group; "
+                                  f"random supports are drawn per weight (use a plain "
+                                  f"filter or channel rule)")
+            parts = t.scheme.parts if isinstance(t.scheme, Composite) else [t.scheme]
+            if any(isinstance(p, (Quant, Unify)) for p in parts):
+                raise ConfigError(f"random: target {t.name!r} uses scheme {t.scheme_name!r}, "
+                                  f"which sets values, not only a support; random draws "
+                                  f"supports only")
+        self.seed = check_count(seed, "seed", minimum=0)
+
+    def random_masks(self) -> dict[str, Tensor]:
+        """``{param name: bool mask}``: each target's random support at its rate."""
+        generator = torch.Generator().manual_seed(self.seed)
+        masks = {}
+        for t in self.targets:
+            values = t.param.detach().flatten().cpu()
+            order = torch.randperm(values.numel(), generator=generator)
+            masks[t.name] = t.mask(values[order].reshape(t.param.shape)).to(t.param.device)
+        return masks
+
+    def harden(self) -> dict[str, Tensor]:
+        if not self.hardened:
+            self.set_masks(self.random_masks())  # hardening projects inside the live masks
+        return super().harden()
