@@ -95,7 +95,7 @@ name: random
 model: {{name: lenet5}}
 data: {{name: synthetic, batch_size: 32, options: {{n: 64, n_test: 32}}}}
 train: {{epochs: 1, optimizer: sgd, lr: 0.05}}
-prune: {{method: random, seed: {seed}, targets: [{{layers: fc1, sparsity: 0.8}}]}}
+prune: {{method: {method}, train: {{epochs: 0}}, targets: [{{layers: fc1, sparsity: 0.8}}]}}
 retrain: {{epochs: 1, optimizer: adam, lr: 0.001}}
 """
 
@@ -142,14 +142,21 @@ def test_random_support_is_reproducible_per_seed_and_unrelated_to_magnitude():
 
 
 def test_a_recipe_draws_the_random_support_its_seed_names(tmp_path):
-    def pruned_fc1(seed):
-        recipe = load_recipe(text=RANDOM_RECIPE.format(seed=seed))
-        run_recipe(recipe, tmp_path / str(seed), progress=False, echo=lambda s: None)
-        return load_checkpoint(tmp_path / str(seed) / "pruned.pt")["state_dict"]["fc1.weight"]
-    first, other = pruned_fc1(0), pruned_fc1(1)
-    for w in (first, other):
-        assert int((w != 0).sum()) == w.numel() - round(0.8 * w.numel())
-    assert not torch.equal(first != 0, other != 0)
+    """With no pruning epochs the pipeline freezes the method without a training step: the
+    support must still be the random one of the recipe's seed, not magnitude's."""
+    def pruned_fc1(method, **options):
+        recipe = load_recipe(text=RANDOM_RECIPE.format(method=method),
+                             overrides=[f"prune.{k}={v}" for k, v in options.items()])
+        out = tmp_path / f"{method}{options}"
+        run_recipe(recipe, out, progress=False, echo=lambda s: None)
+        return load_checkpoint(out / "pruned.pt")["state_dict"]["fc1.weight"] != 0
+    magnitude = pruned_fc1("magnitude")
+    first, other = pruned_fc1("random", seed=0), pruned_fc1("random", seed=1)
+    for kept in (first, other):
+        assert int(kept.sum()) == int(magnitude.sum())
+        # a fifth of fc1 kept at random: about a fifth of it is in magnitude's support
+        assert float((kept & magnitude).sum() / kept.sum()) < 0.3
+    assert not torch.equal(first, other)
 
 
 def test_random_support_refuses_value_setting_schemes_and_coupled_groups():

@@ -20,6 +20,7 @@ everything else is one-shot magnitude's: the masks are enforced while the model 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -66,7 +67,9 @@ class RandomSupport(OneShotMagnitude):
             masks[t.name] = t.mask(values[order].reshape(t.param.shape)).to(t.param.device)
         return masks
 
-    def harden(self) -> dict[str, Tensor]:
+    def freeze(self, mode: str = "snap") -> dict[str, Any]:
+        """Harden inside the random supports (every way of hardening ends here: ``start``,
+        ``harden`` and a pipeline's freeze after a stage of no training steps)."""
         if not self.hardened:
-            self.set_masks(self.random_masks())  # hardening projects inside the live masks
-        return super().harden()
+            self.set_masks(self.random_masks())  # freezing projects inside the live masks
+        return super().freeze(mode)
