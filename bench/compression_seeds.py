@@ -4,11 +4,12 @@ The compression benchmark (bench/compression.py) at longer budgets: LeNet-5 on
 Fashion-MNIST from the same dense model, irregular at 40x and 70x (one global allocation
 over conv1..fc2) and block (BLK-REW, conv2 and fc1) at 8x; ADMM (its best schedule),
 reweighted, gradual magnitude (GMP) and one-shot magnitude, plus the named settings of
-``VARIANTS`` on request; 12 and 30 epochs after the dense model; seeds 0 and 1 (the seed sets
-the data order and augmentation of the pruning and retraining stages; the dense model is
-the same). ADMM, reweighted and GMP prune for ``PRUNE_FRACTION`` of the budget and retrain
-inside the masks for the rest with the same settings; one-shot magnitude spends the whole
-budget retraining.
+``VARIANTS`` and the random-support control (``random``) on request; 12 and 30 epochs
+after the dense model; seeds 0 and 1 (the seed sets the data order and augmentation of the
+pruning and retraining stages, and random's draw; the dense model is the same). ADMM,
+reweighted and GMP prune for ``PRUNE_FRACTION`` of the budget and retrain inside the masks
+for the rest with the same settings; one-shot magnitude and random spend the whole budget
+retraining.
 
 This takes hours on 2 cores, so every finished row is written to
 bench/results/compression_seeds.json at once and rows already there are skipped: a run cut
