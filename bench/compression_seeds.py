@@ -85,7 +85,10 @@ STEPS_PER_EPOCH = 469  # 60,000 images in batches of 128
 # layer keeps the rate of the one global allocation from the dense model);
 # "realloc_slow": realloc with one Z/U update per epoch instead of four (rho rises 4x
 # slower, so the support keeps moving through the whole pruning stage of a long budget);
-# "progressive3_half": support_half through 3 rounds of rising rate.
+# "progressive3_half": support_half through 3 rounds of rising rate;
+# "realloc_distill_short": realloc_distill_all pruning for a sixth of the budget (at block
+# 8x, 30 epochs, one-shot magnitude retrained for the whole budget beat both searches: a
+# check of whether the retraining length, not the search, is the lever there).
 #
 # Reweighted: "irregular" is lam 2e-5 (tuned on single weights); the penalty is summed per
 # *group*, so a scheme with few large groups (block: 16x16 blocks of fc1, 8x4x25 of conv2)
@@ -104,7 +107,8 @@ STEPS_PER_EPOCH = 469  # 60,000 images in batches of 128
 # Gradual magnitude: "constant" is the shared Adam 1e-3 at a constant rate while pruning;
 # "cosine" anneals that rate over the pruning epochs (Zhu and Gupta prune while the rate
 # decays), a check that the long budget does not handicap GMP; "cosine_sgd": cosine, then
-# retraining as the dense model trained (``_SGD_RETRAIN``).
+# retraining as the dense model trained (``_SGD_RETRAIN``); "distill_short": "distill"
+# pruning for a sixth of the budget (the same check as ADMM's "realloc_distill_short").
 #
 # One-shot magnitude: "distill" retrains with distillation from the dense model (on the
 # ``dense`` case: the dense model trained on for the budget as the distilled methods are).
@@ -144,6 +148,8 @@ VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
                                 "train": _DISTILL, "retrain": _DISTILL},
         "support_distill_all": {**_SUPPORT, "prune_fraction": 0.5, "train": _DISTILL,
                                 "retrain": _DISTILL},
+        "realloc_distill_short": {**_SUPPORT, "prune_fraction": 1 / 6, "reallocate": True,
+                                  "train": _DISTILL, "retrain": _DISTILL},
         "realloc_slow": {**_SUPPORT, "update_every": STEPS_PER_EPOCH, "prune_fraction": 0.5,
                          "reallocate": True},
         "progressive3_half": {**_SUPPORT, "prune_fraction": 0.5, "rounds": 3},
@@ -164,7 +170,9 @@ VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
     "gradual": {"constant": {}, "cosine": {"train": {"schedule": "cosine"}},
                 "hot_retrain": {"retrain": {"lr": 1e-3}},
                 "cosine_sgd": {"train": {"schedule": "cosine"}, "retrain": _SGD_RETRAIN},
-                "distill": {"train": _DISTILL, "retrain": _DISTILL}},
+                "distill": {"train": _DISTILL, "retrain": _DISTILL},
+                "distill_short": {"prune_fraction": 1 / 6, "train": _DISTILL,
+                                  "retrain": _DISTILL}},
     "magnitude": {"oneshot": {}, "distill": {"retrain": _DISTILL}},
     "random": {"oneshot": {}, "distill": {"retrain": _DISTILL}},
 }
