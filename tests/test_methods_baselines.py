@@ -127,11 +127,9 @@ def test_random_support_meets_each_rate_in_the_schemes_groups(scheme):
 def test_random_support_is_reproducible_per_seed_and_unrelated_to_magnitude():
     def draw(seed):
         model = wide()
-        target = make_target(model, "0.weight", 0.5)
-        return RandomSupport(model, [target], seed=seed).start()["0.weight"], target
-    first, target = draw(0)
-    again, _ = draw(0)
-    other, _ = draw(1)
+        return RandomSupport(model, [make_target(model, "0.weight", 0.5)],
+                             seed=seed).start()["0.weight"]
+    first, again, other = draw(0), draw(0), draw(1)
     assert torch.equal(first, again)
     assert not torch.equal(first, other)
     magnitude = make_target(wide(), "0.weight", 0.5).mask()
@@ -139,6 +137,15 @@ def test_random_support_is_reproducible_per_seed_and_unrelated_to_magnitude():
     # (binomial sd 0.013), where magnitude's own support would share all of them
     shared = float((first & magnitude).sum() / first.sum())
     assert 0.45 < shared < 0.55
+
+
+def test_random_support_draws_inside_an_existing_mask():
+    model = wide()
+    previous = harden(model, [make_target(model, "0.weight", 0.5)])["0.weight"]
+    target = make_target(model, "0.weight", 0.9)
+    kept = RandomSupport(model, [target], seed=3).start()["0.weight"]
+    assert int(kept.sum()) == target.numel - round(0.9 * target.numel)
+    assert not (kept & ~previous).any()
 
 
 def test_a_recipe_draws_the_random_support_its_seed_names(tmp_path):

@@ -8,8 +8,9 @@ at a good layer split is a strong baseline on wide layers (Liu et al., ICLR 2022
 unreasonable effectiveness of random pruning"), so a method that does not beat it has
 found nothing the layer split did not already give.
 
-The support is drawn in the scheme's own groups: the layer's weight values are shuffled to
-random positions and the scheme's exact projection picks from the shuffled tensor. A
+The support is drawn in the scheme's own groups: the layer's nonzero weight values are
+shuffled among their positions and the scheme's exact projection picks from the shuffled
+tensor. A
 support so drawn is one the scheme could have produced (whole blocks, filters, N:M
 groups...), each target keeps exactly its rate, and groups of unequal size are favoured
 exactly as the projection favours them on real weights (a short block at a ragged edge has
@@ -63,8 +64,13 @@ class RandomSupport(OneShotMagnitude):
         masks = {}
         for t in self.targets:
             values = t.param.detach().flatten().cpu()
-            order = torch.randperm(values.numel(), generator=generator)
-            masks[t.name] = t.mask(values[order].reshape(t.param.shape)).to(t.param.device)
+            # shuffle among the nonzeros only: a weight already pruned stays zero, so the
+            # draw stays inside an earlier mask and the rate is met there
+            alive = torch.nonzero(values).flatten()
+            order = alive[torch.randperm(alive.numel(), generator=generator)]
+            shuffled = torch.zeros_like(values)
+            shuffled[alive] = values[order]
+            masks[t.name] = t.mask(shuffled.reshape(t.param.shape)).to(t.param.device)
         return masks
 
     def freeze(self, mode: str = "snap") -> dict[str, Any]:
