@@ -25,7 +25,7 @@ from prunekit.runtime import (
     choose,
     has_numba,
 )
-from prunekit.runtime.formats import Gathered, choose_rows, padded_work
+from prunekit.runtime.banded import Gathered, choose_rows, padded_work
 
 SPARSE = {
     "block": lambda w: schemes.get("block", block=(8, 4)).project(w, 0.75),

@@ -43,7 +43,7 @@ from torch import Tensor, nn
 from ..errors import ConfigError, PrunekitError
 from ..structure import build
 from . import choose
-from .formats import choose_rows, padded_work
+from .banded import choose_rows, padded_work
 from .modules import ENGINES, Im2colConv2d, SparseLinear, SparseRNN, sparsity
 from .ort_graph import ort_graphs
 from .shrink import dead_units, removable, shrink

@@ -28,7 +28,7 @@ from functools import cache
 import torch
 from torch import Tensor
 
-from .formats import Gathered
+from .banded import Gathered
 
 
 def _make_kernel(numba, np, parallel: bool):

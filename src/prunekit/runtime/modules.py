@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import kernels
-from .formats import Gathered
+from .banded import Gathered
 
 #: how a SparseLinear multiplies
 ENGINES = ("gathered", "gathered_parallel", "gathered_torch", "csr", "bsr")

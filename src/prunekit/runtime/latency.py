@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from ..errors import ConfigError, DataError
 from .choose import median_ms
@@ -20,8 +21,11 @@ from .compile import compile as compile_model
 
 
 def bench_saved_model(path: str | Path, *, batch: int = 1, repeats: int = 20,
+                      model: nn.Module | None = None,
                       echo: Callable[[str], Any] = print) -> dict[str, Any]:
-    """Time the model in ``path`` dense and compiled; print and return the figures."""
+    """Time the model in ``path`` dense and compiled; print and return the figures.
+    ``model``: the architecture to load the weights into, for a file whose model was
+    built by the user's own code (files never import code; see :func:`prunekit.artifacts.load`)."""
     from ..artifacts import load  # noqa: PLC0415  (the file format is above this layer)
 
     path = Path(path)
@@ -31,7 +35,7 @@ def bench_saved_model(path: str | Path, *, batch: int = 1, repeats: int = 20,
         raise ConfigError(f"batch must be a positive integer, got {batch!r}")
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
         raise ConfigError(f"repeats must be a positive integer, got {repeats!r}")
-    loaded = load(path)
+    loaded = load(path, model=model)
     shape = loaded.spec.get("input_shape")
     if not isinstance(shape, list) or not shape:
         raise DataError(f"{path} does not record the model's input shape")
