@@ -1,0 +1,58 @@
+"""One layer's reconstruction problem: the dense GEMM weight ``W0`` and the Gram matrix
+``H = X^T X`` of its calibration inputs.
+
+Every solver minimises the same objective, ``||X W0^T - X W^T||^2 = tr((W - W0) H (W - W0)^T)``,
+so the problem object owns the objective, its relative form (error of ``W`` over the output
+energy ``tr(W0 H W0^T)``, the per-layer figure the record reports) and the ridge term.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+#: default ridge, as a fraction of the mean of diag(H) (what SparseGPT and ALPS use)
+DEFAULT_DAMP = 0.01
+
+
+@dataclass
+class LayerProblem:
+    """``w0``: dense GEMM weight ``[out, in]`` (float32); ``h``: Gram matrix ``[in, in]``
+    (float64, undamped: the objective is measured without the ridge)."""
+
+    w0: Tensor
+    h: Tensor
+
+    def __post_init__(self) -> None:
+        self.w0 = self.w0.detach().float().clone()  # the weight is overwritten later
+        self.h = self.h.detach().double()
+        if self.h.shape != (self.w0.shape[1], self.w0.shape[1]):
+            raise ValueError(f"Gram matrix {tuple(self.h.shape)} does not fit weight "
+                             f"{tuple(self.w0.shape)}")
+
+    def damped(self, damp: float = DEFAULT_DAMP) -> Tensor:
+        """``H + damp * mean(diag H) * I``; inputs never seen (zero diagonal) get a unit
+        diagonal so the matrix stays invertible (their weights cannot matter)."""
+        h = self.h.clone()
+        diag = torch.diagonal(h)
+        dead = diag <= 0
+        ridge = damp * float(diag[~dead].mean()) if bool((~dead).any()) else 1.0
+        diag[dead] = 1.0
+        diag.add_(ridge)
+        return h
+
+    def error(self, w: Tensor) -> float:
+        """``tr((W - W0) H (W - W0)^T)``."""
+        d = (w.double() - self.w0.double())
+        return float(((d @ self.h) * d).sum())
+
+    def energy(self) -> float:
+        w = self.w0.double()
+        return float(((w @ self.h) * w).sum())
+
+    def relative_error(self, w: Tensor) -> float:
+        """The error relative to the layer's output energy (0 = exact, 1 = all zeros)."""
+        energy = self.energy()
+        return self.error(w) / energy if energy > 0 else 0.0
