@@ -15,7 +15,8 @@ import torch
 from onnx import helper, numpy_helper
 from torch import nn
 
-from prunekit import artifacts, constraints, models, targets
+import prunekit
+from prunekit import artifacts, constraints, models
 from prunekit.artifacts.onnx_export import MISSING_EXTRA, export_onnx
 from prunekit.cli import main
 from prunekit.errors import ConfigError
@@ -33,7 +34,7 @@ FLOAT_RULE = {"layers": "*", "scheme": "irregular", "sparsity": 0.8}
 def compressed(name: str, rules: list[dict]) -> tuple[nn.Module, dict]:
     torch.manual_seed(0)
     model = models.get(name, **ZOO[name])
-    return model, constraints.freeze(model, targets.resolve(model, rules))
+    return model, prunekit.freeze(model, prunekit.resolve(model, rules))
 
 
 def example(model: nn.Module) -> torch.Tensor:
@@ -42,17 +43,19 @@ def example(model: nn.Module) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """``(name, quantized) -> (model, constraints, input, onnx path)``, each exported once."""
+    """``(name, quantized, shrink=False) -> (model, constraints, input, onnx path)``, each
+    exported once. Unshrunk by default: those tests compare the file's weights with the
+    model's, layer for layer."""
     cache: dict = {}
 
-    def get(name: str, quantized: bool):
-        if (name, quantized) not in cache:
+    def get(name: str, quantized: bool, shrink: bool = False):
+        if (name, quantized, shrink) not in cache:
             model, frozen = compressed(name, [QUANT_RULE if quantized else FLOAT_RULE])
             x = example(model)
             path = tmp_path_factory.mktemp("onnx") / f"{name}.onnx"
-            assert export_onnx(model, frozen, x, path) == path
-            cache[name, quantized] = (model, frozen, x, path)
-        return cache[name, quantized]
+            assert export_onnx(model, frozen, x, path, shrink=shrink) == path
+            cache[name, quantized, shrink] = (model, frozen, x, path)
+        return cache[name, quantized, shrink]
 
     return get
 
@@ -92,14 +95,39 @@ def metadata(path) -> dict:
             if p.key.startswith("prunekit.")}
 
 
+@pytest.mark.parametrize("shrink", [False, True], ids=["full", "shrunk"])
 @pytest.mark.parametrize("quantized", [False, True], ids=["float", "qdq"])
 @pytest.mark.parametrize("name", list(ZOO))
-def test_onnxruntime_matches_pytorch(exported, name, quantized):
-    model, _, x, path = exported(name, quantized)
-    (out,) = run_onnx(path, x)
-    np.testing.assert_allclose(out, torch_output(model, x), rtol=1e-5, atol=1e-5)
+def test_onnxruntime_matches_pytorch(exported, name, quantized, shrink):
+    """Exported from batch 1, run at batch 1 and 8 (the batch axis is dynamic)."""
+    model, _, x, path = exported(name, quantized, shrink)
+    for batch in (1, 8):
+        xb = torch.randn(batch, *x.shape[1:], generator=torch.Generator().manual_seed(batch))
+        (out,) = run_onnx(path, xb)
+        np.testing.assert_allclose(out, torch_output(model, xb), rtol=1e-5, atol=1e-5)
     if not quantized:
         assert not dequantize_nodes(path)
+
+
+def test_a_shrunk_qdq_export_keeps_its_int8_weights_and_is_smaller(exported):
+    """Irregular 80% leaves some LeNet-5 channels with no weight at all: the shrunk file
+    drops them, and every quantized weight is still int8 behind a DequantizeLinear whose
+    output is exactly the kept slice of the model's weight."""
+    model, frozen, _, full = exported("lenet5", True)
+    _, _, _, small = exported("lenet5", True, shrink=True)
+    assert metadata(small)["prunekit.removed_channels"] > 0
+    assert metadata(full)["prunekit.removed_channels"] == 0
+    assert small.stat().st_size < full.stat().st_size
+    names = qdq_layers(model, frozen)
+    assert set(dequantize_nodes(small)) == set(names) == set(metadata(small)["prunekit.qdq"])
+    inits = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(small)).graph.initializer}
+    shrunk = prunekit.compile(model, example(model), engines=(), freeze=False)  # plain layers
+    assert shrunk.prunekit_plan.removed_channels == metadata(small)["prunekit.removed_channels"]
+    params = {n: p.detach().numpy() for n, p in shrunk.named_parameters()}
+    for name, node in dequantize_nodes(small).items():
+        codes, scale = inits[node.input[0]].astype(np.float32), inits[node.input[1]]
+        steps = scale.reshape(-1, *[1] * (codes.ndim - 1)) if scale.ndim else scale
+        np.testing.assert_array_equal(codes * steps, params[name])
 
 
 def test_a_float_export_is_the_optimized_graph(exported):

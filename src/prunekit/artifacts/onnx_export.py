@@ -2,6 +2,14 @@
 
 :func:`export_onnx` writes one ``.onnx`` file that runs in any ONNX runtime:
 
+- the batch axis is dynamic (a file exported from one example runs a batch of any size);
+  ``dynamic_batch=False`` fixes it to the example's batch, for a model whose code ties
+  itself to one batch size;
+- filter/channel-pruned layers are exported physically smaller: dead channels (pruned
+  filters with their biases and BatchNorm entries, channels no layer reads) are removed
+  by the shrink pass of :mod:`prunekit.runtime.shrink`, and the smaller model is used only
+  when its outputs equal the full model's (to ``SHRINK_RTOL``) on a random input;
+  ``shrink=False`` keeps every layer at full size, zeros included;
 - float layers (pruned or not) keep their dense float32 weights, zeros included: ONNX has
   no sparse weight format that runtimes execute, so sparsity only shows as zeros;
 - a quantized conv or linear weight (a :class:`~prunekit.constraints.Levels` constraint
@@ -31,8 +39,14 @@ it loads the model, but the unoptimized graph's shape arithmetic around each Bat
 (Shape, Expand, CastLike) keeps it from fusing the convs (filter-pruned ResNet-20 at batch
 1 ran 0.92 ms unoptimized, 0.49 ms optimized).
 
-The file's metadata (``metadata_props``) lists the QDQ weights (``prunekit.qdq``) and, for
-every quantized weight kept float, why (``prunekit.float``), as JSON.
+The file's metadata (``metadata_props``) lists the QDQ weights (``prunekit.qdq``), for
+every quantized weight kept float, why (``prunekit.float``), the batch axis
+(``prunekit.batch``: ``"dynamic"`` or the fixed size) and the channels removed
+(``prunekit.removed_channels``), as JSON.
+
+torch's exporter talks about its own internals while it works (deprecations inside torch,
+``nn.GRU``'s flat weights, one log line per torchvision operator it skips when torchvision
+is not installed); none of it is something a user can act on, so the export is silent.
 """
 
 from __future__ import annotations
@@ -42,6 +56,7 @@ import inspect
 import json
 import logging
 import os
+import re
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -53,22 +68,27 @@ import torch
 from torch import Tensor, nn
 
 from ..constraints import Frozen, Levels
-from ..errors import ConfigError, DataError
-from ..io import atomic_write_bytes
-from ..schemes.quant import magnitudes, max_level
-from .model_file import load
+from ..errors import ConfigError
+from ..files import atomic_write_bytes
+from ..schemes.levels import magnitudes, max_level
 
 MISSING_EXTRA = "ONNX export needs the onnx extra: pip install prunekit[onnx]"
 #: the first opset whose DequantizeLinear takes a per-axis scale
 MIN_OPSET = 13
 INT8_MAX = 127
+#: the largest relative difference (max abs error over max abs output) at which the shrunk
+#: model counts as computing what the full model computes
+SHRINK_RTOL = 1e-5
 QDQ_MODULES = (nn.Linear, nn.modules.conv._ConvNd)
-#: the logger that warns once per torchvision op when torchvision is not installed
-_REGISTRY_LOGGER = "torch.onnx._internal.exporter._registration"
+#: loggers of torch's exporter: the registry warns once per torchvision op when torchvision
+#: is not installed, torch.export about the guards it adds while tracing
+_EXPORTER_LOGGERS = ("torch.onnx", "torch.onnx._internal.exporter._registration",
+                     "torch.export", "torch._export", "torch._dynamo", "torch._guards",
+                     "torch.fx.experimental.symbolic_shapes")
 #: warnings torch's exporter raises about its own internals, which a user cannot act on
 _EXPORTER_NOISE = (
     (r".*LeafSpec.*", FutureWarning),
-    (r"The tensor attributes self\.\w+\._flat_weights", UserWarning),  # nn.GRU / nn.LSTM
+    (r"The tensor attributes self\.[\w.]+\._flat_weights", UserWarning),  # nn.GRU / nn.LSTM
 )
 
 
@@ -83,48 +103,173 @@ class _Quantized:
     weight: np.ndarray
 
 
+@dataclass
+class OnnxExport:
+    """What :func:`write_onnx` wrote: the file, whether its batch axis is dynamic, how many
+    channel units the shrink pass removed and, when it removed none, why (empty when the
+    model simply has no dead channel or shrinking was not asked for)."""
+
+    path: Path
+    dynamic_batch: bool
+    removed_channels: int = 0
+    shrink_note: str = ""
+
+    def describe(self) -> str:
+        batch = "dynamic batch" if self.dynamic_batch else "fixed batch"
+        if self.removed_channels:
+            size = f"{self.removed_channels} dead channels removed"
+        else:
+            size = f"full size: {self.shrink_note}" if self.shrink_note else "full size"
+        return f"wrote {self.path} ({batch}, {size}, {self.path.stat().st_size:,} bytes)"
+
+
 def export_onnx(model: nn.Module, constraints: Mapping[str, Frozen] | None,
                 example_input: Tensor | tuple[Tensor, ...], path: str | os.PathLike, *,
-                opset: int | None = None) -> Path:
-    """Write ``model`` as an ONNX file at ``path`` (atomically) and return the path.
+                opset: int | None = None, dynamic_batch: bool = True,
+                shrink: bool = True) -> Path:
+    """Write ``model`` as an ONNX file at ``path`` (atomically) and return the path; see
+    :func:`write_onnx` for the options and for what else it reports."""
+    return write_onnx(model, constraints, example_input, path, opset=opset,
+                      dynamic_batch=dynamic_batch, shrink=shrink).path
+
+
+def write_onnx(model: nn.Module, constraints: Mapping[str, Frozen] | None,
+               example_input: Tensor | tuple[Tensor, ...], path: str | os.PathLike, *,
+               opset: int | None = None, dynamic_batch: bool = True,
+               shrink: bool = True) -> OnnxExport:
+    """Write ``model`` as an ONNX file at ``path`` (atomically).
 
     ``constraints`` (parameter name to frozen constraint, as :func:`prunekit.artifacts.load`
-    returns them) says which weights are quantized; ``example_input`` (batch included) fixes
-    the graph's input shape (static: batch included); ``opset`` defaults to the exporter's
-    (18 with torch 2.13), and one it cannot write (it down-converts only so far) is a
-    :class:`ConfigError` rather than a file of another opset."""
-    onnx = _require_onnx()
+    returns them) says which weights are quantized; ``example_input`` (batch included) gives
+    the input shape; the batch axis is dynamic unless ``dynamic_batch=False``, and dead
+    channels are removed unless ``shrink=False`` (see the module docstring). ``opset``
+    defaults to the exporter's (18 with torch 2.13), and one it cannot write (it
+    down-converts only so far) is a :class:`ConfigError` rather than a file of another
+    opset."""
+    onnx = require_onnx()
     if opset is not None and (isinstance(opset, bool) or not isinstance(opset, int)
                               or opset < MIN_OPSET):
         raise ConfigError(f"ONNX export needs opset {MIN_OPSET} or later (per-axis "
                           f"DequantizeLinear), got {opset!r}")
+    for flag, value in (("dynamic_batch", dynamic_batch), ("shrink", shrink)):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{flag} must be True or False, got {value!r}")
     chosen, kept_float = _plan(model, dict(constraints or {}))
-    proto = _torch_export(model, example_input, opset, optimize=not chosen)
+    result = OnnxExport(Path(path), dynamic_batch)
+    if shrink:
+        model, chosen = _shrunk(model, example_input, chosen, kept_float, result)
+    proto = _torch_export(model, example_input, opset, optimize=not chosen,
+                          dynamic_batch=dynamic_batch)
     for q in chosen:
         reason = _replace_with_qdq(onnx, proto.graph, q)
         if reason is not None:
             kept_float[q.name] = reason
     done = [q.name for q in chosen if q.name not in kept_float]
-    _set_metadata(onnx, proto, done, kept_float)
+    batch = "dynamic" if dynamic_batch else _batch_size(example_input)
+    _set_metadata(onnx, proto, done, kept_float,
+                  {"prunekit.batch": batch, "prunekit.removed_channels": result.removed_channels})
     onnx.checker.check_model(proto)
-    return atomic_write_bytes(path, proto.SerializeToString())
+    result.path = atomic_write_bytes(path, proto.SerializeToString())
+    return result
 
 
-def export_saved_model(path: str | os.PathLike, out: str | os.PathLike,
-                       opset: int | None = None) -> Path:
-    """``prunekit export``: the ``.pkz`` file at ``path`` as ONNX at ``out``, for one sample
-    of the input shape the file records (batch 1)."""
-    _require_onnx()  # before the (slower) load, so a missing extra is the first error
-    loaded = load(path)
-    shape = loaded.spec.get("input_shape")
-    if not isinstance(shape, list) or not shape:
-        raise DataError(f"{path} does not record the model's input shape")
-    return export_onnx(loaded.model, loaded.constraints, torch.zeros(1, *shape), out,
-                       opset=opset)
+def _batch_size(example_input: Tensor | tuple[Tensor, ...]) -> int:
+    first = example_input[0] if isinstance(example_input, tuple) else example_input
+    return int(first.shape[0])
+
+
+# ------------------------------------------------------------------ shrinking
+def _shrunk(model: nn.Module, example_input: Tensor | tuple[Tensor, ...],
+            chosen: list[_Quantized], kept_float: dict[str, str], result: OnnxExport
+            ) -> tuple[nn.Module, list[_Quantized]]:
+    """``model`` with its dead channels removed and the QDQ weights cut to match, when the
+    smaller model gives the same outputs; else ``model`` and ``chosen`` unchanged, with the
+    reason in ``result.shrink_note``."""
+    from ..runtime.shrink import removable  # noqa: PLC0415  (tracing is slow to import)
+    from ..runtime.shrink import shrink as shrink_units  # noqa: PLC0415
+    from ..structure import build, dead_units  # noqa: PLC0415
+
+    if isinstance(example_input, tuple):
+        result.shrink_note = "not shrunk: the model takes several inputs"
+        return model, chosen
+    was_training = model.training
+    model.eval()
+    try:
+        structure = build(model, example_input)
+        gone = removable(structure, dead_units(structure, model))
+        if not gone:
+            return model, chosen
+        small = shrink_units(structure, gone).eval()
+        x = torch.randn(_batch_size(example_input) + 1, *example_input.shape[1:],
+                        generator=torch.Generator().manual_seed(0)).to(example_input.dtype)
+        with torch.no_grad():
+            error = _relative_error(small(x), model(x))
+    except ConfigError as exc:  # torch.fx cannot trace the model: export it at full size
+        result.shrink_note = f"not shrunk: {str(exc).splitlines()[0]}"
+        return model, chosen
+    except Exception as exc:  # a graph the tracing misread costs size, never a wrong file
+        result.shrink_note = f"not shrunk: the smaller model failed ({type(exc).__name__})"
+        return model, chosen
+    finally:
+        model.train(was_training)
+    if not error <= SHRINK_RTOL:
+        result.shrink_note = (f"not shrunk: the smaller model's outputs differ by {error:.2g} "
+                              f"(relative), more than {SHRINK_RTOL:g}")
+        return model, chosen
+    small.train(was_training)
+    result.removed_channels = len(gone)
+    return small, _cut(chosen, _kept_slices(structure, gone), small, kept_float)
+
+
+def _relative_error(got: Any, want: Any) -> float:
+    """The largest absolute difference over the largest absolute output, over every output."""
+    if isinstance(want, (tuple, list)):
+        return max((_relative_error(g, w) for g, w in zip(got, want, strict=True)),
+                   default=0.0)
+    scale = float(want.abs().max()) or 1.0
+    return float((got - want).abs().max()) / scale
+
+
+def _kept_slices(structure: Any, gone: set[int]
+                 ) -> dict[str, tuple[Tensor | None, Tensor | None]]:
+    """For every layer the shrink pass cuts: the rows (dim 0) and columns (dim 1) of its
+    weight that it keeps, None where it keeps them all (the same choice as
+    :func:`prunekit.runtime.shrink`)."""
+    removed = torch.tensor(sorted(gone), dtype=torch.long)
+    out: dict[str, tuple[Tensor | None, Tensor | None]] = {}
+    for name, roles in structure.slots.items():
+        keep = {r: torch.nonzero(~torch.isin(u, removed)).flatten() for r, u in roles.items()}
+        rows = keep.get("depthwise")
+        if "out" in keep:
+            rows = keep["out"] if rows is None else rows[keep["out"]]
+        out[f"{name}.weight"] = (rows, keep.get("in"))
+    return out
+
+
+def _cut(chosen: list[_Quantized], slices: Mapping[str, tuple[Tensor | None, Tensor | None]],
+         small: nn.Module, kept_float: dict[str, str]) -> list[_Quantized]:
+    """The QDQ weights of the full model cut to the smaller model's layers; a weight whose
+    cut is not exactly the smaller layer's weight stays float, with the reason."""
+    params = {n: p.detach().cpu().float().numpy() for n, p in small.named_parameters()}
+    out = []
+    for q in chosen:
+        ints, scale, weight = q.ints, q.scale, q.weight
+        rows, cols = slices.get(q.name, (None, None))
+        if rows is not None:
+            ints, weight = ints[rows.numpy()], weight[rows.numpy()]
+            scale = scale[rows.numpy()] if scale.ndim else scale
+        if cols is not None:
+            ints, weight = ints[:, cols.numpy()], weight[:, cols.numpy()]
+        if q.name in params and np.array_equal(weight, params[q.name]):
+            out.append(_Quantized(q.name, np.ascontiguousarray(ints),
+                                  np.ascontiguousarray(scale), np.ascontiguousarray(weight)))
+        else:
+            kept_float[q.name] = "the shrunk layer's weight is not the cut of the full one"
+    return out
 
 
 # ------------------------------------------------------------------ what to quantize
-def _require_onnx() -> Any:
+def require_onnx() -> Any:
     """The ``onnx`` module, imported only here so the core never needs it; torch's dynamo
     exporter also imports ``onnxscript``, so a missing one is the same clear error."""
     try:
@@ -200,19 +345,26 @@ def optimized_graph(model: nn.Module, example_input: Tensor) -> bytes:
     optimizer on (BatchNorm folded, the shape arithmetic of the unoptimized graph folded
     away), which lets ONNX Runtime fuse convs with what follows them. No weight is
     quantized, so nothing here needs the parameters' own initializers."""
-    _require_onnx()
+    require_onnx()
     return _torch_export(model, example_input, None, optimize=True).SerializeToString()
 
 
 def _torch_export(model: nn.Module, example_input: Tensor | tuple[Tensor, ...],
-                  opset: int | None, *, optimize: bool = False) -> Any:
+                  opset: int | None, *, optimize: bool = False,
+                  dynamic_batch: bool = False) -> Any:
     """The dynamo export as a ModelProto, unoptimized unless asked (see the module
-    docstring for why), in eval mode (the model's mode is restored afterwards)."""
+    docstring for why), in eval mode (the model's mode is restored afterwards). With
+    ``dynamic_batch`` every input's first axis is one symbolic ``batch``; torch.export
+    fixes an axis it sees at size 1, so an example of batch 1 is exported as two copies."""
     if "optimize" not in inspect.signature(torch.onnx.export).parameters:
         raise ConfigError(f"ONNX export needs a torch whose exporter takes optimize= "
                           f"(2.6 or later), this is {torch.__version__}")
     args = example_input if isinstance(example_input, tuple) else (example_input,)
-    options = {} if opset is None else {"opset_version": opset}
+    options: dict[str, Any] = {} if opset is None else {"opset_version": opset}
+    if dynamic_batch:
+        batch = torch.export.Dim("batch")
+        args = tuple(torch.cat([a, a]) if a.shape[0] == 1 else a for a in args)
+        options["dynamic_shapes"] = tuple({0: batch} for _ in args)
     was_training = model.training
     model.eval()
     try:
@@ -220,8 +372,10 @@ def _torch_export(model: nn.Module, example_input: Tensor | tuple[Tensor, ...],
             program = torch.onnx.export(model, args, dynamo=True, optimize=optimize,
                                         verbose=False, **options)
     except torch.onnx.OnnxExporterError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"torch could not export the model to ONNX: {first}") from exc
+        first = _first_line(exc.__cause__ or exc)
+        hint = (" (if the model's code ties it to one batch size, export a fixed batch: "
+                "--static-batch, or dynamic_batch=False)" if dynamic_batch else "")
+        raise ConfigError(f"torch could not export the model to ONNX: {first}{hint}") from exc
     finally:
         model.train(was_training)
     proto = program.model_proto
@@ -232,20 +386,34 @@ def _torch_export(model: nn.Module, example_input: Tensor | tuple[Tensor, ...],
     return proto
 
 
+def _first_line(exc: BaseException) -> str:
+    """The first line of an exporter error (and the next, when the first only announces
+    it), without the colour codes torch puts in it."""
+    lines = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip().splitlines()
+    if not lines:
+        return type(exc).__name__
+    return " ".join(lines[:2]) if lines[0].endswith(":") and len(lines) > 1 else lines[0]
+
+
 @contextlib.contextmanager
 def _quiet_exporter() -> Iterator[None]:
     """Silence what torch's exporter says about its own internals (deprecations inside
-    torch, ``nn.GRU``'s flat weights, torchvision ops it skips): nothing a user can act on."""
-    registry_log = logging.getLogger(_REGISTRY_LOGGER)
-    level = registry_log.level
-    registry_log.setLevel(logging.ERROR)
+    torch, ``nn.GRU``'s flat weights, the torchvision ops it skips when torchvision is not
+    installed): nothing a user can act on. Errors still raise."""
+    loggers = [logging.getLogger(name) for name in _EXPORTER_LOGGERS]
+    levels = [log.level for log in loggers]
+    for log in loggers:  # torch logs a failed trace's traceback too: the error says it
+        log.setLevel(logging.CRITICAL)
     try:
         with warnings.catch_warnings():
+            for category in (FutureWarning, DeprecationWarning):
+                warnings.simplefilter("ignore", category)
             for message, category in _EXPORTER_NOISE:
                 warnings.filterwarnings("ignore", message, category)
             yield
     finally:
-        registry_log.setLevel(level)
+        for log, level in zip(loggers, levels, strict=True):
+            log.setLevel(level)
 
 
 def _find_initializer(onnx: Any, graph: Any, q: _Quantized) -> Any | None:
@@ -303,8 +471,11 @@ def _fresh_name(graph: Any, name: str) -> str:
     return base
 
 
-def _set_metadata(onnx: Any, proto: Any, done: list[str], kept_float: dict[str, str]) -> None:
-    """Record which weights are QDQ and why the other quantized ones are float."""
-    entries = {"prunekit.qdq": json.dumps(done), "prunekit.float": json.dumps(kept_float)}
+def _set_metadata(onnx: Any, proto: Any, done: list[str], kept_float: dict[str, str],
+                  facts: Mapping[str, Any]) -> None:
+    """Record which weights are QDQ, why the other quantized ones are float, and ``facts``
+    (the batch axis, the channels removed)."""
+    entries = {"prunekit.qdq": json.dumps(done), "prunekit.float": json.dumps(kept_float),
+               **{k: json.dumps(v) for k, v in facts.items()}}
     onnx.helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props},
                                         **entries})
