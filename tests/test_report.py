@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 
 import pytest
 import torch
@@ -348,8 +349,7 @@ def test_write_report_creates_every_file(tmp_path, net, report):
     written = write_report(tmp_path / "run", report, weights_before=before,
                            weights_after=after)
     run = tmp_path / "run"
-    expected = ["admm_residuals.png", "report.json", "report.md", "sparsity.png",
-                "training.png", "weights.png"]
+    expected = ["report.json", "report.md", "sparsity.png", "training.png", "weights.png"]
     assert _files(run) == expected  # and no temp files left behind
     assert sorted(p.name for p in written) == expected
     for name in expected:
@@ -384,9 +384,7 @@ def test_write_report_without_residuals_or_history(tmp_path, net):
 
 
 def test_plots_handle_empty_and_partial_inputs():
-    assert not plots.has_residuals([]) and not plots.has_residuals(None)
-    assert plots.has_residuals(HISTORY)
-    for png in (plots.residuals_png([]), plots.sparsity_png([]),
+    for png in (plots.sparsity_png([]),
                 plots.training_png([{"stage": "train", "epoch": 1}]),
                 plots.weights_png({"w": torch.zeros(3, 3)}, None)):
         assert png.startswith(PNG_SIGNATURE)
@@ -455,3 +453,113 @@ def test_admm_updates_give_a_convergence_plot_and_line(tmp_path, net):
     assert "ADMM ran all 2 Z/U updates" in format_report(
         build_report(net, example(), updates=again.history))
     assert plots.layer_updates(HISTORY) == []  # per-epoch records are not updates
+
+
+# ------------------------------------------------------------ accuracy at each step
+#: ADMM's loss includes its penalty; the task loss is recorded beside it
+STAGED_HISTORY = [
+    {"stage": "pretrain", "epoch": 1, "loss": 1.0, "task_loss": 1.0, "penalty": 0.0,
+     "train_accuracy": 0.6, "test_accuracy": 0.62, "test_loss": 0.9},
+    {"stage": "pretrain", "epoch": 2, "loss": 0.7, "task_loss": 0.7, "penalty": 0.0,
+     "train_accuracy": 0.8, "test_accuracy": 0.84, "test_loss": 0.6},
+    {"stage": "prune", "epoch": 1, "loss": 0.9, "task_loss": 0.6, "penalty": 0.3,
+     "train_accuracy": 0.82, "test_accuracy": 0.8, "test_loss": 0.65},
+    {"stage": "retrain", "epoch": 1, "loss": 0.5, "task_loss": 0.5, "penalty": 0.0,
+     "train_accuracy": 0.85, "test_accuracy": 0.83, "test_loss": 0.55},
+]
+STAGE_ACCURACY = [{"stage": "prune", "when": "after hardening", "accuracy": 0.126},
+                  {"stage": "retrain", "when": "end", "accuracy": 0.83}]
+
+
+def staged_report(net):
+    return build_report(net, example(), accuracy_dense=0.84, accuracy_compressed=0.83,
+                        history=STAGED_HISTORY,
+                        extra={"recipe": "r", "stage_accuracy": STAGE_ACCURACY})
+
+
+def test_stage_accuracy_reaches_the_json_the_markdown_and_the_terminal(tmp_path, net):
+    report = staged_report(net)
+    assert report["stage_accuracy"] == STAGE_ACCURACY
+    assert "stage_accuracy" not in report["extra"] and report["extra"]["recipe"] == "r"
+    write_report(tmp_path, report)
+    assert json.loads((tmp_path / "report.json").read_text())["stage_accuracy"] == STAGE_ACCURACY
+    md = (tmp_path / "report.md").read_text()
+    table = md.split("## Accuracy by stage", 1)[1].split("##", 1)[0]
+    rows = [line for line in table.splitlines() if line.startswith("| ")][1:]
+    assert rows == ["| dense | trained | 84.00% |", "| prune | after hardening | 12.60% |",
+                    "| retrain | end | 83.00% |", "| compressed | model file | 83.00% |"]
+    assert re.search(r"^prune +after hardening +12\.60%$", format_report(report), re.M)
+
+
+@pytest.mark.parametrize("bad", [{"stage": "prune"}, [{"stage": "prune", "when": "end",
+                                                       "accuracy": 83}], [3]])
+def test_malformed_stage_accuracy_is_a_config_error(net, bad):
+    with pytest.raises(ConfigError, match="stage_accuracy"):
+        build_report(net, example(), extra={"stage_accuracy": bad})
+
+
+def _texts(ax) -> list[str]:
+    return [t.get_text() for t in ax.texts]
+
+
+def test_training_plot_marks_stages_dense_accuracy_and_hardening(net):
+    fig = plots.training_figure(STAGED_HISTORY, dense_accuracy=0.84,
+                                stage_accuracy=STAGE_ACCURACY)
+    accuracy, loss = fig.axes
+    # every stage is named on both panels; one-epoch stages label their points
+    for ax in (accuracy, loss):
+        assert {"pretrain", "prune", "retrain"} <= set(_texts(ax))
+    assert {"prune test 80.0%", "prune train 82.0%", "retrain test 83.0%"} <= set(_texts(accuracy))
+    assert {"prune train 0.9", "prune task 0.6"} <= set(_texts(loss))
+    # the dense model's accuracy as a level line, and a star just after the prune stage
+    levels = [line for line in accuracy.get_lines() if list(line.get_ydata()) == [0.84, 0.84]]
+    assert levels and levels[0].get_linestyle() == "-."
+    stars = {(float(line.get_xdata()[0]), float(line.get_ydata()[0]))
+             for line in accuracy.get_lines() if line.get_marker() == "*"}
+    assert stars == {(3.5, 0.126), (4.0, 0.83)}
+    assert "prune after hardening: 12.6%" in _texts(accuracy)
+    legend = [t.get_text() for t in accuracy.get_legend().get_texts()]
+    assert "dense model 84.0%" in legend
+    # the loss with ADMM's penalty and the task loss are two lines
+    labels = [t.get_text() for t in loss.get_legend().get_texts()]
+    assert "train loss (with the method's penalty)" in labels
+    assert "train task loss (no penalty)" in labels
+    dotted = [list(line.get_ydata()) for line in loss.get_lines() if line.get_linestyle() == ":"]
+    assert [0.6] in dotted  # the prune epoch's task loss, not its 0.9 with the penalty
+
+
+def test_training_plot_without_a_penalty_has_one_train_loss():
+    plain = [{k: v for k, v in r.items() if k != "penalty"} for r in STAGED_HISTORY]
+    _, loss = plots.training_figure(plain).axes
+    labels = [t.get_text() for t in loss.get_legend().get_texts()]
+    assert "train loss" in labels and not any("task" in label for label in labels)
+
+
+def test_written_training_plot_uses_the_report(tmp_path, net, monkeypatch):
+    """write_report hands the dense accuracy and the stage points to the plot."""
+    seen = {}
+    real = plots.training_png
+
+    def spy(history, **kwargs):
+        seen.update(kwargs)
+        return real(history, **kwargs)
+
+    monkeypatch.setattr(plots, "training_png", spy)
+    write_report(tmp_path, staged_report(net))
+    assert seen == {"dense_accuracy": 0.84, "stage_accuracy": STAGE_ACCURACY}
+    _assert_png(tmp_path / "training.png")
+
+
+def test_support_change_panel_explains_its_ceiling(net):
+    from prunekit.methods import ADMM  # noqa: PLC0415
+    from prunekit.targets import resolve  # noqa: PLC0415
+
+    model = copy.deepcopy(net)
+    pruner = ADMM(model, resolve(model, [{"layers": ["conv", "fc"], "scheme": "irregular",
+                                          "sparsity": 0.5}]), rho=0.1)
+    for _ in range(2):
+        pruner.update()
+    _, support = plots.convergence_figure(pruner.history).axes
+    assert "2.0 = every kept weight replaced" in support.get_xlabel()
+    assert any(list(line.get_ydata()) == [2.0, 2.0] for line in support.get_lines())
+    assert "all layers" in [t.get_text() for t in support.get_legend().get_texts()]

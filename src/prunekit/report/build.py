@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from .. import __version__
 from ..errors import ConfigError
-from ..io import atomic_write_bytes, atomic_write_text
+from ..files import atomic_write_bytes, atomic_write_text
 from .counting import summarize
 from .tables import render_markdown
 
@@ -52,11 +52,12 @@ def jsonable(value: Any, where: str = "value") -> Any:
 
 
 def _accuracy(value: Any, which: str) -> float | None:
-    value = jsonable(value, f"accuracy_{which}")
+    what = which if which.startswith("stage_accuracy") else f"accuracy_{which}"
+    value = jsonable(value, what)
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
-        raise ConfigError(f"accuracy_{which} must be a fraction in [0, 1], got {value!r}")
+        raise ConfigError(f"{what} must be a fraction in [0, 1], got {value!r}")
     return float(value)
 
 
@@ -99,7 +100,10 @@ def build_report(
     ``accuracy`` (``dense``, ``compressed``: fractions in [0, 1]), ``method``, ``epochs``,
     ``seconds``, ``history`` (per-epoch dicts, kept for re-plotting), ``updates`` (the
     pruning method's own records, e.g. ADMM's per-layer residuals per Z/U update, stored as
-    ``prune_updates``) and ``extra`` (stored under ``"extra"``).
+    ``prune_updates``) and ``extra`` (stored under ``"extra"``, except its
+    ``stage_accuracy``: the accuracy measured at named moments, e.g. right after hardening,
+    ``[{"stage", "when", "accuracy"}]``, which the report carries at its top level, tables
+    in report.md and marks in training.png).
     """
     if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int)
                                or epochs < 0):
@@ -125,8 +129,28 @@ def build_report(
     if updates is not None:
         report["prune_updates"] = _history(updates)
     if extra is not None:
-        report["extra"] = jsonable(dict(extra), "extra")
+        extra = dict(extra)
+        if "stage_accuracy" in extra:
+            report["stage_accuracy"] = _stage_accuracy(extra.pop("stage_accuracy"))
+        report["extra"] = jsonable(extra, "extra")
     return report
+
+
+def _stage_accuracy(points: Any) -> list[dict[str, Any]]:
+    """``extra["stage_accuracy"]``: the accuracy measured at named moments of the run, each
+    ``{"stage": "prune", "when": "after hardening", "accuracy": 0.83}`` (a fraction, or
+    None where it was not measured), in the order they happened."""
+    if isinstance(points, Mapping) or not isinstance(points, Sequence):
+        raise ConfigError(f"stage_accuracy must be a list of dicts, got {type(points).__name__}")
+    out = []
+    for i, point in enumerate(points):
+        if not (isinstance(point, Mapping) and isinstance(point.get("stage"), str)
+                and isinstance(point.get("when"), str)):
+            raise ConfigError(f"stage_accuracy[{i}] must be a dict with 'stage' and 'when' "
+                              f"strings and an 'accuracy', got {point!r}")
+        out.append({**jsonable(dict(point), f"stage_accuracy[{i}]"),
+                    "accuracy": _accuracy(point.get("accuracy"), f"stage_accuracy[{i}]")})
+    return out
 
 
 # ---------------------------------------------------------------------------- write
@@ -138,9 +162,9 @@ def _plots(report: Mapping[str, Any], history: Sequence[Mapping[str, Any]] | Non
 
     out = {"sparsity.png": plots.sparsity_png(report.get("layers", []))}
     if history is not None:
-        out["training.png"] = plots.training_png(history)
-        if plots.has_residuals(history):
-            out["admm_residuals.png"] = plots.residuals_png(history)
+        out["training.png"] = plots.training_png(
+            history, dense_accuracy=(report.get("accuracy") or {}).get("dense"),
+            stage_accuracy=report.get("stage_accuracy"))
     if plots.layer_updates(report.get("prune_updates")):
         out["admm_convergence.png"] = plots.convergence_png(report["prune_updates"])
     if weights_before or weights_after:
@@ -160,9 +184,9 @@ def write_report(
     paths written.
 
     Always: ``sparsity.png``. With a history (``history``, else ``report["history"]``):
-    ``training.png`` and, when it records ADMM ``primal``/``dual`` residuals,
-    ``admm_residuals.png``; with ADMM's per-update records (``prune_updates``):
-    ``admm_convergence.png``. With weights (``{name: tensor}`` before and/or after):
+    ``training.png`` (with the dense accuracy and ``stage_accuracy`` when the report has
+    them); with ADMM's per-update records (``prune_updates``): ``admm_convergence.png``.
+    With weights (``{name: tensor}`` before and/or after):
     ``weights.png``.
     """
     if not isinstance(report, Mapping) or "layers" not in report:

@@ -1,5 +1,5 @@
-"""PNG plots of a run: per-layer sparsity, training curves, ADMM residuals and convergence,
-weight histograms.
+"""PNG plots of a run: per-layer sparsity, training curves (with the accuracy measured
+after each step), ADMM convergence per layer, weight histograms.
 
 Each function returns the PNG as bytes so the caller can write it atomically. Figures are
 made with :class:`matplotlib.figure.Figure` and the Agg canvas directly, never through
@@ -88,79 +88,137 @@ def _stage_runs(history: Sequence[Mapping[str, Any]]) -> list[tuple[str, list[in
 
 
 def _plot_by_stage(ax, history: Sequence[Mapping[str, Any]], key: str, style: str,
-                   colours: dict[str, str]) -> bool:
-    """Draw ``key`` per epoch, one line per consecutive run of a stage; True if any value."""
+                   colours: dict[str, str], name: str = "") -> bool:
+    """Draw ``key`` per epoch, one line per consecutive run of a stage; a run of one epoch
+    is a labelled point (a lone dot says nothing by itself). True if any value."""
     drawn = False
     for stage, idx in _stage_runs(history):
         ys = [_number(history[i].get(key)) for i in idx]
         if all(math.isnan(v) for v in ys):
             continue
-        ax.plot([i + 1 for i in idx], ys, style, color=colours[stage], marker=".")
+        xs = [i + 1 for i in idx]
+        ax.plot(xs, ys, style, color=colours[stage], marker="o" if len(xs) == 1 else ".")
+        if len(xs) == 1:
+            ax.annotate(f"{stage} {name} {_short(key, ys[0])}", (xs[0], ys[0]),
+                        textcoords="offset points", xytext=(5, 4), fontsize=7,
+                        color=colours[stage])
         drawn = True
     return drawn
 
 
-def training_png(history: Sequence[Mapping[str, Any]]) -> bytes:
-    """Accuracy and loss per epoch: colour says the stage, line style says test or train.
-    The x axis counts epochs across all stages in order."""
-    fig = Figure(figsize=(10, 4), layout="constrained")
+def _short(key: str, value: float) -> str:
+    return f"{100 * value:.1f}%" if "accuracy" in key else f"{value:.3g}"
+
+
+def _has_penalty(history: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether some epoch's training loss includes a method's penalty (ADMM's), so the
+    task loss differs from the loss that was minimised."""
+    return any(_number(r.get("penalty")) > 0 for r in history)
+
+
+def _stage_spans(ax, history: Sequence[Mapping[str, Any]], colours: dict[str, str]) -> None:
+    """Each stage's epochs shaded in its colour and named at the top of the panel."""
+    transform = ax.get_xaxis_transform()  # x in epochs, y in axes fractions
+    for stage, idx in _stage_runs(history):
+        lo, hi = idx[0] + 0.5, idx[-1] + 1.5
+        ax.axvspan(lo, hi, color=colours[stage], alpha=0.07, linewidth=0)
+        ax.text((lo + hi) / 2, 0.99, stage or "(no stage)", transform=transform, ha="center",
+                va="top", fontsize=7, color=colours[stage])
+
+
+def _stage_point_x(history: Sequence[Mapping[str, Any]], stage: str, when: str,
+                   fallback: float) -> float:
+    """Where a stage's accuracy goes on the epoch axis: after hardening, just past the
+    stage's last epoch (hardening ends the stage); otherwise at its last epoch."""
+    positions = [i + 1 for i, r in enumerate(history) if str(r.get("stage", "")) == stage]
+    if not positions:
+        return fallback
+    return positions[-1] + (0.5 if "harden" in when else 0.0)
+
+
+def _stage_points(ax, history: Sequence[Mapping[str, Any]],
+                  stage_accuracy: Sequence[Mapping[str, Any]], colours: dict[str, str]) -> bool:
+    """The accuracy measured at named moments (``{"stage", "when", "accuracy"}``): stars,
+    each labelled with what it is."""
+    drawn = False
+    fallback = len(history) + 0.5
+    for point in stage_accuracy:
+        value = _number(point.get("accuracy"))
+        if math.isnan(value):
+            continue
+        stage, when = str(point.get("stage", "")), str(point.get("when", ""))
+        x = _stage_point_x(history, stage, when, fallback)
+        fallback = x + 0.5
+        ax.plot([x], [value], "*", markersize=12, color=colours.get(stage, "black"),
+                markeredgecolor="black", zorder=5)
+        ax.annotate(f"{stage} {when}: {100 * value:.1f}%", (x, value), textcoords="offset points",
+                    xytext=(6, -10), fontsize=7)
+        drawn = True
+    return drawn
+
+
+def training_png(history: Sequence[Mapping[str, Any]], *, dense_accuracy: float | None = None,
+                 stage_accuracy: Sequence[Mapping[str, Any]] | None = None) -> bytes:
+    """:func:`training_figure` as PNG bytes."""
+    return to_png(training_figure(history, dense_accuracy=dense_accuracy,
+                                  stage_accuracy=stage_accuracy))
+
+
+def training_figure(history: Sequence[Mapping[str, Any]], *,
+                    dense_accuracy: float | None = None,
+                    stage_accuracy: Sequence[Mapping[str, Any]] | None = None) -> Figure:
+    """Accuracy and loss per epoch. Colour (and the shaded, named band) says the stage,
+    line style says test or train; the x axis counts epochs across all stages in order.
+    The accuracy panel adds the dense model's accuracy as a level line and the accuracy
+    measured at named moments (right after hardening, at a stage's end) as stars; the loss
+    panel shows the task loss apart from the loss with the method's penalty whenever the
+    history records a penalty (ADMM's ``rho/2 ||W - Z + U||^2``)."""
+    fig = Figure(figsize=(11, 4.5), layout="constrained")
     if not history:
         _empty(fig, "no training history")
-        return to_png(fig)
+        return fig
     stages = list(dict.fromkeys(str(r.get("stage", "")) for r in history))
+    stages += [str(p.get("stage", "")) for p in stage_accuracy or ()
+               if str(p.get("stage", "")) not in stages]
     colours = {s: f"C{i % 10}" for i, s in enumerate(stages)}
+    penalty = _has_penalty(history)
+    train_loss = "train loss (with the method's penalty)" if penalty else "train loss"
     panels = (
-        ("Accuracy", (("test_accuracy", "-", "test"), ("train_accuracy", "--", "train"))),
-        ("Loss", (("test_loss", "-", "test"), ("loss", "--", "train"))),
+        ("Accuracy", (("test_accuracy", "-", "test", "test"),
+                      ("train_accuracy", "--", "train", "train"))),
+        ("Loss", (("test_loss", "-", "test loss", "test"), ("loss", "--", train_loss, "train"),
+                  *((("task_loss", ":", "train task loss (no penalty)", "task"),)
+                    if penalty else ()))),
     )
     for k, (title, series) in enumerate(panels):
         ax = fig.add_subplot(1, 2, k + 1)
-        shown = [(style, label) for key, style, label in series
-                 if _plot_by_stage(ax, history, key, style, colours)]
+        shown = [(style, label) for key, style, label, short in series
+                 if _plot_by_stage(ax, history, key, style, colours, short)]
+        extra: list[Line2D] = []
+        if k == 0 and dense_accuracy is not None:
+            ax.axhline(dense_accuracy, color="grey", linestyle="-.", linewidth=1)
+            extra.append(Line2D([], [], color="grey", linestyle="-.",
+                                label=f"dense model {100 * dense_accuracy:.1f}%"))
+        if k == 0 and stage_accuracy and _stage_points(ax, history, stage_accuracy, colours):
+            extra.append(Line2D([], [], color="white", marker="*", markersize=10,
+                                markeredgecolor="black", label="measured after a step"))
+        _stage_spans(ax, history, colours)
         ax.set_title(title)
         ax.set_xlabel("epoch (all stages)")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-        if not shown:
+        if not shown and not extra:
             ax.text(0.5, 0.5, "not recorded", ha="center", va="center",
                     transform=ax.transAxes)
             continue
         handles = [Line2D([], [], color=colours[s], label=s or "(no stage)") for s in stages]
         handles += [Line2D([], [], color="black", linestyle=style, label=label)
                     for style, label in shown]
-        ax.legend(handles=handles, fontsize=8)
-    return to_png(fig)
+        ax.legend(handles=handles + extra, fontsize=7)
+    return fig
 
 
-# ------------------------------------------------------------------------ residuals
-def has_residuals(history: Sequence[Mapping[str, Any]] | None) -> bool:
-    """True when some record carries a positive ADMM ``primal`` or ``dual`` residual."""
-    return any(_number(r.get(k)) > 0 for r in history or () for k in ("primal", "dual"))
-
-
-def residuals_png(history: Sequence[Mapping[str, Any]]) -> bytes:
-    """ADMM primal and dual residuals per epoch on a log scale (non-positive values, which
-    a log axis cannot show, are left out)."""
-    fig = Figure(figsize=(7, 4), layout="constrained")
-    if not has_residuals(history):
-        _empty(fig, "no ADMM residuals recorded")
-        return to_png(fig)
-    ax = fig.add_subplot()
-    for key, style in (("primal", "-"), ("dual", "--")):
-        points = [(i + 1, _number(r.get(key))) for i, r in enumerate(history)]
-        points = [(x, v) for x, v in points if v > 0]
-        if points:
-            ax.plot(*zip(*points, strict=True), style, marker=".", label=f"{key} residual")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_yscale("log")
-    ax.set_xlabel("epoch (all stages)")
-    ax.set_ylabel("residual")
-    ax.set_title("ADMM residuals")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
-    return to_png(fig)
-
-
+# ------------------------------------------------------------------------ ADMM
 def layer_updates(updates: Sequence[Mapping[str, Any]] | None) -> list[Mapping[str, Any]]:
     """The Z/U update records that carry per-layer residuals (ADMM's ``history``)."""
     return [r for r in updates or () if r.get("event") == "update"
@@ -172,14 +230,21 @@ def convergence_png(updates: Sequence[Mapping[str, Any]]) -> bytes:
     return to_png(convergence_figure(updates))
 
 
+#: what the support-change panel's values mean, printed under it
+SUPPORT_CHANGE_NOTE = ("(entered + left) / kept weights: 0 = support settled; "
+                       "2.0 = every kept weight replaced (far from converged)")
+
+
 def convergence_figure(updates: Sequence[Mapping[str, Any]]) -> Figure:
     """Per layer and Z/U update: the relative primal residual ``||W - Z|| / ||W||`` and the
-    support change (weights entering or leaving Z's support over the kept weights), so a
-    user sees whether ADMM had converged when it was hardened; with ``reallocate``, a third
-    panel shows each layer's rate as the allocation moved it."""
+    support change (weights entering or leaving Z's support over the kept weights, whose
+    largest value 2.0 means the whole support was replaced: every kept weight left and as
+    many others entered), so a user sees whether ADMM had converged when it was hardened;
+    a black line gives all layers together. With ``reallocate``, a third panel shows each
+    layer's rate as the allocation moved it."""
     records = layer_updates(updates)
     moved = any("target_sparsity" in v for r in records for v in r["layers"].values())
-    fig = Figure(figsize=(15 if moved else 10, 4), layout="constrained")
+    fig = Figure(figsize=(15 if moved else 10, 4.4), layout="constrained")
     if not records:
         _empty(fig, "no ADMM updates recorded")
         return fig
@@ -196,8 +261,19 @@ def convergence_figure(updates: Sequence[Mapping[str, Any]]) -> Figure:
             points = [(x, v) for x, v in points if v > 0 or scale == "linear"]
             if points:
                 ax.plot(*zip(*points, strict=True), "-", marker=".", label=name)
+        total = [(i + 1, _number(r.get(key))) for i, r in enumerate(records)]
+        total = [(x, v) for x, v in total if v > 0]
+        if total and scale == "log":
+            ax.plot(*zip(*total, strict=True), "-", color="black", linewidth=2,
+                    label="all layers")
+        if key == "support_change":
+            ax.axhline(2.0, color="grey", linestyle="--", linewidth=1)
+            ax.text(0.01, 2.0, " 2.0: whole support replaced", color="grey", fontsize=7,
+                    va="bottom", transform=ax.get_yaxis_transform())
+            ax.set_xlabel(f"Z/U update\n{SUPPORT_CHANGE_NOTE}", fontsize=8)
+        else:
+            ax.set_xlabel("Z/U update")
         ax.set_yscale(scale)
-        ax.set_xlabel("Z/U update")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(title)
         ax.grid(alpha=0.3, which="both")

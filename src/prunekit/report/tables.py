@@ -156,6 +156,11 @@ def render_markdown(report: Mapping[str, Any], plots: Sequence[str] = ()) -> str
         layer_table(report.get("layers", [])),
         "",
     ]
+    stages = stage_accuracy_rows(report)
+    if stages:
+        parts += ["## Accuracy by stage", "",
+                  markdown_table(["stage", "when", "accuracy"], stages, [False, False, True]),
+                  ""]
     convergence = convergence_line(report.get("prune_updates"))
     if convergence:
         parts += ["## Convergence", "", convergence, ""]
@@ -168,6 +173,24 @@ def render_markdown(report: Mapping[str, Any], plots: Sequence[str] = ()) -> str
             title = name.rsplit(".", 1)[0].replace("_", " ")
             parts += [f"### {title}", "", f"![{title}]({name})", ""]
     return "\n".join(parts)
+
+
+def stage_accuracy_rows(report: Mapping[str, Any]) -> list[list[str]]:
+    """``[stage, when, accuracy]`` rows: the dense model's accuracy, then each moment the
+    run measured (``report["stage_accuracy"]``, e.g. right after hardening), then the
+    compressed model's; none when the run recorded no moment of its own."""
+    points = report.get("stage_accuracy") or []
+    if not points:
+        return []
+    accuracy = report.get("accuracy") or {}
+    rows = []
+    if accuracy.get("dense") is not None:
+        rows.append(["dense", "trained", percent(accuracy["dense"])])
+    rows += [[str(p.get("stage", "")), str(p.get("when", "")), percent(p.get("accuracy"))]
+             for p in points]
+    if accuracy.get("compressed") is not None:
+        rows.append(["compressed", "model file", percent(accuracy["compressed"])])
+    return rows
 
 
 def convergence_line(updates: Sequence[Mapping[str, Any]] | None) -> str | None:
@@ -192,6 +215,9 @@ def format_report(report: Mapping[str, Any]) -> str:
     layers = report.get("layers", [])
     if layers:
         lines += ["", layer_table(layers, markdown=False)]
+    stages = stage_accuracy_rows(report)
+    if stages:
+        lines += ["", text_table(["stage", "when", "accuracy"], stages, [False, False, True])]
     convergence = convergence_line(report.get("prune_updates"))
     if convergence:
         lines += ["", convergence]
