@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
 import pickle
 import tarfile
 import urllib.error
@@ -304,8 +305,42 @@ def test_lookup_order_root_env_cache(env, monkeypatch):
     assert set(pdata.load_dataset("mnist").targets.tolist()) == {2}
     monkeypatch.delenv("PRUNEKIT_DATA")
     assert set(pdata.load_dataset("mnist").targets.tolist()) == {3}
-    # A root without the files falls through to the next place.
-    assert set(pdata.load_dataset("mnist", root=env / "empty").targets.tolist()) == {3}
+    # A root is the only place searched: one without the files never falls through to
+    # another copy
+    with pytest.raises(DataError, match="not found in root"):
+        pdata.load_dataset("mnist", root=env / "empty")
+
+
+def test_an_explicit_root_is_never_replaced_by_another_copy(env, capsys):
+    """The system copy exists, but data.root names a directory that does not: an error
+    naming that directory, never the system copy read silently."""
+    write_mnist(env / "system" / "fashion-mnist", label=6)
+    missing = env / "no" / "such" / "dir"
+    with pytest.raises(DataError) as err:
+        pdata.get_loaders("fashion_mnist", root=missing)
+    message = str(err.value)
+    assert f"not found in root {missing} (no such directory)" in message
+    assert "leave root out" in message and "download=True" in message
+    assert str(env / "system") not in message
+    # without a root the system copy is used, and a line says so
+    train, test = pdata.get_loaders("fashion_mnist")
+    assert set(train.dataset.targets.tolist()) == {6}
+    assert capsys.readouterr().err == (f"prunekit: data fashion_mnist: files read from "
+                                       f"{env / 'system' / 'fashion-mnist'}\n")
+
+
+def test_a_root_given_is_where_a_download_goes(env, monkeypatch):
+    """download=True with a root fetches into that root, not the user cache."""
+    written = {}
+
+    def fake_download(name, root=None):
+        written["target"] = locate_mod.writable_root(root)
+        write_mnist(written["target"] / "mnist", label=7)
+        return written["target"]
+
+    monkeypatch.setattr(locate_mod, "download_dataset", fake_download)
+    ds = pdata.load_dataset("mnist", root=env / "mine", download=True)
+    assert written["target"] == env / "mine" and set(ds.targets.tolist()) == {7}
 
 
 def test_lookup_named_subdirectory_before_root_itself(env):
@@ -331,10 +366,10 @@ def test_lookup_cifar_subdirectory(env):
 def test_missing_data_message(env, monkeypatch):
     monkeypatch.setenv("PRUNEKIT_DATA", str(env / "envdata"))
     with pytest.raises(DataError) as err:
-        pdata.load_dataset("fashion_mnist", root=env / "mine", train=False)
+        pdata.load_dataset("fashion_mnist", train=False)
     msg = str(err.value)
     cache = env / "home" / ".cache" / "prunekit"
-    for place in (env / "mine", env / "envdata", cache, env / "system" / "fashion-mnist"):
+    for place in (env / "envdata", cache, env / "system" / "fashion-mnist"):
         assert str(place) in msg
     assert "t10k-images-idx3-ubyte" in msg and "FashionMNIST/raw/" in msg
     assert "apt-get install dataset-fashion-mnist" in msg
@@ -632,9 +667,13 @@ def test_download_goes_to_first_writable_root(env, monkeypatch):
     _serve(monkeypatch, files)
     blocker = env / "not-a-dir"
     blocker.write_text("a file where a directory should be")
-    monkeypatch.setenv("PRUNEKIT_DATA", str(env / "envdata"))
-    pdata.load_dataset("fashion_mnist", root=blocker / "sub", download=True)
+    monkeypatch.setenv("PRUNEKIT_DATA", os.pathsep.join([str(blocker / "sub"),
+                                                         str(env / "envdata")]))
+    pdata.load_dataset("fashion_mnist", download=True)
     assert (env / "envdata" / "fashion_mnist" / "train-images-idx3-ubyte.gz").is_file()
+    # a root given is the only place a download may go
+    with pytest.raises(DataError, match="no writable directory.*not-a-dir"):
+        pdata.load_dataset("fashion_mnist", root=blocker / "sub", download=True)
 
 
 def _cifar_archive(tmp_path) -> bytes:

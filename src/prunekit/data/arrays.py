@@ -7,6 +7,8 @@ transforms, which would dominate the time of a small model on a CPU.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 from torch.utils.data import Dataset
@@ -16,9 +18,11 @@ from .info import DatasetInfo
 
 
 class ArrayDataset(Dataset):
-    """``inputs[i], targets[i]`` pairs with the data set's :class:`DatasetInfo` attached."""
+    """``inputs[i], targets[i]`` pairs with the data set's :class:`DatasetInfo` attached, and
+    the directory its files were read from (``source``; None for data made in memory)."""
 
-    def __init__(self, inputs: torch.Tensor, targets: torch.Tensor, info: DatasetInfo):
+    def __init__(self, inputs: torch.Tensor, targets: torch.Tensor, info: DatasetInfo,
+                 source: Path | None = None):
         if inputs.shape[0] != targets.shape[0]:
             raise DataError(f"{info.name}: {inputs.shape[0]} inputs but {targets.shape[0]} labels")
         if targets.dtype != torch.int64 or targets.ndim != 1:
@@ -26,6 +30,7 @@ class ArrayDataset(Dataset):
         self.inputs = inputs
         self.targets = targets
         self.info = info
+        self.source = source
 
     def __len__(self) -> int:
         return int(self.targets.shape[0])
@@ -37,7 +42,7 @@ class ArrayDataset(Dataset):
         """The first ``k`` examples (all of them when ``k`` exceeds the size); shares memory."""
         if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
             raise ConfigError(f"limit must be a positive integer, got {k!r}")
-        return ArrayDataset(self.inputs[:k], self.targets[:k], self.info)
+        return ArrayDataset(self.inputs[:k], self.targets[:k], self.info, self.source)
 
     def __repr__(self) -> str:
         shape = tuple(self.inputs.shape[1:])
@@ -58,8 +63,10 @@ def normalize_uint8(images: np.ndarray, info: DatasetInfo) -> torch.Tensor:
     return x.sub_(mean).div_(std)
 
 
-def to_dataset(images: np.ndarray, labels: np.ndarray, info: DatasetInfo) -> ArrayDataset:
-    """Check raw arrays against ``info`` and wrap them as a normalised :class:`ArrayDataset`."""
+def to_dataset(images: np.ndarray, labels: np.ndarray, info: DatasetInfo,
+               source: Path | None = None) -> ArrayDataset:
+    """Check raw arrays against ``info`` and wrap them as a normalised :class:`ArrayDataset`
+    (read from the directory ``source``)."""
     shape = images.shape[1:] if images.ndim == 4 else (1, *images.shape[1:])
     if tuple(shape) != info.input_shape:
         raise DataError(
@@ -71,4 +78,4 @@ def to_dataset(images: np.ndarray, labels: np.ndarray, info: DatasetInfo) -> Arr
             f"(found {labels.min()}..{labels.max()})"
         )
     targets = torch.from_numpy(np.ascontiguousarray(labels).astype(np.int64))
-    return ArrayDataset(normalize_uint8(images, info), targets, info)
+    return ArrayDataset(normalize_uint8(images, info), targets, info, source)

@@ -68,4 +68,4 @@ def load_dataset(
         )
     else:
         images, labels = read_idx_pair(directory, train)
-    return to_dataset(images, labels, info)
+    return to_dataset(images, labels, info, directory)

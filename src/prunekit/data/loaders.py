@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 import torch
@@ -32,6 +33,19 @@ def _limit(dataset: Dataset, k: int | None, what: str) -> Dataset:
     return Subset(dataset, range(min(k, len(dataset))))
 
 
+def _say_source(name: str, train_set: Dataset, test_set: Dataset) -> None:
+    """One line on stderr naming the directory the files were read from, so a run never
+    trains on another copy than the user thinks without saying so."""
+    sources = [getattr(d, "source", None) for d in (train_set, test_set)]
+    if sources[0] is None and sources[1] is None:
+        return
+    if sources[0] == sources[1]:
+        where = str(sources[0])
+    else:
+        where = f"{sources[0]} (training), {sources[1]} (test)"
+    print(f"prunekit: data {name}: files read from {where}", file=sys.stderr)
+
+
 def get_loaders(
     name: str,
     root: str | os.PathLike | None = None,
@@ -51,6 +65,7 @@ def get_loaders(
     epoch makes a resumed run repeat an epoch exactly. ``augment`` turns on random crop + flip
     for CIFAR, drawn from the same generator (batches are built in the main process: data in
     memory needs no workers). ``limit_train``/``limit_test`` keep only the first k examples.
+    The directory a built-in data set's files were read from is said on stderr (one line).
     For ``synthetic``, ``seed`` also seeds the data unless ``options`` give their own ``seed``.
     Other ``options`` go to :func:`load_dataset`. A user's ``module:function`` data set
     (see :mod:`prunekit.data.user`) that returns Datasets gets loaders like any other; one
@@ -78,6 +93,7 @@ def get_loaders(
     test_set = _limit(
         load_dataset(name, root, False, download, **options), limit_test, "limit_test"
     )
+    _say_source(name, train_set, test_set)
 
     # One generator drives both the order and the augmentation, so reseeding
     # ``loader.generator`` (as the trainer does each epoch) reproduces an epoch exactly.

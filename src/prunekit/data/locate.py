@@ -1,20 +1,22 @@
 """Where a data set's files are, and fetching them when (and only when) the user asks.
 
-Look-up order, first match wins:
+A ``root`` the caller passes (a recipe's ``data.root``) is the only place searched: files
+found elsewhere would be another copy than the one the user pointed at, so a root without
+them is an error (or, with ``download=True``, where they are downloaded to). Without a
+root, the look-up order is, first match wins:
 
-1. the ``root`` the caller passes,
-2. each directory in ``$PRUNEKIT_DATA`` (``os.pathsep``-separated),
-3. ``~/.cache/prunekit``,
-4. system locations such as ``/usr/share/datasets/fashion-mnist`` (Debian's
+1. each directory in ``$PRUNEKIT_DATA`` (``os.pathsep``-separated),
+2. ``~/.cache/prunekit``,
+3. system locations such as ``/usr/share/datasets/fashion-mnist`` (Debian's
    ``dataset-fashion-mnist`` package).
 
 Within each of these the files may sit in a subdirectory named after the data set
 (``fashion_mnist/``, torchvision's ``FashionMNIST/raw/``, ``cifar-10-batches-py/``) or directly
 in it; the named subdirectories are tried first so a shared directory can hold several sets.
 
-Downloads go to the first writable directory of 1-3, are checked against the MD5 sums that
-torchvision publishes for the same files, and are written atomically, so an interrupted or
-corrupted download never leaves a file that a later run would trust.
+Downloads go to the root, else the first writable directory of 1-2, are checked against
+the MD5 sums that torchvision publishes for the same files, and are written atomically, so
+an interrupted or corrupted download never leaves a file that a later run would trust.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import DataError
-from ..io import atomic_write_bytes
+from ..files import atomic_write_bytes
 from .cifar import (
     CIFAR10_DIR,
     CIFAR10_TEST,
@@ -138,10 +140,11 @@ DOWNLOAD_SUBDIR = {"mnist": "mnist", "fashion_mnist": "fashion_mnist", "kmnist":
 
 
 def search_roots(root: str | os.PathLike | None = None) -> list[tuple[str, Path]]:
-    """User-writable roots in look-up order, each with a label saying where it came from."""
-    roots: list[tuple[str, Path]] = []
+    """User-writable roots in look-up order, each with a label saying where it came from:
+    the ``root`` given, alone, or else ``$PRUNEKIT_DATA``'s and the user cache."""
     if root is not None:
-        roots.append(("root argument", Path(root).expanduser()))
+        return [("root argument", Path(root).expanduser())]
+    roots: list[tuple[str, Path]] = []
     for part in os.environ.get(ENV_VAR, "").split(os.pathsep):
         if part.strip():
             roots.append((f"${ENV_VAR}", Path(part).expanduser()))
@@ -156,7 +159,7 @@ def system_dirs(name: str) -> list[Path]:
 def candidate_dirs(name: str, root: str | os.PathLike | None = None) -> list[Path]:
     """Every directory that may hold ``name``'s files, in the order they are tried."""
     name = canonical_name(name)
-    bases = [p for _, p in search_roots(root)] + system_dirs(name)
+    bases = [p for _, p in search_roots(root)] + ([] if root is not None else system_dirs(name))
     out: list[Path] = []
     for base in bases:
         for sub in SUBDIRS[name]:
@@ -215,11 +218,23 @@ def locate_dataset(
 
 def missing_message(name: str, root: str | os.PathLike | None, train: bool) -> str:
     split = "training" if train else "test"
-    lines = [
-        f"{name} {split} files ({', '.join(required_files(name, train))}) not found.",
-        "Searched (each directory itself and its subdirectories "
-        f"{', '.join(s + '/' for s in SUBDIRS[name])}):",
-    ]
+    files = f"{name} {split} files ({', '.join(required_files(name, train))})"
+    subdirs = ", ".join(s + "/" for s in SUBDIRS[name])
+    host = RESOURCES[name][0].url.split("/")[2]
+    if root is not None:
+        where = Path(root).expanduser()
+        state = "" if where.is_dir() else " (no such directory)"
+        return "\n".join([
+            f"{files} not found in root {where}{state} nor in its subdirectories {subdirs}",
+            "A root is the only place searched, so that no other copy is read instead:",
+            "  - point root (data.root) at the directory holding the files,",
+            f"  - or pass download=True (data.download: true) to fetch them from {host} "
+            f"into it,",
+            f"  - or leave root out to search ${ENV_VAR}, ~/.cache/prunekit and system "
+            f"locations.",
+        ])
+    lines = [f"{files} not found.",
+             f"Searched (each directory itself and its subdirectories {subdirs}):"]
     for label, path in search_roots(root):
         lines.append(f"  {path}  ({label})")
     for path in system_dirs(name):
@@ -227,7 +242,6 @@ def missing_message(name: str, root: str | os.PathLike | None, train: bool) -> s
     lines.append("To get the data:")
     if name in APT_PACKAGES:
         lines.append(f"  - sudo apt-get install {APT_PACKAGES[name]}  (Debian/Ubuntu)")
-    host = RESOURCES[name][0].url.split("/")[2]
     lines.append(f"  - pass download=True to fetch it from {host} into the first writable root")
     lines.append("  - or pass root=DIR (or set $PRUNEKIT_DATA) to a directory holding the files")
     return "\n".join(lines)
