@@ -11,6 +11,12 @@ alternating rounds (one call of each per round), so a burst of load from another
 falls on all of them rather than on whichever was being timed. Results are cached per
 (layer kind, weight shape, nonzeros, input shape, band layout, threads, candidates), so
 compiling several models with the same layers measures each once.
+
+Each candidate's *spread* is recorded too: how far its median round lies above its fastest
+(relative). A sparse kernel replaces dense only when its fastest call beats dense's by
+more than the larger of the two spreads (and at least :data:`MARGIN`): a win smaller than
+the noise of the rounds is no win, and the same model compiled again makes the same
+choice. The clock is injectable (``timer``) so that rule is tested on fixed times.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ MAX_ROUNDS = 50
 #: a sparse candidate must beat dense by this factor to replace it (noise margin)
 MARGIN = 1.05
 
-_CACHE: dict[tuple, tuple[str, dict[str, float]]] = {}
+_CACHE: dict[tuple, tuple[str, dict[str, float], dict[str, float]]] = {}
 
 
 def times_ms(fn: Callable[[], Any], repeats: int = REPEATS, warmup: int = WARMUP) -> list[float]:
@@ -54,39 +60,88 @@ def median_ms(fn: Callable[[], Any], repeats: int = REPEATS, warmup: int = WARMU
     return times[len(times) // 2]
 
 
-def fastest_calls_ms(fns: Mapping[str, Callable[[], Any]], rounds: int = REPEATS,
-                     warmup: int = WARMUP) -> dict[str, float]:
-    """Each of ``fns``'s fastest call in milliseconds, over at least ``rounds`` alternating
-    rounds after warm-up (more, while they stay within ``ROUND_BUDGET_S`` in all)."""
-    best = dict.fromkeys(fns, float("inf"))
+#: ``timer(name, fn) -> ms``: one timed call of candidate ``name``
+Timer = Callable[[str, Callable[[], Any]], float]
+
+
+def wall_ms(name: str, fn: Callable[[], Any]) -> float:
+    """The default :data:`Timer`: the wall time of one call of ``fn()``."""
+    start = time.perf_counter()
+    fn()
+    return 1e3 * (time.perf_counter() - start)
+
+
+def rounds_ms(fns: Mapping[str, Callable[[], Any]], rounds: int = REPEATS,
+              warmup: int = WARMUP, timer: Timer | None = None) -> dict[str, list[float]]:
+    """Every round's time of each of ``fns`` in milliseconds: at least ``rounds``
+    alternating rounds (one call of each per round, ABAB...) after warm-up, more while they
+    stay within ``ROUND_BUDGET_S`` in all (wall clock; an injected ``timer`` gets exactly
+    ``rounds``)."""
+    clock = timer or wall_ms
+    times: dict[str, list[float]] = {name: [] for name in fns}
     with torch.no_grad():
         for fn in fns.values():
             for _ in range(warmup):
                 fn()
         done, started = 0, time.perf_counter()
-        while done < rounds or (done < MAX_ROUNDS
+        while done < rounds or (timer is None and done < MAX_ROUNDS
                                 and time.perf_counter() - started < ROUND_BUDGET_S):
             for name, fn in fns.items():
-                start = time.perf_counter()
-                fn()
-                best[name] = min(best[name], 1e3 * (time.perf_counter() - start))
+                times[name].append(clock(name, fn))
             done += 1
+    return times
+
+
+def spread(times: list[float]) -> float:
+    """How far the median round lies above the fastest, relative to the fastest."""
+    ordered = sorted(times)
+    best = ordered[0]
+    return (ordered[len(ordered) // 2] - best) / best if best > 0 else 0.0
+
+
+def fastest_calls_ms(fns: Mapping[str, Callable[[], Any]], rounds: int = REPEATS,
+                     warmup: int = WARMUP, timer: Timer | None = None) -> dict[str, float]:
+    """Each of ``fns``'s fastest call in milliseconds over alternating rounds
+    (:func:`rounds_ms`)."""
+    return {name: min(t) for name, t in rounds_ms(fns, rounds, warmup, timer).items()}
+
+
+def pick(times: Mapping[str, list[float]]) -> str:
+    """The fastest candidate by its fastest round; ``"dense"`` (when a candidate) unless
+    the winner beats it by more than both spreads and :data:`MARGIN`."""
+    best_ms = {name: min(t) for name, t in times.items()}
+    best = min(best_ms, key=best_ms.__getitem__)
+    if "dense" in times and best != "dense":
+        margin = max(MARGIN - 1.0, spread(times[best]), spread(times["dense"]))
+        if best_ms[best] * (1.0 + margin) >= best_ms["dense"]:
+            best = "dense"
     return best
 
 
-def fastest(key: tuple, candidates: Mapping[str, nn.Module], x: Any) -> tuple[str, dict]:
-    """Name of the fastest of ``candidates`` (``"dense"`` among them) on input ``x``, and
-    every candidate's fastest call in milliseconds; cached under ``key``."""
+def fastest(key: tuple, candidates: Mapping[str, nn.Module], x: Any,
+            timer: Timer | None = None) -> tuple[str, dict]:
+    """:func:`measured` without the spreads."""
+    best, times, _ = measured(key, candidates, x, timer)
+    return best, times
+
+
+def measured(key: tuple, candidates: Mapping[str, nn.Module], x: Any,
+             timer: Timer | None = None) -> tuple[str, dict, dict]:
+    """Name of the fastest of ``candidates`` (``"dense"`` among them, kept unless beaten
+    beyond the spread, see :func:`pick`) on input ``x``, every candidate's fastest call
+    (ms) and its spread; cached under ``key`` (not with an injected ``timer``)."""
     full = (*key, torch.get_num_threads(), tuple(sorted(candidates)))
-    if full in _CACHE:
+    if timer is None and full in _CACHE:
         return _CACHE[full]
     args = x if isinstance(x, tuple) else (x,)
-    times = fastest_calls_ms({name: (lambda m=m: m(*args)) for name, m in candidates.items()})
-    best = min(times, key=times.__getitem__)
-    if "dense" in times and times[best] * MARGIN > times["dense"]:
-        best = "dense"
-    _CACHE[full] = (best, times)
-    return best, times
+    rounds = rounds_ms({name: (lambda m=m: m(*args)) for name, m in candidates.items()},
+                       timer=timer)
+    best = pick(rounds)
+    found = (best, {n: min(t) for n, t in rounds.items()},
+             {n: spread(t) for n, t in rounds.items()})
+    if timer is None:
+        _CACHE[full] = found
+    return found
 
 
 def shape_key(kind: str, weight: Tensor, x: Any) -> tuple:

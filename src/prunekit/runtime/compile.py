@@ -44,8 +44,10 @@ from ..errors import ConfigError, PrunekitError
 from ..structure import build
 from . import choose
 from .banded import choose_rows, padded_work
+from .decode_linear import RowDispatchLinear, RowSparseLinear, layer_bytes, row_engines_for
 from .modules import ENGINES, Im2colConv2d, SparseLinear, SparseRNN, sparsity
 from .ort_graph import ort_graphs
+from .row_kernels import MAX_ROWS
 from .shrink import dead_units, removable, shrink
 
 #: below this fraction of zeros no sparse kernel is tried
@@ -67,6 +69,13 @@ class Choice:
     engine: str
     sparsity: float
     times_ms: dict[str, float] = field(default_factory=dict)
+    #: each candidate's spread over the timing rounds (median over fastest, relative)
+    spread: dict[str, float] = field(default_factory=dict)
+    #: activation rows the layer saw on the example
+    rows: int = 0
+    #: bytes the chosen layout reads per activation row, and what dense reads
+    bytes_per_row: int = 0
+    dense_bytes_per_row: int = 0
 
 
 @dataclass
@@ -85,6 +94,8 @@ class Plan:
     graph_times_ms: dict[str, float] = field(default_factory=dict)
     #: why a graph candidate was not available
     graph_notes: list[str] = field(default_factory=list)
+    #: what the user should know (train mode, skipped passes)
+    notes: list[str] = field(default_factory=list)
 
     def describe(self) -> str:
         lines = [f"removed {self.removed_channels} channels" + (
@@ -94,6 +105,7 @@ class Plan:
             times = ", ".join(f"{k} {v:.3g} ms" for k, v in c.times_ms.items())
             lines.append(f"{c.layer} ({c.kind}, {c.sparsity:.0%} zeros): {c.engine}"
                          + (f" [{times}]" if times else ""))
+        lines += [f"  notes: {note}" for note in self.notes]
         times = ", ".join(f"{k} {v:.3g} ms" for k, v in self.graph_times_ms.items())
         lines.append(f"graph: {self.graph}" + (f" [{times}]" if times else ""))
         lines += [f"  not a candidate: {note}" for note in self.graph_notes]
@@ -101,40 +113,56 @@ class Plan:
         return "\n".join(lines)
 
 
-def compile(model: nn.Module, example: Tensor, *, engines: Sequence[str] = DEFAULT_ENGINES,
-            shrink_channels: bool = True, freeze: bool = True,
-            rtol: float = 1e-4) -> nn.Module:
+def compile(model: nn.Module, example: Any, *, engines: Sequence[str] = DEFAULT_ENGINES,
+            shrink_channels: bool = True, freeze: bool = True, rtol: float = 1e-4,
+            decode: bool | None = None, timer: choose.Timer | None = None) -> nn.Module:
     """The fastest correct version of ``model`` for inputs shaped like ``example`` (see
-    the module docstring). ``engines``: sparse engines to try (``"gathered"``,
-    ``"gathered_parallel"``, ``"gathered_torch"``, ``"csr"``, ``"bsr"``; ``()`` keeps dense
-    layers only; without numba the gathered engines run the torch kernel). The
-    result carries ``prunekit_plan`` (:class:`Plan`)."""
+    the module docstring). ``example``: one input tensor, a tuple of positional inputs,
+    or a dict of keyword inputs (a Hugging Face model's ``input_ids``, ...).
+    ``engines``: sparse engines to try (``"gathered"``, ``"gathered_parallel"``,
+    ``"gathered_torch"``, ``"csr"``, ``"bsr"``; ``()`` keeps dense layers only; without
+    numba the gathered engines run the torch kernel). ``decode``: also measure every Linear
+    at one activation row (a generated token) and the row kernels of
+    :mod:`.decode_linear`, and dispatch by row count at call time; on by default for a
+    tuple or dict example. ``timer``: the clock of the measurements (``timer(name, fn)``
+    -> ms; see :mod:`.choose`). The result carries ``prunekit_plan`` (:class:`Plan`)."""
     if not isinstance(model, nn.Module):
         raise ConfigError(f"compile expects a torch.nn.Module, got {type(model).__name__}")
-    if not isinstance(example, Tensor):
-        raise ConfigError(f"compile needs an example input tensor (one batch of the shape "
-                          f"it will run on), got {type(example).__name__}")
+    if not isinstance(example, (Tensor, tuple, dict)) or (
+            isinstance(example, dict) and not all(isinstance(k, str) for k in example)):
+        raise ConfigError(f"compile needs an example input (one batch of the shape it will "
+                          f"run on: a tensor, a tuple of inputs or a dict of keyword "
+                          f"inputs), got {type(example).__name__}")
     unknown = [e for e in engines if e not in ENGINES]
     if unknown:
         raise ConfigError(f"unknown engines {unknown}; engines: {', '.join(ENGINES)}")
+    plan = Plan()
+    if model.training:
+        plan.notes.append("the model was in train mode; compiled in eval mode (dropout "
+                          "off, BatchNorm on its running statistics)")
+        warnings.warn("prunekit.compile: the model is in train mode; the compiled model "
+                      "runs in eval mode", UserWarning, stacklevel=2)
+    tensor = isinstance(example, Tensor)
+    decode = (not tensor) if decode is None else bool(decode)
     model = copy.deepcopy(model).eval()
     try:
         with torch.no_grad():
-            reference = model(example)
+            reference = _call(model, example)
     except Exception as exc:  # a wrong example is the user's to fix, not a deep traceback
-        raise ConfigError(f"the model does not run on the example of shape "
-                          f"{tuple(example.shape)}: {type(exc).__name__}: {exc}") from None
-    plan = Plan()
-    if shrink_channels:
+        raise ConfigError(f"the model does not run on the example {_describe(example)}: "
+                          f"{type(exc).__name__}: {exc}") from None
+    if shrink_channels and tensor:
         model = _shrink(model, example, plan)
-    plain = copy.deepcopy(model) if engines and freeze else model
+    elif shrink_channels:
+        plan.shrink_note = "not shrunk: the example is not one tensor"
+    plain = copy.deepcopy(model) if engines and freeze and tensor else model
     if engines:
-        _replace(model, example, tuple(engines), plan)
+        _replace(model, example, tuple(engines), plan, decode, timer)
     model.eval()
-    if freeze:
+    if freeze and tensor:
         model = _freeze(model, plain, example, plan)
     with torch.no_grad():
-        plan.max_rel_error = _rel_error(model(example), reference)
+        plan.max_rel_error = _rel_error(_call(model, example), reference)
     if plan.max_rel_error > rtol:
         raise CompileError(f"the compiled model differs from the input model by "
                            f"{plan.max_rel_error:.2e} (relative), more than rtol={rtol}; "
@@ -145,6 +173,24 @@ def compile(model: nn.Module, example: Tensor, *, engines: Sequence[str] = DEFAU
         model = Compiled(model)
     model.prunekit_plan = plan
     return model
+
+
+def _call(model: nn.Module, example: Any) -> Any:
+    if isinstance(example, dict):
+        return model(**example)
+    if isinstance(example, tuple):
+        return model(*example)
+    return model(example)
+
+
+def _describe(example: Any) -> str:
+    if isinstance(example, Tensor):
+        return f"of shape {tuple(example.shape)}"
+    if isinstance(example, dict):
+        return "{" + ", ".join(f"{k}: {_describe(v)}" for k, v in example.items()) + "}"
+    if isinstance(example, tuple):
+        return "(" + ", ".join(_describe(v) for v in example) + ")"
+    return type(example).__name__
 
 
 class Compiled(nn.Module):
@@ -202,10 +248,24 @@ def _same_outputs(candidate: nn.Module, model: nn.Module, example: Tensor) -> bo
 
 
 def _rel_error(a: Any, b: Any) -> float:
-    if isinstance(a, (tuple, list)):
-        return max(_rel_error(x, y) for x, y in zip(a, b, strict=True))
-    scale = float(b.abs().max()) or 1.0
-    return float((a - b).abs().max()) / scale
+    """Largest relative error over the tensors of two outputs of the same structure
+    (tuples, lists, dicts and Hugging Face outputs; caches and other objects skipped)."""
+    got, want = _tensors(a), _tensors(b)
+    if len(got) != len(want):
+        raise ValueError(f"outputs hold {len(got)} and {len(want)} tensors")
+    errors = [float((x.float() - y.float()).abs().max()) / (float(y.abs().max()) or 1.0)
+              for x, y in zip(got, want, strict=True) if y.numel()]
+    return max(errors, default=0.0)
+
+
+def _tensors(out: Any) -> list[Tensor]:
+    if isinstance(out, Tensor):
+        return [out]
+    if isinstance(out, (tuple, list)):
+        return [t for item in out for t in _tensors(item)]
+    if isinstance(out, dict):  # also transformers' ModelOutput
+        return [t for item in out.values() for t in _tensors(item)]
+    return []
 
 
 def _shrink(model: nn.Module, example: Tensor, plan: Plan) -> nn.Module:
@@ -240,7 +300,7 @@ def _reasons(group) -> dict[str, int]:
     return counts
 
 
-def _inputs(model: nn.Module, example: Tensor, kinds: tuple[type, ...]) -> dict[str, tuple]:
+def _inputs(model: nn.Module, example: Any, kinds: tuple[type, ...]) -> dict[str, tuple]:
     """The inputs every module of ``kinds`` receives on ``example`` (first call)."""
     seen: dict[str, tuple] = {}
 
@@ -252,7 +312,7 @@ def _inputs(model: nn.Module, example: Tensor, kinds: tuple[type, ...]) -> dict[
                for name, m in model.named_modules() if isinstance(m, kinds)]
     try:
         with torch.no_grad():
-            model(example)
+            _call(model, example)
     finally:
         for h in handles:
             h.remove()
@@ -280,7 +340,8 @@ def _weight(m: nn.Module) -> Tensor:
     return m.weight.detach()
 
 
-def _replace(model: nn.Module, example: Tensor, engines: tuple[str, ...], plan: Plan) -> None:
+def _replace(model: nn.Module, example: Any, engines: tuple[str, ...], plan: Plan,
+             decode: bool, timer: choose.Timer | None) -> None:
     kinds = (nn.Linear, nn.Conv2d, nn.GRU, nn.LSTM)
     inputs = _inputs(model, example, kinds)
     for name, m in list(model.named_modules()):
@@ -290,15 +351,76 @@ def _replace(model: nn.Module, example: Tensor, engines: tuple[str, ...], plan: 
         zeros = sparsity(w)
         if zeros < MIN_SPARSITY:
             continue
-        cands = _candidates(m, engines)
-        if not cands:
-            continue
-        mask = (w != 0).reshape(w.shape[0], -1) if w.dim() > 1 else (w != 0).reshape(1, -1)
-        rows = choose_rows(mask)
-        key = (*choose.shape_key(type(m).__name__, w, inputs[name]), rows,
-               padded_work(mask, rows))
-        best, times = choose.fastest(key, {"dense": m, **cands}, inputs[name])
-        plan.layers.append(Choice(name, type(m).__name__, best, zeros, times))
-        if best != "dense":
+        if isinstance(m, nn.Linear):
+            replacement = _linear(name, m, inputs[name][0], engines, plan, decode, timer)
+        else:
+            replacement = _other(name, m, w, inputs[name], engines, plan, timer)
+        if replacement is not None:
             parent, _, attr = name.rpartition(".")
-            setattr(model.get_submodule(parent) if parent else model, attr, cands[best])
+            setattr(model.get_submodule(parent) if parent else model, attr, replacement)
+
+
+def _other(name: str, m: nn.Module, w: Tensor, x: tuple, engines: tuple[str, ...],
+           plan: Plan, timer: choose.Timer | None) -> nn.Module | None:
+    """A conv or recurrent layer: its sparse candidates at the example's input."""
+    cands = _candidates(m, engines)
+    if not cands:
+        return None
+    mask = (w != 0).reshape(w.shape[0], -1) if w.dim() > 1 else (w != 0).reshape(1, -1)
+    rows = choose_rows(mask)
+    key = (*choose.shape_key(type(m).__name__, w, x), rows, padded_work(mask, rows))
+    best, times, spread = choose.measured(key, {"dense": m, **cands}, x, timer)
+    plan.layers.append(Choice(name, type(m).__name__, best, sparsity(w), times, spread))
+    return None if best == "dense" else cands[best]
+
+
+def _linear(name: str, m: nn.Linear, x: Tensor, engines: tuple[str, ...], plan: Plan,
+            decode: bool, timer: choose.Timer | None) -> nn.Module | None:
+    """A Linear: the candidates for the rows it saw on the example (the row kernels among
+    them at up to :data:`MAX_ROWS` rows) and, with ``decode`` and more rows than that, the
+    row kernels at one row too (a generated token) behind a :class:`RowDispatchLinear`, so
+    every call runs what was measured fastest for its row count."""
+    w = m.weight.detach()
+    x2 = x.reshape(-1, m.in_features)
+    rows = x2.shape[0]
+    mask = w != 0
+    band = choose_rows(mask)
+    base_key = (tuple(w.shape), int(mask.sum()), band, padded_work(mask, band))
+
+    def measure(at: Tensor, with_rows: bool) -> tuple[str, dict, dict, nn.Module]:
+        cands: dict[str, nn.Module] = {e: SparseLinear(w, m.bias, e) for e in engines}
+        if with_rows:
+            cands.update({e: RowSparseLinear(w, m.bias, e) for e in row_engines_for(w)})
+        key = ("Linear", *base_key, tuple(at.shape), with_rows)
+        best, times, spread = choose.measured(key, {"dense": m, **cands}, at, timer)
+        return best, times, spread, m if best == "dense" else cands[best]
+
+    def rows_safe(chosen: nn.Module) -> nn.Module:  # a row kernel never meets a prefill
+        if isinstance(chosen, RowSparseLinear):
+            return RowDispatchLinear(chosen, m, MAX_ROWS, m.in_features, m.out_features)
+        return chosen
+
+    dense_b = m.weight.numel() * m.weight.element_size()
+    if rows <= MAX_ROWS:
+        best, times, spread, chosen = measure(x2, True)
+        plan.layers.append(Choice(name, "Linear", best, sparsity(w), times, spread, rows,
+                                  layer_bytes(chosen), dense_b))
+        return None if chosen is m else rows_safe(chosen)
+    wide, wide_times, wide_spread, large = measure(x2, False)
+    if not decode:
+        plan.layers.append(Choice(name, "Linear", wide, sparsity(w), wide_times, wide_spread,
+                                  rows, layer_bytes(large), dense_b))
+        return None if large is m else large
+    one, one_times, one_spread, small = measure(x2[-1:].clone(), True)
+
+    def both(one_row: dict, wide_rows: dict) -> dict:
+        return {**{f"{k} (1 row)": v for k, v in one_row.items()},
+                **{f"{k} ({rows} rows)": v for k, v in wide_rows.items()}}
+
+    plan.layers.append(Choice(name, "Linear", f"{one} at 1 row, {wide} at {rows} rows",
+                              sparsity(w), both(one_times, wide_times),
+                              both(one_spread, wide_spread), rows, layer_bytes(small),
+                              dense_b))
+    if small is m and large is m:
+        return None
+    return RowDispatchLinear(small, large, MAX_ROWS, m.in_features, m.out_features)

@@ -1,0 +1,214 @@
+"""Compressed layouts of a sparse Linear weight for a few activation rows (decoding).
+
+At batch 1 every token streams every weight once, so what a layout costs is what it reads
+per token. Each layout here says so (:meth:`bytes_per_row`), next to the dense
+``4 * out * in`` bytes of a float32 weight; their ratio is the memory-traffic limit of its
+speedup.
+
+- :class:`RowCSR`: row-compressed, one entry per nonzero. Column indices are 16-bit
+  where ``in_features`` fits (``<= 65535``), 32-bit otherwise. Values, by ``values``:
+
+  - ``"float32"``: a float32 array beside the indices (6 bytes a nonzero with 16-bit
+    indices);
+  - ``"bfloat16"`` / ``"float16"``: only where every weight is exactly representable
+    in that type; the 16-bit value and the 16-bit index share one 32-bit word (4 bytes a
+    nonzero, and one load instead of two);
+  - ``"levels"``: a quantized layer (every row's nonzeros on at most 255 distinct
+    values, e.g. ``{0, ±s, ..., ±L s}`` of a ``quant`` scheme with its per-layer or
+    per-row step): one byte of level code per nonzero and a per-row table of the levels
+    (codes x step), dequantized inside the kernel (3 bytes a nonzero with 16-bit indices).
+
+- :class:`Packed24`: 2:4 (every group of four inputs of a row keeps at most two): the two
+  kept values of each group as float32, and their two 2-bit positions in one nibble
+  (2.125 bytes a weight instead of 4). Odd widths pad the last group with zeros.
+
+Nothing here decides which layout runs; :mod:`.choose` measures that.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+#: value types of :class:`RowCSR`
+VALUES = ("float32", "bfloat16", "float16", "levels")
+#: most distinct nonzero values a row may hold for the ``levels`` layout (one-byte codes)
+MAX_LEVELS = 255
+
+
+def dense_bytes(out_features: int, in_features: int) -> int:
+    """What a dense float32 weight reads per activation row."""
+    return 4 * out_features * in_features
+
+
+def representable(w: Tensor, values: str) -> bool:
+    """Whether every weight survives a round trip through ``values`` exactly."""
+    if values == "float32":
+        return True
+    if values in ("bfloat16", "float16"):
+        kind = getattr(torch, values)
+        return bool(torch.equal(w.to(kind).float(), w))
+    if values == "levels":
+        return _level_tables(w) is not None
+    raise ValueError(f"unknown values {values!r}; values: {VALUES}")
+
+
+def _level_tables(w: Tensor) -> tuple[Tensor, Tensor] | None:
+    """Per-row tables of the distinct nonzero values ``[out, L]`` (zero padded) and every
+    weight's code into its row's table (uint8 ``[out, in]``), or None where some row has
+    more than :data:`MAX_LEVELS` distinct nonzero values."""
+    tables, codes = [], torch.zeros(w.shape, dtype=torch.uint8)
+    for r in range(w.shape[0]):
+        row = w[r]
+        levels, inverse = torch.unique(row[row != 0], return_inverse=True)
+        if levels.numel() > MAX_LEVELS:
+            return None
+        codes[r, row != 0] = inverse.to(torch.uint8)
+        tables.append(levels)
+    width = max([1] + [t.numel() for t in tables])
+    table = torch.zeros(w.shape[0], width)
+    for r, t in enumerate(tables):
+        table[r, :t.numel()] = t
+    return table, codes
+
+
+@dataclass
+class RowCSR:
+    """Row-compressed ``W [out, in]``: row ``r``'s nonzeros are entries
+    ``row_ptr[r]:row_ptr[r+1]`` (uint32). ``cols``: column indices (uint16 or uint32), or
+    for 16-bit values the packed words (value in the high half, column in the low half);
+    ``vals``: float32 values, or uint8 level codes into ``table [out, L]`` (levels), or
+    None for packed words."""
+
+    out_features: int
+    in_features: int
+    values: str
+    row_ptr: np.ndarray
+    cols: np.ndarray
+    vals: np.ndarray | None
+    table: np.ndarray
+
+    @classmethod
+    def from_dense(cls, weight: Tensor, values: str = "float32") -> RowCSR:
+        w = weight.detach().float().contiguous()
+        out_features, in_features = w.shape
+        if values not in VALUES:
+            raise ValueError(f"unknown values {values!r}; values: {VALUES}")
+        mask = w != 0
+        counts = mask.sum(1)
+        row_ptr = np.zeros(out_features + 1, dtype=np.uint32)
+        row_ptr[1:] = np.cumsum(counts.numpy())
+        rows, cols = torch.nonzero(mask, as_tuple=True)
+        table = np.zeros((1, 1), dtype=np.float32)
+        if values in ("bfloat16", "float16"):
+            if in_features > 0xFFFF or not representable(w, values):
+                raise ValueError(f"weights not exactly representable as {values} "
+                                 f"with 16-bit columns")
+            bits = w[rows, cols].to(getattr(torch, values)).view(torch.int16)
+            words = (bits.numpy().astype(np.uint16).astype(np.uint32) << np.uint32(16)) \
+                | cols.numpy().astype(np.uint32)
+            return cls(out_features, in_features, values, row_ptr, words, None, table)
+        index = np.uint16 if in_features <= 0xFFFF else np.uint32
+        col_array = cols.numpy().astype(index)
+        if values == "levels":
+            found = _level_tables(w)
+            if found is None:
+                raise ValueError(f"a row holds more than {MAX_LEVELS} distinct values")
+            table_t, codes = found
+            return cls(out_features, in_features, values, row_ptr, col_array,
+                       codes[rows, cols].numpy(), table_t.numpy())
+        vals = w[rows, cols].numpy().astype(np.float32)
+        return cls(out_features, in_features, values, row_ptr, col_array, vals, table)
+
+    @property
+    def nnz(self) -> int:
+        return int(self.row_ptr[-1])
+
+    def bytes_per_row(self) -> int:
+        """Bytes read per activation row: indices and values (or words), row pointers,
+        level tables."""
+        data = self.cols.nbytes + (0 if self.vals is None else self.vals.nbytes)
+        table = self.table.nbytes if self.values == "levels" else 0
+        return data + self.row_ptr.nbytes + table
+
+    def to_dense(self) -> Tensor:
+        """The float32 weight this layout holds (exactly the one it was built from)."""
+        w = torch.zeros(self.out_features, self.in_features)
+        rows = torch.repeat_interleave(torch.arange(self.out_features),
+                                       torch.from_numpy(np.diff(self.row_ptr).astype(np.int64)))
+        if self.vals is None:
+            words = torch.from_numpy(self.cols.astype(np.int64))
+            cols = words & 0xFFFF
+            bits = (words >> 16).to(torch.int32).to(torch.int16)
+            vals = bits.view(getattr(torch, self.values)).float()
+        elif self.values == "levels":
+            cols = torch.from_numpy(self.cols.astype(np.int64))
+            vals = torch.from_numpy(self.table)[rows, torch.from_numpy(self.vals.astype(np.int64))]
+        else:
+            cols = torch.from_numpy(self.cols.astype(np.int64))
+            vals = torch.from_numpy(self.vals)
+        w[rows, cols] = vals
+        return w
+
+
+def is_two_four(weight: Tensor) -> bool:
+    """Whether every group of four consecutive inputs of every row has at most two
+    nonzeros (the last group of an odd width counts its real inputs)."""
+    mask = weight != 0
+    pad = (-mask.shape[1]) % 4
+    if pad:
+        mask = torch.cat([mask, mask.new_zeros(mask.shape[0], pad)], 1)
+    return bool((mask.reshape(mask.shape[0], -1, 4).sum(-1) <= 2).all())
+
+
+@dataclass
+class Packed24:
+    """2:4 ``W [out, in]`` with ``in`` padded to a multiple of 8 (``in_padded``):
+    ``vals [out, in_padded / 2]`` float32 (two per group of four), ``meta [out,
+    in_padded / 8]`` uint8, one nibble per group (low nibble the even group): bits 0-1 the
+    first kept position, bits 2-3 the second."""
+
+    out_features: int
+    in_features: int
+    in_padded: int
+    vals: np.ndarray
+    meta: np.ndarray
+
+    @classmethod
+    def from_dense(cls, weight: Tensor) -> Packed24:
+        w = weight.detach().float().contiguous()
+        if not is_two_four(w):
+            raise ValueError("not 2:4: some group of four inputs keeps more than two")
+        out_features, in_features = w.shape
+        in_padded = -(-in_features // 8) * 8
+        wp = torch.zeros(out_features, in_padded)
+        wp[:, :in_features] = w
+        groups = wp.reshape(out_features, -1, 4)
+        # the two kept positions of a group: its nonzeros first, in order, then fill-ins
+        order = torch.argsort((groups == 0).to(torch.int8), dim=-1, stable=True)[..., :2]
+        order = torch.sort(order, dim=-1).values
+        vals = torch.gather(groups, -1, order)  # [out, groups, 2]
+        nibble = (order[..., 0] | (order[..., 1] << 2)).to(torch.uint8)  # [out, groups]
+        meta = nibble[:, 0::2] | (nibble[:, 1::2] << 4)
+        return cls(out_features, in_features, in_padded,
+                   vals.reshape(out_features, -1).contiguous().numpy(),
+                   meta.contiguous().numpy())
+
+    def positions(self) -> Tensor:
+        """Absolute input index of every stored value, ``[out, in_padded / 2]`` (int64)."""
+        meta = torch.from_numpy(self.meta.astype(np.int64))
+        nibble = torch.stack([meta & 15, meta >> 4], -1).reshape(self.out_features, -1)
+        first, second = nibble & 3, nibble >> 2
+        base = 4 * torch.arange(nibble.shape[1])
+        return torch.stack([base + first, base + second], -1).reshape(self.out_features, -1)
+
+    def bytes_per_row(self) -> int:
+        return self.vals.nbytes + self.meta.nbytes
+
+    def to_dense(self) -> Tensor:
+        w = torch.zeros(self.out_features, self.in_padded)
+        w.scatter_(1, self.positions(), torch.from_numpy(self.vals))
+        return w[:, :self.in_features].contiguous()
