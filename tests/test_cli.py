@@ -265,3 +265,29 @@ def test_bad_quantize_section_fails_before_any_training(tmp_path, capsys, old, n
     err = capsys.readouterr().err
     assert f"joint.yaml:{line}: {message}" in err and "Traceback" not in err
     assert not (out / "dense.pt").exists() and not (out / "ckpt").exists()
+
+
+def test_a_data_root_that_does_not_hold_the_files_is_an_error(tmp_path, capsys, monkeypatch):
+    """$PRUNEKIT_DATA holds a copy of the data, but data.root names a directory that does
+    not exist: refused, naming the root, before any training (the other copy was read
+    silently before)."""
+    from test_data import write_mnist  # noqa: PLC0415
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    write_mnist(tmp_path / "other" / "mnist", n_train=64, n_test=32)
+    monkeypatch.setenv("PRUNEKIT_DATA", str(tmp_path / "other"))
+    recipe = str(write_recipe(tmp_path))
+    missing = tmp_path / "no" / "such" / "dir"
+    code = main(["compress", recipe, "--out", str(tmp_path / "r"), "--no-progress",
+                 "--set", "data.name=mnist", "--set", "data.options={}",
+                 "--set", f"data.root={missing}"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"not found in root {missing} (no such directory)" in err and "Traceback" not in err
+    assert not (tmp_path / "r" / "dense.pt").exists()
+    # without the root the copy is used, and one line names it
+    assert main(["compress", recipe, "--out", str(tmp_path / "ok"), "--no-progress",
+                 "--set", "data.name=mnist", "--set", "data.options={}",
+                 "--set", "prune.train.epochs=1"]) == 0
+    err = capsys.readouterr().err
+    assert f"prunekit: data mnist: files read from {tmp_path / 'other' / 'mnist'}\n" in err

@@ -127,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     except PrunekitError as exc:
         print(f"prunekit: error: {str(exc).rstrip()}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # one line, not a traceback; every file is written atomically
+        print(f"\nprunekit: {args.command} interrupted", file=sys.stderr)
+        return INTERRUPTED
     return 0
 
 
