@@ -61,22 +61,24 @@ class RowSparseLinear(nn.Module):
         self.register_buffer("bias", torch.zeros(self.out_features) if bias is None
                              else bias.detach().float().clone())
         self._fallback: dict[str, Tensor] | None = None
+        self._run = row_kernels.prepare(self.layout, self.bias, self.parallel) \
+            if self.use_numba else None
 
     def bytes_per_row(self) -> int:
         """Bytes this layer reads per activation row (weights and indices, bias aside)."""
         return self.layout.bytes_per_row()
 
     def matmul(self, x: Tensor) -> Tensor:
-        if self.use_numba and x.shape[0] <= row_kernels.MAX_ROWS:
-            return row_kernels.numba_rows(x, self.layout, self.bias, self.parallel)
+        if self._run is not None and x.shape[0] <= row_kernels.MAX_ROWS:
+            return self._run(x)
         if self._fallback is None:
             self._fallback = row_kernels.torch_fallback(self.layout)
-        return row_kernels.torch_rows(x.float(), self._fallback, self.bias)
+        return row_kernels.torch_rows(x, self._fallback, self.bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        lead = x.shape[:-1]
-        y = self.matmul(x.reshape(-1, self.in_features))
-        return y.reshape(*lead, self.out_features).to(x.dtype)
+        y = self.matmul(x.detach().reshape(-1, self.in_features).float())
+        y = y.reshape(*x.shape[:-1], self.out_features)
+        return y if x.dtype == torch.float32 else y.to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"{self.in_features}, {self.out_features}, engine={self.engine}"

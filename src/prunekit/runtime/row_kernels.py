@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from . import kernels
+from . import kernels, simd
 from .row_layouts import Packed24, RowCSR
 
 #: most activation rows the kernels take; more go to dense (prefill)
@@ -83,9 +83,20 @@ def _decoders(numba):
             "float16": (col_packed, val_f16), "levels": (col_plain, val_levels)}
 
 
-def _csr_kernels(numba, col, val):
+def _store8_py(out, b, a0, a1, a2, a3, a4, a5, a6, a7):  # pragma: no cover
+    out[0], out[1], out[2], out[3] = a0 + b, a1 + b, a2 + b, a3 + b
+    out[4], out[5], out[6], out[7] = a4 + b, a5 + b, a6 + b, a7 + b
+
+
+def _csr_kernels(numba, col, val, values, _store8):
     """Serial and parallel CSR kernels, batch 1 and batch 2-8, for one value type."""
     jit = numba.njit(fastmath=True, nogil=True)
+    if simd.has_avx2():
+        vector_rows8 = simd.make_csr_rows8(values)
+
+        @jit
+        def rows8_avx2(xt, yt, bias, row_ptr, cols, vals, table, r0, r1):  # pragma: no cover
+            vector_rows8(xt, yt, bias, row_ptr, cols, vals, table, r0, r1)
 
     @jit
     def rows1(x, y, bias, row_ptr, cols, vals, table, r0, r1):  # pragma: no cover
@@ -110,49 +121,55 @@ def _csr_kernels(numba, col, val):
                 a5 += v * xr[5]
                 a6 += v * xr[6]
                 a7 += v * xr[7]
-            b = bias[r]
-            out = yt[r]
-            out[0], out[1], out[2], out[3] = a0 + b, a1 + b, a2 + b, a3 + b
-            out[4], out[5], out[6], out[7] = a4 + b, a5 + b, a6 + b, a7 + b
+            _store8(yt[r], bias[r], a0, a1, a2, a3, a4, a5, a6, a7)
 
-    return _serial_and_parallel(numba, rows1, rows8)
+    return _serial_and_parallel(numba, rows1, rows8_avx2 if simd.has_avx2() else rows8)
 
 
-def _nm_kernels(numba):
-    """Serial and parallel 2:4 kernels, batch 1 and batch 2-8."""
+def _nm_kernels(numba, _store8):
+    """Serial and parallel 2:4 kernels, batch 1 and batch 2-8 (slot order of
+    :class:`Packed24`: lane 0 of a quad's slots holds groups 0 and 2)."""
     jit = numba.njit(fastmath=True, nogil=True)
+    if simd.has_avx2():
+        vector_row1 = simd.make_nm24_row1()
+
+        @jit
+        def rows1_avx2(x, y, bias, vals, meta, _c, _d, r0, r1):  # pragma: no cover
+            for r in range(r0, r1):
+                y[r] = vector_row1(x, vals, meta, r) + bias[r]
 
     @jit
     def rows1(x, y, bias, vals, meta, _c, _d, r0, r1):  # pragma: no cover
-        pairs = np.uint32(meta.shape[1])
+        quads = np.uint32(meta.shape[1])
         for r in range(r0, r1):
             v, m_row = vals[r], meta[r]
             a0 = np.float32(0.0)
             a1 = np.float32(0.0)
-            for q in range(pairs):
+            for q in range(quads):
                 m = np.uint32(m_row[q])
-                base = q * np.uint32(8)
-                k = q * np.uint32(4)
-                a0 += v[k] * x[base + (m & np.uint32(3))] \
-                    + v[k + 1] * x[base + ((m >> np.uint32(2)) & np.uint32(3))]
-                a1 += v[k + 2] * x[base + np.uint32(4) + ((m >> np.uint32(4)) & np.uint32(3))] \
-                    + v[k + 3] * x[base + np.uint32(4) + (m >> np.uint32(6))]
+                base = q * np.uint32(16)
+                k = q * np.uint32(8)
+                for s in range(4):  # slots 2s, 2s+1 belong to group (0, 2, 1, 3)[s]
+                    g = base + np.uint32(4 * ((s >> 1) + 2 * (s & 1)))
+                    a0 += v[k + 2 * s] * x[g + ((m >> np.uint32(4 * s)) & np.uint32(3))]
+                    a1 += v[k + 2 * s + 1] * x[g + ((m >> np.uint32(4 * s + 2)) & np.uint32(3))]
             y[r] = a0 + a1 + bias[r]
 
     @jit
     def rows8(xt, yt, bias, vals, meta, _c, _d, r0, r1):  # pragma: no cover
-        pairs = np.uint32(meta.shape[1])
+        quads = np.uint32(meta.shape[1])
         for r in range(r0, r1):
             v, m_row = vals[r], meta[r]
             a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = np.float32(0.0)
-            for q in range(pairs):
+            for q in range(quads):
                 m = np.uint32(m_row[q])
-                base = q * np.uint32(8)
-                k = q * np.uint32(4)
-                for t in range(4):
-                    pos = base + np.uint32(4 * (t >> 1)) + ((m >> np.uint32(2 * t)) & np.uint32(3))
+                base = q * np.uint32(16)
+                k = q * np.uint32(8)
+                for t in range(8):
+                    s = t >> 1
+                    g = base + np.uint32(4 * ((s >> 1) + 2 * (s & 1)))
                     w = v[k + t]
-                    xr = xt[pos]
+                    xr = xt[g + ((m >> np.uint32(2 * t)) & np.uint32(3))]
                     a0 += w * xr[0]
                     a1 += w * xr[1]
                     a2 += w * xr[2]
@@ -161,12 +178,9 @@ def _nm_kernels(numba):
                     a5 += w * xr[5]
                     a6 += w * xr[6]
                     a7 += w * xr[7]
-            b = bias[r]
-            out = yt[r]
-            out[0], out[1], out[2], out[3] = a0 + b, a1 + b, a2 + b, a3 + b
-            out[4], out[5], out[6], out[7] = a4 + b, a5 + b, a6 + b, a7 + b
+            _store8(yt[r], bias[r], a0, a1, a2, a3, a4, a5, a6, a7)
 
-    return _serial_and_parallel(numba, rows1, rows8)
+    return _serial_and_parallel(numba, rows1_avx2 if simd.has_avx2() else rows1, rows8)
 
 
 def _serial_and_parallel(numba, rows1, rows8):
@@ -195,50 +209,72 @@ def numba_row_kernels():
         return None
     import numba  # noqa: PLC0415
 
-    found = {name: _csr_kernels(numba, col, val)
+    store8 = numba.njit(inline="always", nogil=True)(_store8_py)
+    found = {name: _csr_kernels(numba, col, val, name, store8)
              for name, (col, val) in _decoders(numba).items()}
-    found["2:4"] = _nm_kernels(numba)
+    found["2:4"] = _nm_kernels(numba, store8)
     return found
+
+
+def prepare(layout: RowCSR | Packed24, bias: Tensor, parallel: bool = False):
+    """A function ``run(x [n, in]) -> y [n, out]`` (float32, ``n <= MAX_ROWS``) on the
+    numba kernels, everything but the input and output prepared once: at batch 1 the
+    Python around a kernel call is a good part of a small layer's time. None without
+    numba."""
+    runs = numba_row_kernels()
+    if runs is None:
+        return None
+    import numba  # noqa: PLC0415
+
+    if isinstance(layout, Packed24):
+        kernel, width = runs["2:4"], layout.in_padded
+        args = (layout.vals, layout.meta, layout.meta, layout.meta)
+    else:
+        kernel, width = runs[layout.values], layout.in_features
+        vals = layout.cols if layout.vals is None else layout.vals
+        args = (layout.row_ptr, layout.cols, vals, layout.table)
+    one, eight = kernel[(1, parallel)], kernel[(8, parallel)]
+    bias_np = bias.detach().float().contiguous().numpy()
+    in_f, out_f = layout.in_features, layout.out_features
+
+    def chunks() -> int:
+        if not parallel:
+            return 1
+        threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+        if numba.get_num_threads() != threads:
+            numba.set_num_threads(threads)
+        return threads
+
+    def run(x: Tensor) -> Tensor:
+        n = x.shape[0]
+        if n == 1:
+            row = x.reshape(-1).contiguous().numpy()
+            if width != in_f:
+                padded = np.zeros(width, dtype=np.float32)
+                padded[:in_f] = row
+                row = padded
+            y = np.empty(out_f, dtype=np.float32)
+            one(row, y, bias_np, *args, chunks())
+            return torch.from_numpy(y).reshape(1, out_f)
+        if not 1 <= n <= MAX_ROWS:
+            raise ValueError(f"the row kernels take 1 to {MAX_ROWS} rows, got {n}")
+        xt = np.zeros((width, MAX_ROWS), dtype=np.float32)
+        xt[:in_f, :n] = x.numpy().T
+        yt = np.empty((out_f, MAX_ROWS), dtype=np.float32)
+        eight(xt, yt, bias_np, *args, chunks())
+        return torch.from_numpy(np.ascontiguousarray(yt[:, :n].T))
+
+    return run
 
 
 def numba_rows(x: Tensor, layout: RowCSR | Packed24, bias: Tensor,
                parallel: bool = False) -> Tensor:
-    """``x [n, in] @ W.T + bias`` for ``n <= MAX_ROWS`` with the numba kernels."""
-    import numba  # noqa: PLC0415
-
-    runs = numba_row_kernels()
-    if runs is None:
+    """``x [n, in] @ W.T + bias`` for ``n <= MAX_ROWS`` with the numba kernels (see
+    :func:`prepare`, which a layer calls once)."""
+    run = prepare(layout, bias, parallel)
+    if run is None:
         raise RuntimeError("numba is not installed")
-    n = x.shape[0]
-    if not 1 <= n <= MAX_ROWS:
-        raise ValueError(f"the row kernels take 1 to {MAX_ROWS} rows, got {n}")
-    chunks = 1
-    if parallel:
-        chunks = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
-        numba.set_num_threads(chunks)
-    x = x.detach().float()
-    if isinstance(layout, Packed24):
-        kernel = runs["2:4"]
-        args = (layout.vals, layout.meta, layout.meta, layout.meta)
-        width = layout.in_padded
-    else:
-        kernel = runs[layout.values]
-        vals = layout.cols if layout.vals is None else layout.vals
-        args = (layout.row_ptr, layout.cols, vals, layout.table)
-        width = layout.in_features
-    if n == 1:
-        xin = x.reshape(-1)
-        if width != x.shape[1]:
-            xin = torch.cat([xin, xin.new_zeros(width - x.shape[1])])
-        y = torch.empty(layout.out_features)
-        xin = xin.contiguous().numpy()
-    else:
-        xt = torch.zeros(width, MAX_ROWS)
-        xt[:x.shape[1], :n] = x.t()
-        xin = xt.numpy()
-        y = torch.empty(layout.out_features, MAX_ROWS)
-    kernel[(1 if n == 1 else 8, parallel)](xin, y.numpy(), bias.numpy(), *args, chunks)
-    return y.reshape(1, -1) if n == 1 else y[:, :n].t()
+    return run(x.detach().float())
 
 
 def torch_rows(x: Tensor, fallback: dict[str, Tensor], bias: Tensor) -> Tensor:

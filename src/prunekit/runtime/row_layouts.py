@@ -19,8 +19,8 @@ speedup.
     (codes x step), dequantized inside the kernel (3 bytes a nonzero with 16-bit indices).
 
 - :class:`Packed24`: 2:4 (every group of four inputs of a row keeps at most two): the two
-  kept values of each group as float32, and their two 2-bit positions in one nibble
-  (2.125 bytes a weight instead of 4). Odd widths pad the last group with zeros.
+  kept values of each group as float32 and their 2-bit positions (2.125 bytes a weight
+  instead of 4). Odd widths pad the last groups with zeros.
 
 Nothing here decides which layout runs; :mod:`.choose` measures that.
 """
@@ -164,12 +164,19 @@ def is_two_four(weight: Tensor) -> bool:
     return bool((mask.reshape(mask.shape[0], -1, 4).sum(-1) <= 2).all())
 
 
+#: the group (of a quad of four groups) each of a quad's eight value slots belongs to:
+#: the vector kernel permutes within 128-bit lanes, so lane 0 takes groups 0 and 2 and
+#: lane 1 groups 1 and 3
+SLOT_GROUP = (0, 0, 2, 2, 1, 1, 3, 3)
+
+
 @dataclass
 class Packed24:
-    """2:4 ``W [out, in]`` with ``in`` padded to a multiple of 8 (``in_padded``):
-    ``vals [out, in_padded / 2]`` float32 (two per group of four), ``meta [out,
-    in_padded / 8]`` uint8, one nibble per group (low nibble the even group): bits 0-1 the
-    first kept position, bits 2-3 the second."""
+    """2:4 ``W [out, in]`` with ``in`` padded to a multiple of 16 (``in_padded``: four
+    groups, a *quad*, at a time). Per quad, ``vals [out, in_padded / 2]`` holds its eight
+    kept values (float32) in the slot order of :data:`SLOT_GROUP` (two per group, in input
+    order), and ``meta [out, in_padded / 16]`` (uint16) their positions in their groups,
+    two bits a slot (slot ``s`` at bits ``2s, 2s+1``)."""
 
     out_features: int
     in_features: int
@@ -183,27 +190,31 @@ class Packed24:
         if not is_two_four(w):
             raise ValueError("not 2:4: some group of four inputs keeps more than two")
         out_features, in_features = w.shape
-        in_padded = -(-in_features // 8) * 8
+        in_padded = -(-in_features // 16) * 16
         wp = torch.zeros(out_features, in_padded)
         wp[:, :in_features] = w
         groups = wp.reshape(out_features, -1, 4)
         # the two kept positions of a group: its nonzeros first, in order, then fill-ins
         order = torch.argsort((groups == 0).to(torch.int8), dim=-1, stable=True)[..., :2]
-        order = torch.sort(order, dim=-1).values
-        vals = torch.gather(groups, -1, order)  # [out, groups, 2]
-        nibble = (order[..., 0] | (order[..., 1] << 2)).to(torch.uint8)  # [out, groups]
-        meta = nibble[:, 0::2] | (nibble[:, 1::2] << 4)
+        order = torch.sort(order, dim=-1).values  # [out, groups, 2]
+        vals = torch.gather(groups, -1, order)
+        quads = in_padded // 16
+        slot_group = torch.tensor(SLOT_GROUP)
+        which = torch.tensor([0, 1] * 4)
+        by_slot = lambda t: t.reshape(out_features, quads, 4, 2)[:, :, slot_group, which]  # noqa: E731
+        pos = by_slot(order).to(torch.int64)  # [out, quads, 8]
+        meta = (pos << (2 * torch.arange(8))).sum(-1)
         return cls(out_features, in_features, in_padded,
-                   vals.reshape(out_features, -1).contiguous().numpy(),
-                   meta.contiguous().numpy())
+                   by_slot(vals).reshape(out_features, -1).contiguous().numpy(),
+                   meta.to(torch.int32).numpy().astype(np.uint16))
 
     def positions(self) -> Tensor:
         """Absolute input index of every stored value, ``[out, in_padded / 2]`` (int64)."""
-        meta = torch.from_numpy(self.meta.astype(np.int64))
-        nibble = torch.stack([meta & 15, meta >> 4], -1).reshape(self.out_features, -1)
-        first, second = nibble & 3, nibble >> 2
-        base = 4 * torch.arange(nibble.shape[1])
-        return torch.stack([base + first, base + second], -1).reshape(self.out_features, -1)
+        meta = torch.from_numpy(self.meta.astype(np.int64))  # [out, quads]
+        pos = (meta.unsqueeze(-1) >> (2 * torch.arange(8))) & 3  # [out, quads, 8]
+        base = 16 * torch.arange(meta.shape[1]).reshape(1, -1, 1) \
+            + 4 * torch.tensor(SLOT_GROUP).reshape(1, 1, 8)
+        return (base + pos).reshape(self.out_features, -1)
 
     def bytes_per_row(self) -> int:
         return self.vals.nbytes + self.meta.nbytes
