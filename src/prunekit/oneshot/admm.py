@@ -14,15 +14,16 @@ Problem, in the space scaled by ``d = sqrt(diag H_damped)`` per input column (``
 - **U-step**: ``U += W - Z``.
 - **rho**: starts at ``rho0``; every ``update_every`` iterations the change of ``Z``'s
   support (or level pattern) since the last check decides: more than 10% of the kept
-  entries moved -> x1.3, more than 0.5% -> x1.2, any -> x1.1; no change -> stop (the
-  support is stable). If the support never moved before rho grew, rho was too large to
-  explore: it is divided by 5 and the iterates restart (ALPS's rule).
+  entries moved -> x1.3, more than 0.5% -> x1.2, any -> x1.1; no change (or fewer than
+  ``settle`` of the kept entries) after at least ``min_iterations`` -> stop (the support is
+  stable; before that rho keeps growing by x1.1, so a small layer is not stopped early).
+  If the support never moved before rho grew, rho was too large to explore: it is divided
+  by 5 and the iterates restart (ALPS's rule).
 - **Refit**: on the final support, the kept weights are refitted by conjugate gradients
   (:func:`.refit.refit_cg`); for quantisation levels only the step is refitted
   (:func:`.refit.refit_scale`); unified blocks keep the projection.
 
-Between checks the scaled ``rho``, ``U`` are kept as ``V = rho U`` so that a rho change
-keeps the dual variable (the multiplier) unchanged.
+The dual is kept as ``V = rho U`` (the multiplier itself), so a rho change keeps it.
 """
 
 from __future__ import annotations
@@ -85,10 +86,12 @@ def admm(problem: LayerProblem, constraint: LayerConstraint, *, rho0: float = 0.
             else:  # rho too large to explore: shrink it and start over
                 rho /= 5
                 w, z, v = w0s.clone(), z_init.clone(), torch.zeros_like(w0s)
-        elif grown:
-            break
-        else:
+        elif not grown:
             rho /= 5
+        elif iterations >= min_iterations:
+            break  # the support is stable
+        else:
+            rho *= 1.1
         if grown and iterations >= min_iterations and moved < settle * kept:
             break
         rho = min(rho, rho_max)

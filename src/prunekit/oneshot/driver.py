@@ -124,6 +124,17 @@ class _Solver:
             self.bar.close()
 
 
+def _run_stopped(model: nn.Module, batches: Sequence[Any], handle: Any) -> None:
+    """Every calibration batch through ``model`` until a hook raises :class:`_Stop`; then
+    ``handle`` (that hook's) is removed."""
+    try:
+        for batch in batches:
+            with contextlib.suppress(_Stop):
+                call(model, batch)
+    finally:
+        handle.remove()
+
+
 def _replace_hidden(args: tuple, kwargs: dict, hidden: torch.Tensor) -> tuple[tuple, dict]:
     if args:
         return (hidden, *args[1:]), kwargs
@@ -141,6 +152,38 @@ def _detach_cache(kwargs: dict) -> dict:
     return out
 
 
+def chained(model: nn.Module, blocks: nn.ModuleList, batch: Any) -> bool:
+    """Whether one forward pass on ``batch`` calls every block once, in order, each on the
+    previous block's output: only then may the blocks be compressed one at a time from
+    cached inputs (otherwise the hook-driven order is used)."""
+    seen: list[tuple[int, Any, Any]] = []
+
+    def pre(index: int):
+        def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            seen.append((index, args[0] if args else kwargs.get("hidden_states"), None))
+        return hook
+
+    def post(index: int):
+        def hook(module: nn.Module, args: tuple, kwargs: dict, out: Any) -> None:
+            i, x, _ = seen[-1]
+            seen[-1] = (i, x, out[0] if isinstance(out, (tuple, list)) else out)
+        return hook
+
+    handles = []
+    for i, block in enumerate(blocks):
+        handles.append(block.register_forward_pre_hook(pre(i), with_kwargs=True))
+        handles.append(block.register_forward_hook(post(i), with_kwargs=True))
+    try:
+        call(model, batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+    if [i for i, _, _ in seen] != list(range(len(blocks))):
+        return False
+    return all(isinstance(seen[i][1], torch.Tensor) and seen[i][1] is seen[i - 1][2]
+               for i in range(1, len(seen)))
+
+
 def _block_pass(model: nn.Module, blocks: nn.ModuleList, batches: Sequence[Any],
                 pairs: list[tuple[Any, LayerConstraint]], solver: _Solver,
                 need_outputs: bool) -> None:
@@ -151,13 +194,7 @@ def _block_pass(model: nn.Module, blocks: nn.ModuleList, batches: Sequence[Any],
         cached.append((args, _detach_cache(kwargs)))
         raise _Stop
 
-    handle = blocks[0].register_forward_pre_hook(catch, with_kwargs=True)
-    try:
-        for batch in batches:
-            with contextlib.suppress(_Stop):
-                call(model, batch)
-    finally:
-        handle.remove()
+    _run_stopped(model, batches, blocks[0].register_forward_pre_hook(catch, with_kwargs=True))
     if len(cached) != len(batches):
         raise DataError(f"the calibration forward pass reached the first block in "
                         f"{len(cached)} of {len(batches)} batches")
@@ -226,13 +263,7 @@ def _hooked_pass(model: nn.Module, batches: Sequence[Any],
     for name in order:
         module = modules[name]
         with GramHooks({name: module}) as hooks:
-            handle = module.register_forward_pre_hook(stop)
-            try:
-                for batch in batches:
-                    with contextlib.suppress(_Stop):
-                        call(model, batch)
-            finally:
-                handle.remove()
+            _run_stopped(model, batches, module.register_forward_pre_hook(stop))
         for target, constraint in by_module[name]:
             solver.solve(target, constraint, hooks.grams[name])
 
@@ -265,7 +296,7 @@ def compress(model: nn.Module, batches: Iterable[Any], rules: Any, method: str =
         with _inference(model):
             found = find_blocks(model, [t.module_name for t in targets])
             inside: list[tuple[Any, LayerConstraint]] = []
-            if found is not None:
+            if found is not None and chained(model, found[1], batches[0]):
                 prefix = f"{found[0]}." if found[0] else ""
                 inside = [p for p in pairs if p[0].module_name.startswith(prefix)]
             outside = [p for p in pairs if p not in inside]
