@@ -76,6 +76,18 @@ class Choice:
     #: bytes the chosen layout reads per activation row, and what dense reads
     bytes_per_row: int = 0
     dense_bytes_per_row: int = 0
+    #: the chosen engine's and dense's fastest call at the decoding row count (ms)
+    ms: float = 0.0
+    dense_ms: float = 0.0
+
+    def traffic(self) -> str:
+        """The layer's bytes per activation row next to dense's, its time next to dense's,
+        and the memory-traffic limit of its speedup (dense bytes / its bytes)."""
+        limit = self.dense_bytes_per_row / self.bytes_per_row if self.bytes_per_row else 0.0
+        speedup = self.dense_ms / self.ms if self.ms else 0.0
+        return (f"{self.layer}: {self.bytes_per_row / 1024:.1f} KiB/row vs dense "
+                f"{self.dense_bytes_per_row / 1024:.1f} KiB (traffic limit {limit:.2f}x); "
+                f"{self.ms:.3g} ms vs dense {self.dense_ms:.3g} ms ({speedup:.2f}x)")
 
 
 @dataclass
@@ -404,12 +416,13 @@ def _linear(name: str, m: nn.Linear, x: Tensor, engines: tuple[str, ...], plan: 
     if rows <= MAX_ROWS:
         best, times, spread, chosen = measure(x2, True)
         plan.layers.append(Choice(name, "Linear", best, sparsity(w), times, spread, rows,
-                                  layer_bytes(chosen), dense_b))
+                                  layer_bytes(chosen), dense_b, times[best], times["dense"]))
         return None if chosen is m else rows_safe(chosen)
     wide, wide_times, wide_spread, large = measure(x2, False)
     if not decode:
         plan.layers.append(Choice(name, "Linear", wide, sparsity(w), wide_times, wide_spread,
-                                  rows, layer_bytes(large), dense_b))
+                                  rows, layer_bytes(large), dense_b, wide_times[wide],
+                                  wide_times["dense"]))
         return None if large is m else large
     one, one_times, one_spread, small = measure(x2[-1:].clone(), True)
 
@@ -420,7 +433,7 @@ def _linear(name: str, m: nn.Linear, x: Tensor, engines: tuple[str, ...], plan: 
     plan.layers.append(Choice(name, "Linear", f"{one} at 1 row, {wide} at {rows} rows",
                               sparsity(w), both(one_times, wide_times),
                               both(one_spread, wide_spread), rows, layer_bytes(small),
-                              dense_b))
+                              dense_b, one_times[one], one_times["dense"]))
     if small is m and large is m:
         return None
     return RowDispatchLinear(small, large, MAX_ROWS, m.in_features, m.out_features)

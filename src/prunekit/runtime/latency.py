@@ -48,8 +48,12 @@ def bench_saved_model(path: str | Path, *, batch: int = 1, repeats: int = 20,
               "dense_ms": dense_ms, "compiled_ms": compiled_ms,
               "speedup": dense_ms / compiled_ms if compiled_ms else float("inf"),
               "plan": compiled.prunekit_plan.describe()}
+    traffic = [c.traffic() for c in compiled.prunekit_plan.layers if c.dense_bytes_per_row]
+    result["traffic"] = traffic
     echo(f"{path.name}: batch {batch}, {result['threads']} threads\n"
          f"  dense    {dense_ms:9.3f} ms\n"
          f"  compiled {compiled_ms:9.3f} ms  ({result['speedup']:.2f}x)\n"
-         + "\n".join(f"  {line}" for line in result["plan"].splitlines()))
+         + "\n".join(f"  {line}" for line in result["plan"].splitlines())
+         + ("\n  bytes read per activation row (the batch-1 yardstick):\n" if traffic else "")
+         + "\n".join(f"    {line}" for line in traffic))
     return result
