@@ -227,14 +227,15 @@ def test_ctrl_c_during_compress_prints_the_resume_command(tmp_path):
     try:  # the first epoch's checkpoint: training is under way
         while not checkpoint.exists() and child.poll() is None and time.monotonic() < deadline:
             time.sleep(0.1)
+        running = child.poll() is None
         child.send_signal(signal.SIGINT)
-        _, err = child.communicate(timeout=LIMIT)
+        out, err = child.communicate(timeout=LIMIT)
     finally:
         if child.poll() is None:
             child.kill()
             child.wait()
-    assert checkpoint.exists(), err
-    assert child.returncode == 130, err
+    assert checkpoint.exists() and running, (out, err)
+    assert child.returncode == 130, (out, err)
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
     expected = shlex.join(["prunekit", *args, "--resume"])
     assert err.strip().splitlines()[-1] == f"prunekit: interrupted; continue with: {expected}"

@@ -231,7 +231,7 @@ def convergence_png(updates: Sequence[Mapping[str, Any]]) -> bytes:
 
 
 #: what the support-change panel's values mean, printed under it
-SUPPORT_CHANGE_NOTE = ("(entered + left) / kept weights: 0 = support settled; "
+SUPPORT_CHANGE_NOTE = ("(weights entered + left) / kept weights: 0 = support settled,\n"
                        "2.0 = every kept weight replaced (far from converged)")
 
 
