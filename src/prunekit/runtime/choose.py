@@ -21,8 +21,9 @@ choice. The clock is injectable (``timer``) so that rule is tested on fixed time
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -125,14 +126,50 @@ def fastest(key: tuple, candidates: Mapping[str, nn.Module], x: Any,
     return best, times
 
 
+def full_key(key: tuple, names: Any) -> tuple:
+    """The cache key of a choice among ``names`` under ``key`` at torch's thread count."""
+    return (*key, torch.get_num_threads(), tuple(sorted(names)))
+
+
+#: choices read from a plan file (:func:`stored_plan`): used before measuring anything
+_STORED: dict[str, list] | None = None
+#: every choice made while a plan file is open, to be written back
+_USED: dict[str, list] | None = None
+
+
+def lookup(full: tuple) -> tuple[str, dict, dict] | None:
+    """A choice already made for ``full`` (a plan file's, then this process's), or None."""
+    if _STORED is not None and repr(full) in _STORED:
+        best, times, spread = _STORED[repr(full)]
+        found = (best, dict(times), dict(spread))
+    else:
+        found = _CACHE.get(full)
+    if found is not None and _USED is not None:
+        _USED[repr(full)] = list(found)
+    return found
+
+
+@contextlib.contextmanager
+def stored_plan(stored: dict[str, list]) -> Iterator[dict[str, list]]:
+    """While open, :func:`lookup` answers from ``stored`` first, and every choice made
+    (stored or measured) is collected in the yielded dict (a plan file's contents)."""
+    global _STORED, _USED  # noqa: PLW0603  (one compile at a time holds a plan file)
+    _STORED, _USED = stored, {}
+    try:
+        yield _USED
+    finally:
+        _STORED, _USED = None, None
+
+
 def measured(key: tuple, candidates: Mapping[str, nn.Module], x: Any,
              timer: Timer | None = None) -> tuple[str, dict, dict]:
     """Name of the fastest of ``candidates`` (``"dense"`` among them, kept unless beaten
     beyond the spread, see :func:`pick`) on input ``x``, every candidate's fastest call
     (ms) and its spread; cached under ``key`` (not with an injected ``timer``)."""
-    full = (*key, torch.get_num_threads(), tuple(sorted(candidates)))
-    if timer is None and full in _CACHE:
-        return _CACHE[full]
+    full = full_key(key, candidates)
+    found = lookup(full) if timer is None or _STORED is not None else None
+    if found is not None:
+        return found
     args = x if isinstance(x, tuple) else (x,)
     rounds = rounds_ms({name: (lambda m=m: m(*args)) for name, m in candidates.items()},
                        timer=timer)
@@ -141,6 +178,8 @@ def measured(key: tuple, candidates: Mapping[str, nn.Module], x: Any,
              {n: spread(t) for n, t in rounds.items()})
     if timer is None:
         _CACHE[full] = found
+    if _USED is not None:
+        _USED[repr(full)] = list(found)
     return found
 
 

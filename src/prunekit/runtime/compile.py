@@ -33,8 +33,10 @@ from __future__ import annotations
 
 import copy
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -43,6 +45,7 @@ from torch import Tensor, nn
 from ..errors import ConfigError, PrunekitError
 from ..structure import build
 from . import choose
+from . import plan_cache as plan_cache_io
 from .banded import choose_rows, padded_work
 from .decode_linear import RowDispatchLinear, RowSparseLinear, layer_bytes, row_engines_for
 from .modules import ENGINES, Im2colConv2d, SparseLinear, SparseRNN, sparsity
@@ -127,7 +130,8 @@ class Plan:
 
 def compile(model: nn.Module, example: Any, *, engines: Sequence[str] = DEFAULT_ENGINES,
             shrink_channels: bool = True, freeze: bool = True, rtol: float = 1e-4,
-            decode: bool | None = None, timer: choose.Timer | None = None) -> nn.Module:
+            decode: bool | None = None, timer: choose.Timer | None = None,
+            plan_cache: str | Path | None = None) -> nn.Module:
     """The fastest correct version of ``model`` for inputs shaped like ``example`` (see
     the module docstring). ``example``: one input tensor, a tuple of positional inputs,
     or a dict of keyword inputs (a Hugging Face model's ``input_ids``, ...).
@@ -137,7 +141,10 @@ def compile(model: nn.Module, example: Any, *, engines: Sequence[str] = DEFAULT_
     at one activation row (a generated token) and the row kernels of
     :mod:`.decode_linear`, and dispatch by row count at call time; on by default for a
     tuple or dict example. ``timer``: the clock of the measurements (``timer(name, fn)``
-    -> ms; see :mod:`.choose`). The result carries ``prunekit_plan`` (:class:`Plan`)."""
+    -> ms; see :mod:`.choose`). ``plan_cache``: a directory where the measured plan is
+    kept per model, example shape and machine (:mod:`.plan_cache`); a later compile of the
+    same model and shape there measures nothing. The result carries ``prunekit_plan``
+    (:class:`Plan`)."""
     if not isinstance(model, nn.Module):
         raise ConfigError(f"compile expects a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(example, (Tensor, tuple, dict)) or (
@@ -168,11 +175,25 @@ def compile(model: nn.Module, example: Any, *, engines: Sequence[str] = DEFAULT_
     elif shrink_channels:
         plan.shrink_note = "not shrunk: the example is not one tensor"
     plain = copy.deepcopy(model) if engines and freeze and tensor else model
-    if engines:
-        _replace(model, example, tuple(engines), plan, decode, timer)
-    model.eval()
-    if freeze and tensor:
-        model = _freeze(model, plain, example, plan)
+    stored: dict[str, Any] = {}
+    if plan_cache is not None:
+        settings = {"engines": list(engines), "decode": decode, "freeze": freeze,
+                    "shrink": shrink_channels}
+        plan_file = plan_cache_io.path_for(plan_cache, plan_cache_io.model_key(
+            model, example, settings))
+        stored = plan_cache_io.read(plan_file)
+    with choose.stored_plan(stored.get("choices", {})) as used:
+        if engines:
+            _replace(model, example, tuple(engines), plan, decode, timer)
+        model.eval()
+        if freeze and tensor:
+            model = _freeze(model, plain, example, plan, stored.get("graph"))
+    if plan_cache is not None:
+        if stored:
+            plan.notes.append(f"plan read from {plan_file} (nothing measured)")
+        else:
+            plan_cache_io.write(plan_file, {"choices": used, "graph": plan.graph})
+            plan.notes.append(f"plan measured and written to {plan_file}")
     with torch.no_grad():
         plan.max_rel_error = _rel_error(_call(model, example), reference)
     if plan.max_rel_error > rtol:
@@ -216,19 +237,27 @@ class Compiled(nn.Module):
         return self.graph(*args)
 
 
-def _freeze(model: nn.Module, plain: nn.Module, example: Tensor, plan: Plan) -> nn.Module:
+def _freeze(model: nn.Module, plain: nn.Module, example: Tensor, plan: Plan,
+            stored: str | None = None) -> nn.Module:
     """The fastest of: ``model`` eager, and ``plain`` (the model before sparse kernels went
     in; the same module when none did) frozen and inference-optimised with TorchScript, or
     run by ONNX Runtime. Sparse kernels (numba calls) cannot be traced, and a dense graph
     of a small model can beat them at batch 1, so whole models are compared too (step 3)."""
     candidates: dict[str, nn.Module] = {"eager": model}
     try:
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with torch.no_grad(), warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             traced = torch.jit.trace(plain, example, check_trace=False).eval()
-            candidates["jit_frozen"] = torch.jit.freeze(traced)
-            candidates["jit_optimized"] = torch.jit.optimize_for_inference(
-                torch.jit.freeze(torch.jit.trace(plain, example, check_trace=False).eval()))
+            branches = [w for w in caught if issubclass(w.category, torch.jit.TracerWarning)
+                        and "Python boolean" in str(w.message)]
+            if branches:  # a trace keeps the branch the example took: wrong for other inputs
+                plan.graph_notes.append(
+                    "TorchScript: the model's forward branches on its input (a trace would "
+                    "keep only the example's branch)")
+            else:
+                candidates["jit_frozen"] = torch.jit.freeze(traced)
+                candidates["jit_optimized"] = torch.jit.optimize_for_inference(
+                    torch.jit.freeze(torch.jit.trace(plain, example, check_trace=False).eval()))
     except Exception as exc:  # not traceable: eager (or ONNX Runtime) it stays
         plan.graph_notes.append(f"TorchScript: {type(exc).__name__}")
     graphs, why_not = ort_graphs(plain, example)
@@ -236,6 +265,9 @@ def _freeze(model: nn.Module, plain: nn.Module, example: Tensor, plan: Plan) -> 
         candidates.update(graphs)
     else:
         plan.graph_notes.append(f"onnxruntime: {why_not or 'outputs differ'}")
+    if stored is not None and stored.split(" ")[0] in candidates:  # a plan file's choice
+        plan.graph = stored
+        return candidates[stored.split(" ")[0]]
     times = choose.fastest_calls_ms({name: (lambda m=m: m(example))
                                      for name, m in candidates.items()})
     plan.graph = min(times, key=times.__getitem__)
@@ -372,16 +404,37 @@ def _replace(model: nn.Module, example: Any, engines: tuple[str, ...], plan: Pla
             setattr(model.get_submodule(parent) if parent else model, attr, replacement)
 
 
+class _Lazy(Mapping):
+    """Candidate modules built on first access: a choice read from a plan file builds
+    only the winner."""
+
+    def __init__(self, makers: Mapping[str, Callable[[], nn.Module] | nn.Module]) -> None:
+        self._makers, self._built = dict(makers), {}
+
+    def __getitem__(self, name: str) -> nn.Module:
+        if name not in self._built:
+            maker = self._makers[name]
+            self._built[name] = maker if isinstance(maker, nn.Module) else maker()
+        return self._built[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._makers)
+
+    def __len__(self) -> int:
+        return len(self._makers)
+
+
 def _other(name: str, m: nn.Module, w: Tensor, x: tuple, engines: tuple[str, ...],
            plan: Plan, timer: choose.Timer | None) -> nn.Module | None:
     """A conv or recurrent layer: its sparse candidates at the example's input."""
     cands = _candidates(m, engines)
     if not cands:
         return None
+    cands = _Lazy({"dense": lambda: m, **cands})
     mask = (w != 0).reshape(w.shape[0], -1) if w.dim() > 1 else (w != 0).reshape(1, -1)
     rows = choose_rows(mask)
     key = (*choose.shape_key(type(m).__name__, w, x), rows, padded_work(mask, rows))
-    best, times, spread = choose.measured(key, {"dense": m, **cands}, x, timer)
+    best, times, spread = choose.measured(key, cands, x, timer)
     plan.layers.append(Choice(name, type(m).__name__, best, sparsity(w), times, spread))
     return None if best == "dense" else cands[best]
 
@@ -400,12 +453,15 @@ def _linear(name: str, m: nn.Linear, x: Tensor, engines: tuple[str, ...], plan: 
     base_key = (tuple(w.shape), int(mask.sum()), band, padded_work(mask, band))
 
     def measure(at: Tensor, with_rows: bool) -> tuple[str, dict, dict, nn.Module]:
-        cands: dict[str, nn.Module] = {e: SparseLinear(w, m.bias, e) for e in engines}
+        makers: dict[str, Callable[[], nn.Module]] = {"dense": lambda: m}
+        makers.update({e: partial(SparseLinear, w, m.bias, e) for e in engines})
         if with_rows:
-            cands.update({e: RowSparseLinear(w, m.bias, e) for e in row_engines_for(w)})
+            makers.update({e: partial(RowSparseLinear, w, m.bias, e)
+                           for e in row_engines_for(w)})
         key = ("Linear", *base_key, tuple(at.shape), with_rows)
-        best, times, spread = choose.measured(key, {"dense": m, **cands}, at, timer)
-        return best, times, spread, m if best == "dense" else cands[best]
+        cands = _Lazy(makers)  # built only when measured, or the one a plan file chose
+        best, times, spread = choose.measured(key, cands, at, timer)
+        return best, times, spread, cands[best]
 
     def rows_safe(chosen: nn.Module) -> nn.Module:  # a row kernel never meets a prefill
         if isinstance(chosen, RowSparseLinear):

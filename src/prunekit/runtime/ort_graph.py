@@ -19,7 +19,13 @@ any other shape runs the eager model it was exported from, so the module is alwa
 
 from __future__ import annotations
 
+import contextlib
+import io
+import os
+import sys
+import tempfile
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -78,10 +84,36 @@ def ort_graphs(plain: nn.Module, example: Tensor) -> tuple[dict[str, OrtGraph], 
     threads = torch.get_num_threads()
     names = {"onnxruntime": threads, **({"onnxruntime_1thread": 1} if threads > 1 else {})}
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _quiet():
             warnings.simplefilter("ignore")
             graph = optimized_graph(plain, example)
         return {name: OrtGraph(plain, example, graph, n) for name, n in names.items()}, ""
     except Exception as exc:  # an op the exporter or runtime lacks: no such candidate
         first_line = str(exc).splitlines()[0][:160] if str(exc) else ""
         return {}, f"{type(exc).__name__}: {first_line}"
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Swallow what the exporter prints (on a model whose ``forward`` branches on its input,
+    torch's exporter dumps each graph it tried, several screens of them, before it gives up:
+    the plan keeps the one-line reason). Both Python's streams and the process's file
+    descriptors 1 and 2 are redirected, since the exporter's logging handlers hold the
+    original streams."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with tempfile.TemporaryFile() as sink:
+        try:
+            os.dup2(sink.fileno(), 1)
+            os.dup2(sink.fileno(), 2)
+            with contextlib.redirect_stdout(io.StringIO()), \
+                    contextlib.redirect_stderr(io.StringIO()):
+                yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
