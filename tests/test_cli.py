@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+import yaml
 
 from prunekit import artifacts
 from prunekit.cli import main
@@ -158,11 +159,15 @@ def test_missing_data_is_a_clear_error(tmp_path, capsys, monkeypatch):
 
 @pytest.mark.parametrize("recipe", sorted((ROOT / "recipes").glob("*.yaml")), ids=lambda p: p.stem)
 def test_every_shipped_recipe_runs_on_synthetic_data(recipe, tmp_path):
+    """Each recipe shortened to one epoch per stage it has (a --set into a section the
+    recipe lacks would create that section)."""
     out = tmp_path / recipe.stem
+    sections = yaml.safe_load(recipe.read_text())
+    shorter = [f"{key}=1" for key in ("train.epochs", "prune.train.epochs", "retrain.epochs")
+               if key.split(".")[0] in sections]
     code = main(["compress", str(recipe), "--out", str(out), "--no-progress",
                  "--set", "data.name=synthetic", "--set", "data.options={n: 128, n_test: 64}",
-                 "--set", "train.epochs=1", "--set", "prune.train.epochs=1",
-                 "--set", "retrain.epochs=1"])
+                 *[arg for option in shorter for arg in ("--set", option)]])
     assert code == 0
     report = json.loads((out / "report.json").read_text())
     pruned = [layer for layer in report["layers"] if layer["scheme"] not in (None, "dense")]

@@ -215,13 +215,20 @@ def test_onnx_export_is_deployable_as_is(run):
 
 
 # -------------------------------------------------------------------------- Ctrl-C
+def default_sigint() -> None:
+    """Ctrl-C's default action in the child, as at a terminal: a shell starts background
+    jobs (a suite run with `&`) with SIGINT ignored, which Python then keeps ignoring."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_during_compress_prints_the_resume_command(tmp_path):
     """SIGINT while the dense model trains: exit 130 and one line with the exact command
     that continues the run, no traceback."""
     root = user_dir(tmp_path, n=2048, epochs=40)
     args = ["compress", "recipe.yaml", "--out", "my run", "--no-progress"]
     child = subprocess.Popen([*PRUNEKIT, *args], cwd=root, env=env(), text=True,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             preexec_fn=default_sigint)
     checkpoint = root / "my run" / "ckpt" / "pretrain.pt"
     deadline = time.monotonic() + LIMIT
     try:  # the first epoch's checkpoint: training is under way
