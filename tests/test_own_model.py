@@ -144,6 +144,11 @@ def test_report_by_model_flag_and_by_run_directory_are_the_compress_report(run):
         assert again["params"] == compressed["params"]
         assert again["bytes"] == compressed["bytes"]
         assert again["accuracy"] == compressed["accuracy"]
+    # the run directory also gives what only the run knew: its history, and the plot
+    assert json.loads((run / "again_dir" / "report.json").read_text())["history"] == \
+        compressed["history"]
+    assert (run / "again_dir" / "training.png").is_file()
+    assert not (run / "again" / "training.png").exists()
 
 
 def test_model_kwargs_override_the_recorded_ones(run):

@@ -20,6 +20,7 @@ A zoo model needs none of them.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -144,29 +145,51 @@ def report(target: str | os.PathLike, out_dir: str | os.PathLike | None = None, 
            model_kwargs: Mapping[str, Any] | None = None, echo: Echo = print
            ) -> dict[str, Any]:
     """``prunekit report``: the report of the saved model (printed; also written to
-    ``out_dir`` as report.json, report.md and plots). Every byte figure is the file's own."""
+    ``out_dir`` as report.json, report.md and plots). Every byte figure is the file's own;
+    for a run directory, the history and the accuracy after each step come from its
+    report.json, so the training and convergence plots are drawn again too."""
     from .report import build_report, format_report, write_report  # noqa: PLC0415
 
-    path, _ = model_file(target)
+    path, run_dir = model_file(target)
     loaded = load_model_file(target, model=model, model_spec=model_spec,
                              model_kwargs=model_kwargs)
     meta = loaded.meta
     methods = meta.get("methods") or []
+    run = _run_records(run_dir)
     extra: dict[str, Any] = {"file": str(path)}
-    if meta.get("stage_accuracy"):
-        extra["stage_accuracy"] = meta["stage_accuracy"]
+    stages = run.get("stage_accuracy") or meta.get("stage_accuracy")
+    if stages:
+        extra["stage_accuracy"] = stages
     result = build_report(
         loaded.model, torch.zeros(1, *input_shape(loaded, path)),
         constraints=loaded.constraints, storage=loaded.storage,
         accuracy_dense=meta.get("accuracy_dense"),
         accuracy_compressed=meta.get("accuracy_compressed"),
-        method=" -> ".join(methods) if methods else None, extra=extra,
+        method=" -> ".join(methods) if methods else None, history=run.get("history"),
+        updates=run.get("prune_updates"), extra=extra,
     )
     echo(format_report(result))
     if out_dir is not None:
         write_report(out_dir, result)
         echo(f"report written to {Path(out_dir).resolve()}")
     return result
+
+
+def _run_records(run_dir: Path | None) -> dict[str, Any]:
+    """What only the run knew (per-epoch history, ADMM's updates, the accuracy after each
+    step), from the run directory's report.json, so a report of a run directory draws the
+    same plots; nothing for a lone file or a run without a readable report."""
+    path = None if run_dir is None else run_dir / "report.json"
+    if path is None or not path.is_file():
+        return {}
+    try:
+        recorded = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        return {}
+    if not isinstance(recorded, dict):
+        return {}
+    return {key: recorded[key] for key in ("history", "prune_updates", "stage_accuracy")
+            if isinstance(recorded.get(key), list)}
 
 
 def export(target: str | os.PathLike, out: str | os.PathLike, *, opset: int | None = None,
