@@ -7,7 +7,7 @@ PIP    := $(VENV)/bin/pip
 TORCH_PIN := torch==2.13.0
 FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test lint install fashion-mnist clean
+.PHONY: demo test lint install fashion-mnist bench-dense clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ fashion-mnist:
 
 demo: install fashion-mnist
 	$(VENV)/bin/prunekit compress recipes/lenet5-fashion-admm.yaml --out runs/demo
+
+# the dense LeNet-5 every compression benchmark row starts from (bench/README.md)
+bench-dense: install fashion-mnist
+	@if [ -f runs/bench-dense/dense.pt ]; then echo "runs/bench-dense/dense.pt exists"; \
+	else $(PY) bench/dense_baseline.py --out runs/bench-dense; fi
 
 test: install
 	$(PY) -m pytest

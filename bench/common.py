@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from prunekit.io import atomic_write_text
+from prunekit.files import atomic_write_text
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -4,9 +4,10 @@ The compression benchmark (bench/compression.py) at longer budgets: LeNet-5 on
 Fashion-MNIST from the same dense model, irregular at 40x and 70x (one global allocation
 over conv1..fc2) and block (BLK-REW, conv2 and fc1) at 8x; ADMM (its best schedule),
 reweighted, gradual magnitude (GMP) and one-shot magnitude, plus the named settings of
-``VARIANTS`` and the random-support control (``random``) on request; 12 and 30 epochs
-after the dense model; seeds 0 and 1 (the seed sets the data order and augmentation of the
-pruning and retraining stages, and random's draw; the dense model is the same). ADMM,
+``variants/compression_seeds.yaml`` and the random-support control (``random``) on
+request; 12 and 30 epochs after the dense model; seeds 0 and 1 (the seed sets the data
+order and augmentation of the pruning and retraining stages, and random's draw; the dense
+model is the same). ADMM,
 reweighted and GMP prune for ``PRUNE_FRACTION`` of the budget and retrain inside the masks
 for the rest with the same settings; one-shot magnitude and random spend the whole budget
 retraining.
@@ -40,10 +41,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
+import yaml  # noqa: E402
 
 from common import RESULTS, command, header, machine, measured_by, write_json  # noqa: E402
 from compression import ADAM, RECIPE, branch_overrides, rule, seconds_per_epoch  # noqa: E402
-from prunekit.io import atomic_write_bytes, atomic_write_text, load_checkpoint  # noqa: E402
+from prunekit.files import atomic_write_bytes, atomic_write_text, load_checkpoint  # noqa: E402
 from prunekit.pipeline import run_recipe  # noqa: E402
 from prunekit.recipe import load_recipe  # noqa: E402
 
@@ -55,129 +57,13 @@ JSON = "compression_seeds.json"
 CASES = (("irregular", 40), ("irregular", 70), ("block", 8))
 METHODS = ("admm", "reweighted", "gradual", "magnitude")
 PRUNE_FRACTION = 2 / 3
-STEPS_PER_EPOCH = 469  # 60,000 images in batches of 128
 
-# Named settings per method, run as ``METHOD:NAME`` rows (a bare method name runs its
-# ``BEST`` entry). Keys other than the method's options: ``prune_fraction`` (of the budget
-# spent pruning, default ``PRUNE_FRACTION``), ``rounds`` (progressive ADMM: the pruning
-# epochs split into this many rounds of rising rate) and ``train`` (changes to the pruning
-# stage's optimizer settings).
-#
-# ADMM (rho 1e-3 at the start for all). "constant": rho stays 1e-3, one Z/U update per epoch
-# (ADMM's defaults); "support_epoch": the same with the support schedule (a check of whether
-# that schedule should be the default); "geometric": rho x1.3 per Z/U update, one update
-# per epoch; "restart": the same with the learning rate restarted and annealed at every
-# update (ADMM-NN's solver); "support": four updates per epoch, rho x1.3 while more than 10% of a
-# layer's support changes per update and x1.1 once it settles; "balance": residual
-# balancing per layer; "steep": rho x1.6 per update (for schemes whose primal residual is
-# still high at hardening with x1.3, e.g. block); "support_half": the support schedule over
-# half the budget (it converges sooner), the other half retraining; "support_third": over
-# a third, two thirds retraining; "support_cosine": the support schedule with the learning
-# rate annealed over the pruning epochs (as GMP's "cosine"); "progressive2" /
-# "progressive4": progressive ADMM, the support schedule through 2 or 4 rounds of rising
-# rate, each hardened inside the last round's mask; "realloc": support_half with the
-# layers' rates re-allocated globally from W + U at every Z-step (``reallocate``);
-# "realloc_cosine": realloc with the learning rate annealed over the pruning epochs;
-# "realloc_sgd": realloc retraining as the dense model trained (``_SGD_RETRAIN``);
-# "realloc_distill": realloc with distillation from the dense model while retraining;
-# "realloc_distill_all": realloc with distillation in both stages; "support_distill_all":
-# support_half with distillation in both stages (the same without re-allocation: each
-# layer keeps the rate of the one global allocation from the dense model);
-# "realloc_slow": realloc with one Z/U update per epoch instead of four (rho rises 4x
-# slower, so the support keeps moving through the whole pruning stage of a long budget);
-# "progressive3_half": support_half through 3 rounds of rising rate;
-# "realloc_distill_short": realloc_distill_all pruning for a sixth of the budget (at block
-# 8x, 30 epochs, one-shot magnitude retrained for the whole budget beat both searches: a
-# check of whether the retraining length, not the search, is the lever there).
-#
-# Reweighted: "irregular" is lam 2e-5 (tuned on single weights); the penalty is summed per
-# *group*, so a scheme with few large groups (block: 16x16 blocks of fc1, 8x4x25 of conv2)
-# gets about 100x less pull per weight at the same lam: "group" (lam 1.5e-3) matches the
-# irregular pull per weight on fc1's blocks, "group_strong" is 3x that.
-#
-# "cool": the geometric schedule with the pruning stage's Adam at 3e-4 instead of 1e-3 (the
-# dense model ends its cosine schedule near a zero rate; a hot restart moves it off its
-# optimum while the penalty pulls); "hot_retrain" / "hotter_retrain": the geometric schedule,
-# retraining at 1e-3 / 2e-3 instead of 5e-4 (a network pruned this far underfits).
-#
-# "distill" (ADMM: the geometric schedule; gradual magnitude: its constant one) trains the
-# pruning and the retraining stages with distillation from the dense model (weight 0.7,
-# temperature 4: prunekit.training.distill), the same for both methods.
-#
-# Gradual magnitude: "constant" is the shared Adam 1e-3 at a constant rate while pruning;
-# "cosine" anneals that rate over the pruning epochs (Zhu and Gupta prune while the rate
-# decays), a check that the long budget does not handicap GMP; "cosine_sgd": cosine, then
-# retraining as the dense model trained (``_SGD_RETRAIN``); "distill_short": "distill"
-# pruning for a sixth of the budget (the same check as ADMM's "realloc_distill_short").
-#
-# One-shot magnitude: "distill" retrains with distillation from the dense model (on the
-# ``dense`` case: the dense model trained on for the budget as the distilled methods are).
-#
-# Random (a control, not a competitor): one-shot from a support drawn at random in the
-# scheme's groups at the layer split of the global allocation (each seed its own draw),
-# then the same retraining as one-shot magnitude ("distill": with distillation). What a
-# method scores above it is what its choice of support is worth.
-_GEOMETRIC = {"rho_schedule": "geometric", "rho_growth": 1.3, "update_every": 1}
-_DISTILL = {"distill": 0.7, "distill_temperature": 4.0}
-#: retraining as the dense model was trained (SGD with Nesterov momentum and weight decay,
-#: cosine) instead of Adam: a check that Adam's weaker generalization is not what is left
-#: between a pruned model and its dense one
-_SGD_RETRAIN = {"optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "nesterov": True,
-                "weight_decay": 5e-4}
-_SUPPORT = {"rho_schedule": "support", "update_unit": "step",
-            "update_every": STEPS_PER_EPOCH // 4}
-VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
-    "admm": {
-        "geometric": _GEOMETRIC,
-        "constant": {"rho_schedule": "constant", "update_every": 1},
-        "support_epoch": {"rho_schedule": "support", "update_every": 1},
-        "restart": {"rho_schedule": "geometric", "rho_growth": 1.3, "update_every": 1,
-                    "reset_lr": True, "stage_every": 1},
-        "support": _SUPPORT,
-        "balance": {**_SUPPORT, "rho_schedule": "balance"},
-        "steep": {"rho_schedule": "geometric", "rho_growth": 1.6, "update_every": 1},
-        "support_half": {**_SUPPORT, "prune_fraction": 0.5},
-        "realloc": {**_SUPPORT, "prune_fraction": 0.5, "reallocate": True},
-        "realloc_cosine": {**_SUPPORT, "prune_fraction": 0.5, "reallocate": True,
-                           "train": {"schedule": "cosine"}},
-        "realloc_sgd": {**_SUPPORT, "prune_fraction": 0.5, "reallocate": True,
-                        "retrain": _SGD_RETRAIN},
-        "realloc_distill": {**_SUPPORT, "prune_fraction": 0.5, "reallocate": True,
-                            "retrain": _DISTILL},
-        "realloc_distill_all": {**_SUPPORT, "prune_fraction": 0.5, "reallocate": True,
-                                "train": _DISTILL, "retrain": _DISTILL},
-        "support_distill_all": {**_SUPPORT, "prune_fraction": 0.5, "train": _DISTILL,
-                                "retrain": _DISTILL},
-        "realloc_distill_short": {**_SUPPORT, "prune_fraction": 1 / 6, "reallocate": True,
-                                  "train": _DISTILL, "retrain": _DISTILL},
-        "realloc_slow": {**_SUPPORT, "update_every": STEPS_PER_EPOCH, "prune_fraction": 0.5,
-                         "reallocate": True},
-        "progressive3_half": {**_SUPPORT, "prune_fraction": 0.5, "rounds": 3},
-        "support_third": {**_SUPPORT, "prune_fraction": 1 / 3},
-        "support_cosine": {**_SUPPORT, "train": {"schedule": "cosine"}},
-        "progressive2": {**_SUPPORT, "rounds": 2},
-        "progressive4": {**_SUPPORT, "rounds": 4},
-        "distill": {**_GEOMETRIC, "train": _DISTILL, "retrain": _DISTILL},
-        "cool": {**_GEOMETRIC, "train": {"lr": 3e-4}},
-        "hot_retrain": {**_GEOMETRIC, "retrain": {"lr": 1e-3}},
-        "hotter_retrain": {**_GEOMETRIC, "retrain": {"lr": 2e-3}},
-    },
-    "reweighted": {
-        "irregular": {"lam": 2e-5, "eps": 1e-3, "reweight_every": 1},
-        "group": {"lam": 1.5e-3, "eps": 1e-3, "reweight_every": 1},
-        "group_strong": {"lam": 4.5e-3, "eps": 1e-3, "reweight_every": 1},
-    },
-    "gradual": {"constant": {}, "cosine": {"train": {"schedule": "cosine"}},
-                "hot_retrain": {"retrain": {"lr": 1e-3}},
-                "cosine_sgd": {"train": {"schedule": "cosine"}, "retrain": _SGD_RETRAIN},
-                "distill": {"train": _DISTILL, "retrain": _DISTILL},
-                "distill_short": {"prune_fraction": 1 / 6, "train": _DISTILL,
-                                  "retrain": _DISTILL}},
-    "magnitude": {"oneshot": {}, "distill": {"retrain": _DISTILL}},
-    "random": {"oneshot": {}, "distill": {"retrain": _DISTILL}},
-}
-BEST = {"admm": "geometric", "reweighted": "irregular", "gradual": "constant",
-        "magnitude": "oneshot", "random": "oneshot"}
+#: named settings per method, run as ``METHOD:NAME`` rows, and each method's best: a
+#: recipe fragment per setting, documented where it is defined
+_SETTINGS = yaml.safe_load((Path(__file__).resolve().parent / "variants"
+                            / "compression_seeds.yaml").read_text())
+VARIANTS: dict[str, dict[str, dict[str, Any]]] = _SETTINGS["variants"]
+BEST: dict[str, str] = _SETTINGS["best"]
 #: methods that prune once at the start and spend the whole budget retraining
 ONE_SHOT = ("magnitude", "random")
 

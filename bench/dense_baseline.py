@@ -20,7 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from common import RESULTS, header, machine, write_json  # noqa: E402
-from prunekit.io import atomic_write_bytes, atomic_write_text  # noqa: E402
+from prunekit.files import atomic_write_bytes, atomic_write_text  # noqa: E402
 from prunekit.pipeline import run_recipe  # noqa: E402
 from prunekit.recipe import load_recipe  # noqa: E402
 

@@ -26,7 +26,7 @@ from torch import nn
 from common import RESULTS, command, header, machine, write_json
 from projection_speed import resnet50_shapes
 from prunekit.constraints import freeze
-from prunekit.io import atomic_write_text
+from prunekit.files import atomic_write_text
 from prunekit.targets import resolve
 
 

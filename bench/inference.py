@@ -57,8 +57,8 @@ from torch import nn  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import prunekit  # noqa: E402
 from common import RESULTS, command, header, machine, write_json  # noqa: E402
-from prunekit import models, structure  # noqa: E402
-from prunekit.io import atomic_write_bytes, atomic_write_text  # noqa: E402
+from prunekit import models  # noqa: E402
+from prunekit.files import atomic_write_bytes, atomic_write_text  # noqa: E402
 from prunekit.runtime import Im2colConv2d, SparseLinear, SparseRNN  # noqa: E402
 
 SPARSITIES = (0.5, 0.75, 0.9)
@@ -115,7 +115,9 @@ def pruned(name: str, sparsity: float) -> nn.Module:
     torch.manual_seed(0)
     model = _trained_looking(spec["build"]())
     if spec["scheme"] == "filter":
-        structure.prune(model, torch.randn(2, *spec["shape"]), sparsity)
+        rule = {"scheme": "group_filter", "sparsity": sparsity}
+        example = torch.randn(2, *spec["shape"])
+        prunekit.freeze(model, prunekit.resolve(model, [rule], example=example))
     else:
         targets = prunekit.resolve(model, [{"layers": spec["layers"], "scheme": "block",
                                             "sparsity": sparsity}])

@@ -44,7 +44,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from common import RESULTS, command, header, machine, measured_by, write_json  # noqa: E402
-from prunekit.io import atomic_write_bytes, atomic_write_text  # noqa: E402
+from prunekit.files import atomic_write_bytes, atomic_write_text  # noqa: E402
 from prunekit.pipeline import Run  # noqa: E402
 from prunekit.recipe import load_recipe  # noqa: E402
 

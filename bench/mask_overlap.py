@@ -33,7 +33,7 @@ import torch
 
 from common import RESULTS, header, write_json
 from compression_seeds import RUNS, dense_label
-from prunekit.io import atomic_write_text, load_checkpoint
+from prunekit.files import atomic_write_text, load_checkpoint
 
 
 def supports(run: Path) -> tuple[dict[str, torch.Tensor], float, float]:

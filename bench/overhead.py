@@ -18,7 +18,7 @@ import torch
 
 from common import RESULTS, header, machine, write_json
 from prunekit import data, models
-from prunekit.io import atomic_write_text, load_checkpoint
+from prunekit.files import atomic_write_text, load_checkpoint
 from prunekit.methods import ADMM, Reweighted
 from prunekit.targets import resolve
 from prunekit.training import Trainer

@@ -31,7 +31,7 @@ import torch
 from common import RESULTS, command, machine
 from prunekit import schemes
 from prunekit.errors import PrunekitError
-from prunekit.io import atomic_write_text
+from prunekit.files import atomic_write_text
 
 LIMIT_S = 2.0
 DEFAULT_SPARSITY = 0.8

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from common import RESULTS, header, machine, write_json
 from prunekit import models
-from prunekit.io import atomic_write_text
+from prunekit.files import atomic_write_text
 from prunekit.training import Trainer
 
 #: (model, batch, input shape of one sample, steps timed per repeat)

@@ -15,7 +15,7 @@ from torch.nn import functional as F
 
 from prunekit.constraints import Frozen, Levels, Support, Unified
 from prunekit.schemes.base import gemm_view
-from prunekit.schemes.quant import magnitudes, max_level
+from prunekit.schemes.levels import magnitudes, max_level
 from prunekit.targets import resolve
 
 
@@ -185,3 +185,8 @@ def roundtrip(obj: Any) -> Any:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     return torch.load(io.BytesIO(buffer.getvalue()), weights_only=True)
+
+
+def masks_of(frozen: dict[str, Any]) -> dict[str, Tensor]:
+    """``{param name: bool mask}`` (True = kept) of frozen constraints."""
+    return {name: constraint.mask for name, constraint in frozen.items()}

@@ -24,7 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, TensorDataset
 
 import prunekit
-from prunekit.io import save_checkpoint
+from prunekit.files import save_checkpoint
 from prunekit.training import TrainConfig, Trainer, distributed
 from prunekit.training.trainer import TrainingDiverged
 
@@ -71,7 +71,7 @@ def train(drift: bool = False, method: str = "admm") -> dict:
         distributed.check_identical(dict(model.named_parameters()), "weights before hardening")
     except distributed.RankMismatchError:
         caught = True
-    masks = admm.harden()
+    masks = {name: frozen.mask for name, frozen in admm.freeze().items()}
     if not drift:
         distributed.check_identical(masks, "hardened masks")
     return {"masks": masks, "weights": {k: v.detach().clone() for k, v in

@@ -52,3 +52,14 @@ def _trained_looking(model: nn.Module) -> nn.Module:
             m.running_mean.copy_(torch.rand(m.num_features, generator=g) - 0.5)
             m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
     return model
+
+
+def group_prune(model: nn.Module, x: torch.Tensor, sparsity: float,
+                layers: str = "*") -> tuple[dict, int]:
+    """Filter-prune ``model`` by coupled groups in place (a ``group_filter`` rule, frozen at
+    once); returns the frozen constraints and how many channels the rule removes."""
+    import prunekit  # noqa: PLC0415
+
+    targets = prunekit.resolve(model, [{"layers": layers, "scheme": "group_filter",
+                                        "sparsity": sparsity}], example=x)
+    return prunekit.freeze(model, targets), sum(t.to_remove for t in targets)

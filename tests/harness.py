@@ -44,7 +44,7 @@ def _rank() -> int:
 
 
 def _install_writes(kill: list[str] | None, log: str | None) -> None:
-    import prunekit.io as pio
+    import prunekit.files as pio
 
     original = pio.atomic_write
     seen: dict[str, int] = {}

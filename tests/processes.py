@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from prunekit.io import load_checkpoint
+from prunekit.files import load_checkpoint
 
 HERE = Path(__file__).resolve().parent
 HARNESS = HERE / "harness.py"

@@ -18,6 +18,7 @@ from compress_helpers import (
     assert_same_weights,
     batches,
     blob_data,
+    masks_of,
     params,
     roundtrip,
     targets_for,
@@ -26,21 +27,12 @@ from compress_helpers import (
     weights,
 )
 from prunekit import schemes
-from prunekit.constraints import (
-    Levels,
-    MaskEnforcer,
-    Support,
-    Unified,
-    finetune,
-    freeze,
-    freeze_weight,
-    from_state,
-    harden,
-)
+from prunekit.constraints import Levels, MaskEnforcer, Support, Unified, from_state
 from prunekit.errors import ConfigError, DataError, PrunekitError, TargetError
 from prunekit.methods import ProgressiveFixing, get
 from prunekit.schemes import count_to_prune
-from prunekit.targets import Target, resolve
+from prunekit.targets import Target, freeze, freeze_weight, resolve
+from prunekit.training import finetune
 
 DATA = blob_data()
 RULES = [{"sparsity": 0.7}, {"layers": "fc", "sparsity": 0.5}]
@@ -79,18 +71,18 @@ def test_freeze_meets_the_rate_exactly_and_keeps_the_kept_values():
         assert torch.equal(t.param.detach()[c.mask], before[t.name][c.mask])
     assert torch.equal(model.conv.bias, before["conv.bias"])
     other = tiny_net()
-    masks = harden(other, resolve(other, RULES))  # harden: the same masks, bool only
+    masks = masks_of(freeze(other, resolve(other, RULES)))  # harden: the same masks, bool only
     assert all(torch.equal(masks[n], c.mask) for n, c in frozen.items())
 
 
 def test_pruning_again_never_revives_a_zero():
     model = tiny_net()
-    first = harden(model, resolve(model, [{"sparsity": 0.5}]))
-    second = harden(model, resolve(model, [{"sparsity": 0.8}]))
+    first = masks_of(freeze(model, resolve(model, [{"sparsity": 0.5}])))
+    second = masks_of(freeze(model, resolve(model, [{"sparsity": 0.8}])))
     for name, mask in second.items():
         assert not (mask & ~first[name]).any()
         assert int((~mask).sum()) == count_to_prune(mask.numel(), 0.8)
-    lower = harden(model, resolve(model, [{"sparsity": 0.2}]))  # a lower rate keeps them
+    lower = masks_of(freeze(model, resolve(model, [{"sparsity": 0.2}])))  # a lower rate keeps them
     assert all(torch.equal(lower[n], second[n]) for n in second)
     # keep= (a method's live masks) holds even where a weight drifted off its mask
     with torch.no_grad():
@@ -153,7 +145,7 @@ def test_pruned_weights_stay_exactly_zero_through_every_optimizer(kind):
     model, optimizer = dense_trained(optimizer=kind)
     assert any(v.abs().sum() > 0 for s in optimizer.state.values()
                for v in s.values() if torch.is_tensor(v) and v.dim() > 0)
-    masks = harden(model, resolve(model, RULES))
+    masks = masks_of(freeze(model, resolve(model, RULES)))
     p = params(model)
     epoch_losses = []
     with MaskEnforcer(model, masks, optimizer) as enforcer:
@@ -179,7 +171,7 @@ def test_pruned_weights_stay_exactly_zero_through_every_optimizer(kind):
 
 def test_without_the_enforcer_momentum_revives_pruned_weights():
     model, optimizer = dense_trained()
-    masks = harden(model, resolve(model, RULES))
+    masks = masks_of(freeze(model, resolve(model, RULES)))
     xb, yb = next(batches(*DATA))
     optimizer.zero_grad()
     F.cross_entropy(model(xb), yb).backward()
@@ -189,7 +181,7 @@ def test_without_the_enforcer_momentum_revives_pruned_weights():
 
 def test_closing_removes_the_hooks_and_stops_enforcing():
     model = tiny_net()
-    masks = harden(model, resolve(model, RULES))
+    masks = masks_of(freeze(model, resolve(model, RULES)))
     enforcer = MaskEnforcer(model, masks)
     assert enforcer.masks.keys() == masks.keys()
     enforcer.close()
@@ -222,9 +214,9 @@ def test_enforcer_errors_name_the_problem():
 
 def test_enforcer_update_cleans_state_and_its_state_dict_loads_elsewhere():
     model, optimizer = dense_trained(optimizer="adamw-wd")
-    first = harden(model, resolve(model, [{"sparsity": 0.3}]))
+    first = masks_of(freeze(model, resolve(model, [{"sparsity": 0.3}])))
     enforcer = MaskEnforcer(model, first, optimizer)
-    second = harden(model, resolve(model, [{"sparsity": 0.6}]))
+    second = masks_of(freeze(model, resolve(model, [{"sparsity": 0.6}])))
     enforcer.update(second)
     exp_avg = optimizer.state[model.fc.weight]["exp_avg"]
     assert not exp_avg[~second["fc.weight"]].any()

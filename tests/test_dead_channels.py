@@ -8,10 +8,10 @@ import torch
 from torch import nn
 
 from prunekit import artifacts, models
-from prunekit.constraints import Levels, Support, Unified, freeze
+from prunekit.constraints import Levels, Support, Unified
 from prunekit.structure import dead_units, drop_dead_channels
 from prunekit.structure import groups as structure_groups
-from prunekit.targets import resolve
+from prunekit.targets import freeze, resolve
 
 X = torch.zeros(1, 1, 28, 28)
 

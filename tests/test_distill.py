@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import prunekit.training.trainer as trainer_module
 from compress_helpers import blob_data, tiny_net
 from prunekit.errors import ConfigError
-from prunekit.io import load_checkpoint
+from prunekit.files import load_checkpoint
 from prunekit.pipeline import Run, run_recipe
 from prunekit.recipe import load_recipe
 from prunekit.training import Trainer, evaluate

@@ -25,7 +25,7 @@ from processes import (
 )
 from prunekit.cli import main
 from prunekit.errors import ConfigError
-from prunekit.io import load_checkpoint
+from prunekit.files import load_checkpoint
 from prunekit.training import distributed
 from prunekit.training.distributed import ShardSampler, fingerprint
 

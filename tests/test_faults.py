@@ -15,7 +15,7 @@ import torch
 from processes import assert_same_run, compress_args, describe, forked, killed, tiny_recipe
 from prunekit import artifacts
 from prunekit.cli import main
-from prunekit.io import CorruptFileError, load_checkpoint
+from prunekit.files import CorruptFileError, load_checkpoint
 
 # Every stage, each a few epochs of 4 steps on 128 synthetic 8x8 images, so a kill can land
 # in the first, a middle and the last epoch of each.

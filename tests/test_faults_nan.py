@@ -9,7 +9,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from prunekit.errors import ConfigError, PrunekitError
-from prunekit.io import load_checkpoint
+from prunekit.files import load_checkpoint
 from prunekit.training import TrainConfig, Trainer
 from prunekit.training.trainer import TrainingDiverged
 

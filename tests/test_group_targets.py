@@ -21,14 +21,13 @@ import group_models
 import prunekit
 from group_models import build
 from prunekit import artifacts, methods, structure
-from prunekit.constraints import MaskEnforcer, freeze
+from prunekit.constraints import MaskEnforcer
 from prunekit.errors import PrunekitError, TargetError
-from prunekit.group_target import GroupTarget
 from prunekit.methods import ADMM, GradualMagnitude
 from prunekit.pipeline import run_recipe
 from prunekit.recipe import load_recipe
 from prunekit.schemes.base import groups_to_prune
-from prunekit.targets import resolve
+from prunekit.targets import GroupTarget, freeze, resolve
 
 GROUP_RULE = {"layers": "*", "scheme": "group_filter", "sparsity": 0.5}
 

@@ -23,12 +23,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from compress_helpers import masks_of
 from prunekit import artifacts, data, methods, models
 from prunekit.cli import main
 from prunekit.data.cifar import read_cifar_batch, safe_unpickle
 from prunekit.data.idx import parse_idx
 from prunekit.errors import DataError, PrunekitError, TargetError
-from prunekit.io import load_checkpoint, save_checkpoint
+from prunekit.files import load_checkpoint, save_checkpoint
 from prunekit.pipeline import Run
 from prunekit.plan import Plan
 from prunekit.recipe import load_recipe
@@ -279,7 +280,7 @@ def test_rules_on_odd_models_prune_or_fail_cleanly_and_leave_the_model(kind, rul
     pruner.penalty()
     pruner.after_step()
     pruner.end_epoch()
-    masks = pruner.harden()
+    masks = masks_of(pruner.freeze())
     for target in targets:  # what was asked is what the weights hold
         if target.scheme_name == "irregular" and target.sparsity is not None:
             kept = int(masks[target.name].sum())
@@ -321,7 +322,7 @@ def test_a_tied_weight_is_one_target_and_stays_tied():
     model = tied()
     targets = resolve(model, [{"sparsity": 0.5}])
     assert [t.name for t in targets] == ["0.weight"]
-    methods.get("magnitude", model, targets).harden()
+    masks_of(methods.get("magnitude", model, targets).freeze())
     assert model[2].weight is model[0].weight
     assert int(torch.count_nonzero(model[0].weight)) == 18
 
@@ -331,7 +332,7 @@ def test_unusual_weights_are_pruned_exactly(kind):
     model = MODELS[kind]()
     dtype = next(model.parameters()).dtype
     targets = resolve(model, [{"sparsity": 0.5}])
-    methods.get("admm", model, targets).harden()
+    masks_of(methods.get("admm", model, targets).freeze())
     for t in targets:
         assert t.param.dtype == dtype
         assert int(torch.count_nonzero(t.param)) == t.numel - round(0.5 * t.numel)
@@ -425,7 +426,7 @@ def saved_files(tmp_path_factory):
     directory = tmp_path_factory.mktemp("files")
     torch.manual_seed(0)
     model = models.get("lenet300")
-    methods.get("magnitude", model, resolve(model, [{"sparsity": 0.8}])).harden()
+    methods.get("magnitude", model, resolve(model, [{"sparsity": 0.8}])).freeze()
     spec = {"name": "lenet300", "kwargs": {}, "input_shape": [1, 28, 28], "num_classes": 10}
     artifacts.save(model, directory / "m.pkz", {}, spec=spec)
     save_checkpoint({"state_dict": model.state_dict()}, directory / "c.pt")

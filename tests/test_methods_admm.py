@@ -9,12 +9,12 @@ import pytest
 import torch
 from torch import nn
 
+from compress_helpers import masks_of
 from method_state import restore, snapshot
 from prunekit import schemes
-from prunekit.constraints import harden
 from prunekit.errors import ConfigError
 from prunekit.methods import ADMM, ProgressiveADMM, get
-from prunekit.targets import Target
+from prunekit.targets import Target, freeze
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -137,7 +137,7 @@ def test_admm_least_squares_reaches_a_feasible_sparse_solution(seed):
     assert len(primal) == 40
     assert primal[-1] < 0.02 * primal[0]
     assert primal[-1] < 0.01 * float(model.weight.detach().norm())
-    masks = pruner.harden()
+    masks = masks_of(pruner.freeze())
     support = torch.nonzero(model.weight[0]).flatten()
     assert int(masks["weight"].sum()) == 5 == support.numel()
     assert set(support.tolist()) == set(torch.nonzero(w_true).flatten().tolist())
@@ -154,7 +154,7 @@ def test_admm_beats_one_shot_magnitude_on_a_hard_instance():
     model = nn.Linear(x.shape[1], 1, bias=False)
     with torch.no_grad():
         model.weight.copy_(torch.linalg.lstsq(x, y.unsqueeze(1)).solution.T)
-    harden(model, [make_target(model, "weight", 1 - 5 / x.shape[1])])
+    masks_of(freeze(model, [make_target(model, "weight", 1 - 5 / x.shape[1])]))
     support = set(torch.nonzero(model.weight[0]).flatten().tolist())
     assert support != set(torch.nonzero(w_true).flatten().tolist())
 
@@ -271,7 +271,7 @@ def test_update_every_counts_epochs_or_steps():
     assert set(record["layers"]) == {"0.weight", "2.weight"}
     assert record["primal"] == pytest.approx(sum(v["primal"] for v in record["layers"].values()))
     assert record["dual"] == pytest.approx(sum(v["dual"] for v in record["layers"].values()))
-    assert set(by_step.progress()) >= {"sparsity", "primal", "dual", "rho"}
+    assert set(by_step.progress()) >= {"Z_sparsity", "primal", "dual", "rho"}  # Z's, named so
 
 
 def test_updates_per_epoch_spreads_updates_evenly_with_the_last_at_the_epochs_end():
@@ -440,7 +440,7 @@ def test_relative_primal_is_measured():
 # --------------------------------------------------------- an already pruned model
 def test_pruning_an_already_pruned_model_never_revives_a_weight():
     model = mlp()
-    first = harden(model, mlp_targets(model, 0.5))
+    first = masks_of(freeze(model, mlp_targets(model, 0.5)))
     targets = mlp_targets(model, 0.8)
     pruner = ADMM(model, targets, rho=0.5, update_unit="step")
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
@@ -461,7 +461,7 @@ def test_pruning_an_already_pruned_model_never_revives_a_weight():
     for t, z in zip(targets, pruner.Z, strict=True):
         assert not z[~first[t.name]].any()
     pruner.after_step()
-    final = pruner.harden()
+    final = masks_of(pruner.freeze())
     for t in targets:
         assert not (final[t.name] & ~first[t.name]).any()
         assert int(final[t.name].sum()) == round(0.2 * t.param.numel())
@@ -526,7 +526,7 @@ def test_the_users_optimizer_is_used_and_none_is_created(monkeypatch):
     pruner = ProgressiveADMM(model, mlp_targets(model), rates=[0.5, 0.75], update_unit="step")
     pruner.bind(opt)
     run_epochs(model, pruner, opt, 3, steps=4)
-    pruner.harden()
+    masks_of(pruner.freeze())
     assert created == []
     assert opt.steps == 12
     assert pruner.updates == 12
@@ -546,7 +546,7 @@ def test_admm_with_filter_pruning_on_a_conv_meets_the_rate_exactly():
         opt.zero_grad()
         pruner.after_step()
         pruner.end_epoch()
-    pruner.harden()
+    masks_of(pruner.freeze())
     filters = model[0].weight.detach().flatten(1).norm(dim=1)
     assert int((filters == 0).sum()) == 4
     assert int((model[0].weight != 0).sum()) == 4 * 3 * 3 * 3
@@ -572,7 +572,7 @@ def test_progressive_admm_rounds_nest_their_masks_and_meet_the_final_rate():
     assert [h["epoch"] for h in rounds] == [2, 4]
     assert [h["rates"]["0.weight"] for h in rounds] == [0.5, 0.75]
     assert pruner.round == 2
-    final = pruner.harden()
+    final = masks_of(pruner.freeze())
     masks = [m for _, m in snapshots] + [final]
     assert len(masks) == 3
     for t in targets:
@@ -602,7 +602,7 @@ def test_progressive_schedules_from_stages_and_from_round_count():
     assert staged.rho == [0.2, 0.2]
     staged.end_epoch()
     assert staged.round == 1 and staged.rho == [0.4, 0.4]
-    assert [t.sparsity for t in staged.harden_targets()] == [0.8, 0.6]
+    assert [t.sparsity for t in staged.freeze_targets()] == [0.8, 0.6]
 
 
 def test_progressive_resume_mid_run_is_exact():
@@ -689,7 +689,7 @@ def test_reallocate_follows_w_plus_u_and_keeps_the_total_budget():
         assert zeros == round(0.75 * numel)
         for t, z in zip(targets, pruner.Z, strict=True):
             assert int((z == 0).sum()) == round(t.sparsity * t.numel)
-    frozen = pruner.harden()
+    frozen = masks_of(pruner.freeze())
     assert sum(int((t.param == 0).sum()) for t in targets) == round(0.75 * numel)
     assert set(frozen) == {t.name for t in targets}
 

@@ -6,11 +6,11 @@ import pytest
 import torch
 from torch import nn
 
+from compress_helpers import masks_of
 from method_state import restore, snapshot
 from prunekit import schemes
-from prunekit.constraints import harden
 from prunekit.errors import ConfigError
-from prunekit.io import load_checkpoint
+from prunekit.files import load_checkpoint
 from prunekit.methods import (
     GradualMagnitude,
     GroupLasso,
@@ -24,7 +24,7 @@ from prunekit.methods import (
 )
 from prunekit.pipeline import run_recipe
 from prunekit.recipe import load_recipe
-from prunekit.targets import Target
+from prunekit.targets import Target, freeze
 
 
 def make_target(model: nn.Module, name: str, sparsity: float, scheme: str = "irregular") -> Target:
@@ -79,7 +79,7 @@ def test_one_shot_prunes_at_start_to_the_exact_rate_and_keeps_it():
 
 def test_one_shot_prunes_on_its_first_hook_call_inside_an_existing_mask():
     model = mlp()
-    previous = harden(model, [make_target(model, "0.weight", 0.5)])
+    previous = masks_of(freeze(model, [make_target(model, "0.weight", 0.5)]))
     target = make_target(model, "0.weight", 0.8)
     pruner = OneShotMagnitude(model, [target])
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -141,7 +141,7 @@ def test_random_support_is_reproducible_per_seed_and_unrelated_to_magnitude():
 
 def test_random_support_draws_inside_an_existing_mask():
     model = wide()
-    previous = harden(model, [make_target(model, "0.weight", 0.5)])["0.weight"]
+    previous = masks_of(freeze(model, [make_target(model, "0.weight", 0.5)]))["0.weight"]
     target = make_target(model, "0.weight", 0.9)
     kept = RandomSupport(model, [target], seed=3).start()["0.weight"]
     assert int(kept.sum()) == target.numel - round(0.9 * target.numel)
@@ -209,7 +209,7 @@ def test_gradual_reaches_the_rate_at_end_epoch_and_never_revives_a_weight():
     schedule = [pruner.sparsity_at(e)["0.weight"] for e in range(1, 8)]
     assert fractions == pytest.approx([round(s * 200) / 200 for s in schedule])
     assert [h["time"] for h in pruner.history] == [1, 2, 3, 4, 5]
-    masks = pruner.harden()
+    masks = masks_of(pruner.freeze())
     assert int(masks["0.weight"].sum()) == 20
     assert torch.equal(masks["0.weight"], previous["0.weight"])
 
@@ -286,7 +286,7 @@ def test_group_lasso_penalty_is_the_sum_of_unsquared_group_norms():
     norms = w2.norm(dim=1, keepdim=True)
     torch.testing.assert_close(grad[norms[:, 0] > 0], (0.2 * w2 / norms)[norms[:, 0] > 0])
     torch.testing.assert_close(model[0].weight.grad, 0.01 * w0.sign())
-    pruner.harden()
+    masks_of(pruner.freeze())
     assert int((model[2].weight.detach().norm(dim=1) == 0).sum()) == 2
     assert int((model[0].weight == 0).sum()) == 100
 

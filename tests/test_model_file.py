@@ -23,9 +23,9 @@ from compress_helpers import (
     weights,
 )
 from prunekit import artifacts, models
-from prunekit.constraints import MaskEnforcer, freeze
+from prunekit.constraints import MaskEnforcer
 from prunekit.errors import DataError
-from prunekit.targets import resolve
+from prunekit.targets import freeze, resolve
 
 LENET_SPEC = {"name": "lenet5", "kwargs": {}, "input_shape": [1, 28, 28], "num_classes": 10}
 GRU_KWARGS = {"input_size": 8, "hidden_size": 8, "num_classes": 4}

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from prunekit.schemes import get
-from prunekit.schemes.unify import _prices
+from prunekit.schemes.unify_assign import _prices
 
 
 def unify_costs(n: int = 100, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -274,7 +274,7 @@ def test_the_meta_twin_copies_no_values_and_keeps_tied_weights_tied():
 
 def test_a_start_checkpoint_of_another_model_is_a_plan_error(tmp_path):
     from prunekit import models
-    from prunekit.io import save_checkpoint
+    from prunekit.files import save_checkpoint
 
     other = tmp_path / "other.pt"
     save_checkpoint({"state_dict": models.get("lenet5", num_classes=7).state_dict()}, other)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from prunekit.errors import ConfigError
@@ -102,3 +104,17 @@ def test_exponent_numbers_are_floats_in_files_and_overrides():
     assert r["prune"]["rho"] == pytest.approx(1e-3) and isinstance(r["prune"]["rho"], float)
     assert r["prune"]["rho_max"] == pytest.approx(2e-5) and isinstance(r["prune"]["rho_max"], float)
     assert load_recipe(text=BASE, overrides=["name=1e5x"])["name"] == "1e5x"  # not a number
+
+
+@pytest.mark.parametrize(("override", "key"), [
+    ("prune.targets.0.scheme=blok", "prune.targets.0.scheme: rule 0: unknown scheme 'blok'"),
+    ("prune.targets.0.sparsty=0.5", "prune.targets.0.sparsty: rule 0:"),
+    ("prune.targets.1.block=[0, 16]", "prune.targets.1.block: rule 1: block must be"),
+])
+def test_a_rule_mistake_given_by_set_is_reported_against_the_set(override, key):
+    """The key named is the one at fault (not the rule's first option), so the location is
+    the ``--set`` that gave it, not a line of the file."""
+    with pytest.raises(ConfigError) as caught:
+        load_recipe(Path(__file__).parent.parent / "recipes" / "lenet5-fashion-blkrew.yaml",
+                    [override])
+    assert str(caught.value).startswith(f"--set {override}: {key}")

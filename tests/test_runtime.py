@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import prunekit
-from prunekit import models, schemes, structure
+from group_models import group_prune
+from prunekit import models, schemes
 from prunekit.errors import ConfigError
 from prunekit.runtime import (
     ENGINES,
@@ -167,9 +168,9 @@ def test_compile_keeps_the_outputs_and_records_every_choice():
 def test_compile_shrinks_a_filter_pruned_resnet_and_keeps_it_exportable(tmp_path):
     model = models.get("resnet20").eval()
     x = torch.randn(2, 3, 32, 32)
-    pruned = structure.prune(model, x, 0.5)
+    _, removed = group_prune(model, x, 0.5)
     compiled = prunekit.compile(model, x, engines=(), freeze=False)
-    assert compiled.prunekit_plan.removed_channels == len(pruned.removed) == 176
+    assert compiled.prunekit_plan.removed_channels == removed == 176
     # the plan says which channels had to stay, and why
     assert "zero padding added by pad in layer2.0.downsample" in compiled.prunekit_plan.describe()
     assert all(type(m).__module__.startswith("torch.nn") for m in compiled.modules()
@@ -190,7 +191,7 @@ def test_compile_shrinks_a_filter_pruned_resnet_and_keeps_it_exportable(tmp_path
 def test_compile_may_freeze_a_plain_model_and_still_match():
     model = models.get("vgg16").eval()
     x = torch.randn(1, 3, 32, 32)
-    structure.prune(model, x, 0.75)
+    group_prune(model, x, 0.75)
     compiled = prunekit.compile(model, x)
     plan = compiled.prunekit_plan
     assert set(plan.graph_times_ms) == {"eager", "jit_frozen", "jit_optimized", "onnxruntime"}

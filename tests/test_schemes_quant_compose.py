@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from prunekit.errors import ConfigError, PrunekitError, TargetError
-from prunekit.schemes import get, measured_sparsity, quant
+from prunekit.schemes import get, measured_sparsity
+from prunekit.schemes import quant_scales as quant
 from prunekit.schemes.compose import Composite
 from prunekit.schemes.quant import Quant, best_scale, quantize
 

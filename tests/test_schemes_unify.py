@@ -12,8 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from prunekit.errors import ConfigError
-from prunekit.schemes import get, measured_sparsity, unify
-from prunekit.schemes.unify import KEEP, PRUNE, UNIFY, Unify, assign_blocks
+from prunekit.schemes import get, measured_sparsity
+from prunekit.schemes import unify_assign as unify
+from prunekit.schemes.unify import Unify
+from prunekit.schemes.unify_assign import KEEP, PRUNE, UNIFY, assign_blocks
 
 FAST = settings(max_examples=50, deadline=None)
 

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
 
-from prunekit import rate_tables, schemes
+from prunekit import schemes
 from prunekit.errors import TargetError
 from prunekit.schemes import Scheme, count_to_prune
 from prunekit.targets import (
     SUPPORTED_TYPES,
     allocate_global,
+    freeze,
     prunable_layers,
+    rate_tables,
     resolve,
     sparsity_report,
 )
@@ -363,3 +367,28 @@ def test_rules_must_be_dicts(model):
         resolve(model, "features.*")
     with pytest.raises(TargetError, match="rule 0 must be a dict"):
         resolve(model, [["features.*"]])
+
+
+@pytest.mark.parametrize("rnn", [nn.GRU, nn.LSTM])
+@pytest.mark.parametrize("sparsity", [0.5, 0.8, 0.93])
+def test_global_allocation_over_gated_weights_meets_the_count_exactly(rnn, sparsity):
+    """Gated weights prune one weight per gate per step, so their counts move in multiples
+    of the gate count; a single weight among the targets absorbs the rest, so the total
+    is the requested count to the weight."""
+    torch.manual_seed(0)
+    model = nn.ModuleDict({"rnn": rnn(37, 64), "fc": nn.Linear(64, 11)})
+    targets = resolve(model, [{"sparsity": sparsity, "allocation": "global"}])
+    total = sum(t.numel for t in targets)
+    freeze(model, targets)
+    zeros = sum(int((t.param == 0).sum()) for t in targets)
+    assert zeros == math.floor(sparsity * total + 0.5)
+
+
+def test_global_allocation_over_gated_weights_alone_is_the_nearest_count_they_allow():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.GRU(37, 64))
+    targets = resolve(model, [{"sparsity": 0.8, "allocation": "global"}])
+    total = sum(t.numel for t in targets)
+    freeze(model, targets)
+    zeros = sum(int((t.param == 0).sum()) for t in targets)
+    assert zeros % 3 == 0 and abs(zeros - 0.8 * total) <= 1.5

@@ -11,10 +11,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-import prunekit.io
+import prunekit.files
 import prunekit.training.trainer as trainer_module
 from prunekit.errors import ConfigError, DataError, PrunekitError
-from prunekit.io import load_checkpoint
+from prunekit.files import load_checkpoint
 from prunekit.training import (
     TrainConfig,
     Trainer,
@@ -549,7 +549,7 @@ def test_interrupted_checkpoint_write_keeps_the_old_file(tmp_path, monkeypatch):
 
     def break_writes_after_two(record):
         if record["epoch"] == 2:
-            monkeypatch.setattr(prunekit.io.os, "fsync", interrupt)
+            monkeypatch.setattr(prunekit.files.os, "fsync", interrupt)
 
     trainer = Trainer(mlp(), config(epochs=3), loader(blobs(16, 0)), checkpoint_path=path,
                       log=break_writes_after_two)

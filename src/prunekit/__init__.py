@@ -21,10 +21,9 @@ _EXPORTS = {
     "GroupLasso": "methods",
     "resolve": "targets",
     "Target": "targets",
-    "freeze": "constraints",
-    "harden": "constraints",
+    "freeze": "targets",
     "MaskEnforcer": "constraints",
-    "finetune": "constraints",
+    "finetune": "training",
     "save": "artifacts",
     "load": "artifacts",
     "Trainer": "training",
@@ -35,7 +34,7 @@ _EXPORTS = {
 }
 
 _SUBMODULES = {"schemes", "targets", "constraints", "artifacts", "methods", "training", "data",
-               "models", "report", "recipe", "pipeline", "errors", "io", "rate_tables",
+               "models", "report", "recipe", "pipeline", "errors", "io",
                "structure", "runtime"}
 
 __all__ = ["__version__", *_EXPORTS]

@@ -1,6 +1,6 @@
 """The ``prunekit`` command line.
 
-    prunekit compress RECIPE.yaml --out DIR [--set section.key=value ...] [--resume]
+    prunekit compress RECIPE.yaml --out DIR [--set section.key=value ...] [--resume] [--force]
     prunekit report  MODEL [--out DIR]                   [--model SPEC [--model-kwargs YAML]]
     prunekit export  MODEL --onnx OUT.onnx [--opset N] [--static-batch] [--no-shrink] [--model ...]
     prunekit bench   MODEL [--batch N] [--repeats N]    [--model SPEC [--model-kwargs YAML]]
@@ -56,7 +56,11 @@ def _parser() -> argparse.ArgumentParser:
         help="override a recipe key; the value is parsed as YAML (repeatable)",
     )
     compress.add_argument("--resume", action="store_true",
-                          help="continue an interrupted run in --out from its last checkpoint")
+                          help="continue an interrupted run in --out from its last checkpoint "
+                               "(refused when the plan differs from the one recorded there)")
+    compress.add_argument("--force", action="store_true",
+                          help="replace the run already in --out, or resume it with another "
+                               "plan")
     compress.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     report = sub.add_parser("report", help="per-layer table, totals and plots of a saved model")
@@ -82,8 +86,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def resume_command(argv: list[str]) -> str:
     """The command line that continues the ``compress`` run of ``argv``: the same arguments
-    with ``--resume``, quoted for a POSIX shell."""
-    args = [a for a in argv if a != "--resume"]
+    with ``--resume`` (and without ``--force``: the run is there now), quoted for a POSIX
+    shell."""
+    args = [a for a in argv if a not in ("--resume", "--force")]
     return shlex.join(["prunekit", *args, "--resume"])
 
 
@@ -93,7 +98,8 @@ def _compress(args: argparse.Namespace, argv: list[str]) -> int:
 
     try:
         recipe = load_recipe(args.recipe, args.overrides)
-        run_recipe(recipe, args.out, resume=args.resume, progress=not args.no_progress)
+        run_recipe(recipe, args.out, resume=args.resume, progress=not args.no_progress,
+                   force=args.force)
     except KeyboardInterrupt:
         print(f"\nprunekit: interrupted; continue with: {resume_command(argv)}",
               file=sys.stderr)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -27,32 +27,30 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import artifacts, methods, models
+from . import artifacts, methods, models, oneshot
 from . import data as datasets
 from .constraints import Frozen, MaskEnforcer, Rounded
 from .errors import ConfigError, DataError
-from .io import CorruptFileError, atomic_write_text, load_checkpoint, remove_stale_temps, set_aside
+from .files import (
+    CorruptFileError,
+    atomic_write_text,
+    load_checkpoint,
+    remove_stale_temps,
+    set_aside,
+)
 from .methods.quantize import ProgressiveFixing
-from .plan import PruneConfig, QuantizeConfig, check_fits_data, option_key, stage_settings
-from .recipe import QUANT_RETRAIN_DEFAULTS, QUANT_RETRAIN_KEYS, Recipe
+from .plan import Plan, check_fits_data, option_key
+from .recipe import QUANT_RETRAIN_DEFAULTS, Recipe, parse_yaml
 from .report import build_report, format_report, write_report
+from .run_directory import PLAN_FILE, check_directory
 from .schemes import get as get_scheme
 from .structure import dead_channel_counts, drop_dead_channels
 from .targets import Target, Targets, resolve
 from .training import TrainConfig, Trainer, distributed, evaluate, set_seed
 
-#: keys of the prune / quantize sections that are not options of the method
-PRUNE_KEYS = frozenset(PruneConfig.SECTION_KEYS)
-QUANT_KEYS = frozenset(QuantizeConfig.SECTION_KEYS)
-
-def stage_config(recipe: Recipe, where: tuple[str, ...],
-                 overrides: Mapping[str, Any] | None) -> TrainConfig:
-    """A stage's training settings: its own section, plus the shared settings of ``train``."""
-    try:
-        return TrainConfig.from_dict(stage_settings(recipe["train"], recipe["seed"], where,
-                                                    overrides))
-    except ConfigError as exc:
-        raise recipe.locate(exc, *where) from None
+#: an ADMM stage whose last relative primal residual exceeds this hardened far from its
+#: constraint set (converged runs end near 0.01; an unconverged one measured 1.43)
+UNCONVERGED_RESIDUAL = 0.2
 
 
 @dataclass
@@ -79,45 +77,50 @@ class Run:
     """One execution of a recipe into ``out_dir``."""
 
     def __init__(self, recipe: Recipe, out_dir: str | Path, *, progress: bool = True,
-                 echo: Callable[[str], Any] = print) -> None:
+                 echo: Callable[[str], Any] = print, force: bool = False) -> None:
         self.recipe = recipe
+        #: the checked, typed plan: every stage reads its settings from here
+        self.plan: Plan = recipe.plan
+        self.force = force
         self.out = Path(out_dir)
         self.progress = progress
         self.echo = echo
         self.report: dict[str, Any] | None = None
         self._teacher: nn.Module | None = None
         self.train_loader: Any = None  # built after the plan check (build_data)
+        self._checked_targets: Targets | None = None  # the plan check's, on the dense model
+        self._structure: Any = None  # the model's coupled channels, traced once per run
         self.test_loader: Any = None
 
     # ------------------------------------------------------------------ setup
     def data_options(self) -> dict[str, Any]:
-        d = self.recipe["data"]
-        options = dict(d.get("options") or {})
-        if datasets.is_synthetic(d["name"]):
-            options.setdefault("input_shape", list(self.input_shape_for_synthetic()))
+        d = self.plan.data
+        options = dict(d.options)
+        if datasets.is_synthetic(d.name) and "input_shape" not in options:
+            options["input_shape"] = list(self.input_shape_for_synthetic())
         return options
 
     def input_shape_for_synthetic(self) -> tuple[int, ...]:
-        m = self.recipe["model"]
-        if m.get("input_shape"):
-            return tuple(m["input_shape"])
+        m = self.plan.model
+        if m.input_shape:
+            return tuple(m.input_shape)
         try:
-            return tuple(models.default_input_shape(m["name"], **(m.get("kwargs") or {})))
+            return tuple(models.default_input_shape(m.name, **m.kwargs))
         except ConfigError as exc:
             raise ConfigError(
                 f"{self.recipe.where('model')}: model.input_shape is needed to make synthetic "
-                f"data for {m['name']!r}: {exc}"
+                f"data for {m.name!r}: {exc}"
             ) from exc
 
     def build_data(self) -> None:
-        d = self.recipe["data"]
+        d = self.plan.data
         options = self.data_options()
-        self.info = datasets.dataset_info(d["name"], **options)
+        self.info = datasets.dataset_info(d.name, **options)
         self.train_loader, self.test_loader = datasets.get_loaders(
-            d["name"], root=d["root"], batch_size=d["batch_size"],
-            test_batch_size=d["test_batch_size"], download=d["download"],
-            seed=self.recipe["seed"], augment=d["augment"], limit_train=d["limit_train"],
-            limit_test=d["limit_test"], **options,
+            d.name, root=d.root, batch_size=d.batch_size,
+            test_batch_size=d.test_batch_size, download=d.download,
+            seed=self.plan.seed, augment=d.augment, limit_train=d.limit_train,
+            limit_test=d.limit_test, **options,
         )
         # under torchrun: this rank's share, the same global batches as one process
         self.train_loader = distributed.shard_loader(self.train_loader, train=True)
@@ -125,17 +128,23 @@ class Run:
 
     def model_spec(self) -> dict[str, Any]:
         """How to rebuild the model: zoo name or factory, its arguments, the data's shape."""
-        m = self.recipe["model"]
-        return {"name": m["name"], "kwargs": dict(m.get("kwargs") or {}),
+        m = self.plan.model
+        return {"name": m.name, "kwargs": dict(m.kwargs),
                 "input_shape": list(self.info.input_shape), "num_classes": self.info.num_classes}
 
     def build_model(self) -> nn.Module:
-        torch.manual_seed(self.recipe["seed"])
+        torch.manual_seed(self.plan.seed)
         return models.build(self.model_spec())
+
+    def stage_config(self, where: tuple[str, ...]) -> TrainConfig:
+        """A stage's checked training settings (its section plus what it inherits from
+        ``train``, see :func:`prunekit.plan.stage_settings`), a copy the stage may adjust."""
+        return replace(self.plan.stage_train(where))
 
     def trainer(self, model: nn.Module, stage: str, config: TrainConfig,
                 plugins: list[Any]) -> Trainer:
         config.progress = self.progress and config.progress
+        self.say(f"{stage}: {describe_settings(config)}")
         return Trainer(model, config, self.train_loader, self.test_loader, plugins=plugins,
                        checkpoint_path=self.out / "ckpt" / f"{stage}.pt", stage=stage,
                        teacher=self.teacher() if config.distill > 0 else None)
@@ -152,16 +161,17 @@ class Run:
 
     def stages(self) -> list[Stage]:
         """The stages this recipe asks for, in order."""
-        r = self.recipe
-        quantize = r["quantize"] or {}
+        plan = self.plan
         found = [Stage("dense", "dense.pt", self.dense_stage)]
-        if r["prune"] is not None:
+        if plan.prune is not None:
             found.append(Stage("prune", "pruned.pt", self.prune_stage))
-            if r["retrain"]:
-                found.append(Stage("retrain", "retrained.pt", self.retrain_stage))
-        if quantize:
+        if plan.oneshot is not None:
+            found.append(Stage("oneshot", "oneshot.pt", self.oneshot_stage))
+        if plan.retrain and (plan.prune is not None or plan.oneshot is not None):
+            found.append(Stage("retrain", "retrained.pt", self.retrain_stage))
+        if plan.quantize is not None:
             found.append(Stage("quantize", "quantized.pt", self.quantize_stage))
-            if quantize.get("retrain"):
+            if plan.quantize.retrain:
                 found.append(Stage("qretrain", "qretrained.pt", self.qretrain_stage))
         found.append(Stage("export", "model.pkz", self.export_stage, checkpoint=False))
         found.append(Stage("report", "report.json", self.report_stage, checkpoint=False))
@@ -171,7 +181,7 @@ class Run:
     def run(self, resume: bool = False) -> dict[str, Any]:
         """Run (or with ``resume``, continue) the recipe; under torchrun every rank calls
         this, rank 0 alone writes the run directory (see :mod:`.training.distributed`)."""
-        with distributed.session(str(self.recipe["train"].get("device", "cpu"))):
+        with distributed.session(str(self.plan.train.get("device", "cpu"))):
             return self._run(resume)
 
     def say(self, message: str) -> None:
@@ -180,24 +190,34 @@ class Run:
 
     def _run(self, resume: bool) -> dict[str, Any]:
         start = time.perf_counter()
-        if distributed.is_main():
+        # every rank reads the directory, so a refusal stops all of them alike
+        note = check_directory(self.out, self.recipe.data, resume=resume, force=self.force,
+                               read_plan=parse_yaml)
+        distributed.barrier()
+        if note:
+            self.say(note)
+        set_seed(self.plan.seed)
+        self.info = datasets.dataset_info(self.plan.data.name, **self.data_options())
+        state = State(self.build_model())
+        self.check_plan(state.model)
+        if distributed.is_main():  # recorded once the plan holds: a refused plan writes nothing
             self.out.mkdir(parents=True, exist_ok=True)
             if resume:
                 remove_stale_temps(self.out)
-            atomic_write_text(self.out / "recipe.yaml", self.recipe.to_yaml())
-        set_seed(self.recipe["seed"])
-        self.info = datasets.dataset_info(self.recipe["data"]["name"], **self.data_options())
-        state = State(self.build_model())
-        self.check_plan(state.model)
+            atomic_write_text(self.out / PLAN_FILE, self.recipe.to_yaml())
         self.build_data()
-        if any((self.recipe[section] or {}).get("updates_per_epoch") is not None
-               for section in ("prune", "quantize")):
+        if any(section is not None and section.options.get("updates_per_epoch") is not None
+               for section in (self.plan.prune, self.plan.quantize)):
             self.check_plan(state.model)  # again, with the loader's epoch length
         self.started = start
         for stage in self.stages():
             path = self.out / stage.artifact
             if resume and self.resume_stage(stage, path, state):
                 continue
+            partial = self.out / "ckpt" / f"{stage.name}.pt"
+            if resume and stage.checkpoint and partial.exists():
+                self.say(f"resume: stage {stage.name} continues from its last epoch checkpoint "
+                         f"({partial.relative_to(self.out)})")
             stage.run(state, resume)
             if stage.checkpoint:
                 self.check_ranks(state, f"the {stage.name} stage")
@@ -234,6 +254,7 @@ class Run:
             return False
         if stage.checkpoint:
             self.check_ranks(state, f"the resumed {stage.name} artifact")
+        self.say(f"resume: stage {stage.name} is finished ({path.name})")
         return True
 
     def check_ranks(self, state: State, when: str) -> None:
@@ -254,13 +275,16 @@ class Run:
         (built on a copy, because some methods act on the weights when they start). The
         model is left as it was."""
         try:
-            check_fits_data(model, self.info, self.recipe["model"]["name"],
-                            self.recipe["model"]["input_shape"])
+            check_fits_data(model, self.info, self.plan.model.name,
+                            self.plan.model.input_shape)
             self.start_weights(model)
-            if self.recipe["prune"] is not None:
-                targets = self.prune_targets(model)
-                self.prune_method(model, targets, dry_run=True)
-            if self.recipe["quantize"]:
+            if self.plan.prune is not None:
+                if self._checked_targets is None:  # resolved (and traced) once per run
+                    self._checked_targets = self.prune_targets(model)
+                self.prune_method(model, self._checked_targets, dry_run=True)
+            if self.plan.oneshot is not None:
+                self.oneshot_targets(model)
+            if self.plan.quantize is not None:
                 self.quantize_method(copy.deepcopy(model))
         except ConfigError as exc:
             raise self.recipe.locate(exc) from None
@@ -278,15 +302,15 @@ class Run:
         """The weights of ``model.checkpoint`` (a state dict, bare or under
         ``"state_dict"``), checked key by key and shape by shape against ``model`` so that
         loading them cannot fail half way; None without a checkpoint."""
-        m = self.recipe["model"]
-        if not m.get("checkpoint"):
+        m = self.plan.model
+        if not m.checkpoint:
             return None
-        loaded = load_checkpoint(m["checkpoint"])
+        loaded = load_checkpoint(m.checkpoint)
         loaded = loaded.get("state_dict", loaded) if isinstance(loaded, dict) else loaded
         try:
-            artifacts.check_fits(loaded, model, m["checkpoint"])
+            artifacts.check_fits(loaded, model, m.checkpoint)
         except DataError as exc:
-            raise self.recipe.error(f"does not fit model {m['name']!r}: {exc}",
+            raise self.recipe.error(f"does not fit model {m.name!r}: {exc}",
                                     "model", "checkpoint") from None
         return loaded
 
@@ -295,12 +319,13 @@ class Run:
         if weights is not None:
             state.model.load_state_dict(weights)
         else:
-            config = stage_config(self.recipe, ("train",), None)
+            config = self.stage_config(("train",))
             if config.epochs > 0:
                 state.history += self.trainer(state.model, "pretrain", config,
                                               []).fit(resume=resume)
         state.meta["accuracy_dense"] = evaluate(state.model, self.test_loader)["accuracy"]
         self.say(f"dense accuracy: {state.meta['accuracy_dense']:.4f}")
+        self.record_accuracy(state, "dense", "end", state.meta["accuracy_dense"])
 
     def example(self) -> torch.Tensor:
         """One input of the data's shape: what ``group_filter`` rules trace the model on."""
@@ -308,19 +333,61 @@ class Run:
 
     def prune_targets(self, model: nn.Module) -> Targets:
         try:
-            return resolve(model, self.recipe["prune"]["targets"], example=self.example())
+            targets = resolve(model, self.plan.prune.targets, example=self.example(),
+                              structure=self._structure)
         except ConfigError as exc:
             raise self.recipe.locate(exc, "prune", "targets") from None
+        self._structure = targets.structure
+        return targets
 
-    def prune_method(self, model: nn.Module, targets: list[Target], *, dry_run: bool = False):
-        prune = self.recipe["prune"]
-        options = self.with_epoch_length(prune["method"], {k: v for k, v in prune.items()
-                                                           if k not in PRUNE_KEYS})
+    def oneshot_targets(self, model: nn.Module) -> Targets:
+        try:
+            return resolve(model, self.plan.oneshot.targets, example=self.example())
+        except ConfigError as exc:
+            raise self.recipe.locate(exc, "oneshot", "targets") from None
+
+    def calibration_batches(self, samples: int) -> list[torch.Tensor]:
+        """The inputs of the first ``samples`` training examples (the loader's seeded order),
+        in its batches: what one-shot compression solves each layer's problem on."""
+        found, count = [], 0
+        for x, _ in self.train_loader:
+            found.append(x[: samples - count])
+            count += len(found[-1])
+            if count >= samples:
+                break
+        return found
+
+    def oneshot_stage(self, state: State, resume: bool) -> None:
+        """Post-training compression: every target solved layer by layer on calibration
+        inputs, in forward order (:func:`prunekit.oneshot.compress`), into the same frozen
+        constraints training-time hardening gives, so retraining, export and the report
+        follow unchanged."""
+        if distributed.active():
+            raise ConfigError("oneshot runs in one process: each torchrun rank would see other "
+                              "calibration data; run it without torchrun")
+        o = self.plan.oneshot
+        batches = self.calibration_batches(o.calibration["samples"])
+        self.say(f"oneshot: {o.method} on {sum(len(b) for b in batches)} calibration examples")
+        try:
+            result = oneshot.compress(state.model, batches, o.targets, o.method,
+                                      progress=self.progress, example=self.example(),
+                                      **o.options)
+        except ConfigError as exc:
+            raise self.recipe.locate(exc, "oneshot", "targets") from None
+        state.constraints.update(result.constraints)
+        state.meta["oneshot"] = {**result.summary(),
+                                 "layers": [r.as_dict() for r in result.layers]}
+        state.meta.setdefault("methods", []).append(f"oneshot:{o.method}")
+        self.record_accuracy(state, "oneshot", "after compression")
+
+    def prune_method(self, model: nn.Module, targets: Targets, *, dry_run: bool = False):
+        prune = self.plan.prune
+        options = self.with_epoch_length(prune.method, dict(prune.options))
         try:
             if dry_run:  # on a copy: some methods act on the weights when they start
                 model = copy.deepcopy(model)
-                targets = self.prune_targets(model)
-            return methods.get(prune["method"], model, targets, **options)
+                targets = targets.bound_to(model)  # the same targets: no second resolve
+            return methods.get(prune.method, model, targets, **options)
         except ConfigError as exc:
             raise self.recipe.locate(exc, "prune", *option_key(exc, options)) from None
 
@@ -346,21 +413,54 @@ class Run:
         if notes:
             state.meta["prune_notes"] = notes
         method = self.prune_method(state.model, targets)
-        config = stage_config(self.recipe, ("prune", "train"), self.recipe["prune"].get("train"))
+        config = self.stage_config(("prune", "train"))
         trainer = self.trainer(state.model, "prune", config, [method])
         method.bind(trainer.optimizer)
         state.history += trainer.fit(resume=resume)
         state.meta["prune_updates"] = copy.deepcopy(method.history)
+        before = state.history[-1].get("test_accuracy") if state.history else None
         state.constraints.update(method.freeze())
         method.close()
-        state.meta.setdefault("methods", []).append(self.recipe["prune"]["method"])
+        state.meta.setdefault("methods", []).append(self.plan.prune.method)
+        after = self.record_accuracy(state, "prune", "after hardening")
+        self.warn_unconverged(state, method.history, before, after)
 
-    def constrained_training(self, state: State, stage: str, section: Mapping[str, Any],
-                             where: tuple[str, ...], resume: bool,
+    def record_accuracy(self, state: State, stage: str, when: str,
+                        accuracy: float | None = None) -> float:
+        """Measure (unless given) and record the test accuracy at a named moment of a
+        stage: the log, report.json, report.md and training.png all show it."""
+        if accuracy is None:
+            accuracy = evaluate(state.model, self.test_loader)["accuracy"]
+        state.meta.setdefault("stage_accuracy", []).append(
+            {"stage": stage, "when": when, "accuracy": accuracy})
+        if when != "end" or stage != "dense":
+            self.say(f"{stage} accuracy {when}: {accuracy:.4f}")
+        return accuracy
+
+    def warn_unconverged(self, state: State, updates: list[dict[str, Any]],
+                         before: float | None, after: float) -> None:
+        """Say so, with what to change, when ADMM hardened far from its constraint set: its
+        last relative primal residual above :data:`UNCONVERGED_RESIDUAL` (the weights were
+        still that far from their projection, so hardening moved them that much)."""
+        last = next((u for u in reversed(updates) if "relative_primal" in u), None)
+        if last is None or last["relative_primal"] <= UNCONVERGED_RESIDUAL:
+            return
+        fell = (f"; accuracy {before:.4f} before hardening, {after:.4f} after"
+                if before is not None else f"; accuracy after hardening {after:.4f}")
+        text = (f"ADMM hardened before it converged: relative primal residual "
+                f"{last['relative_primal']:.3g} at its last update (support change "
+                f"{last.get('support_change', float('nan')):.3g}, where 2.0 means the whole "
+                f"support moved){fell}. Give the prune stage more epochs "
+                f"(prune.train.epochs), a larger rho (prune.rho), or rho_schedule: support, "
+                f"which raises rho until the support settles")
+        state.meta.setdefault("warnings", []).append(text)
+        self.say(f"warning: {text}")
+
+    def constrained_training(self, state: State, stage: str, where: tuple[str, ...],
+                             resume: bool,
                              extra: Callable[[MaskEnforcer], list[Any]] | None = None) -> None:
         """Retrain inside the frozen constraints, then finish them (levels fixed)."""
-        settings = {k: v for k, v in section.items() if k not in QUANT_RETRAIN_KEYS}
-        config = stage_config(self.recipe, where, settings)
+        config = self.stage_config(where)
         if config.epochs <= 0 or not state.constraints:
             return
         enforcer = MaskEnforcer(state.model, state.constraints)
@@ -373,45 +473,48 @@ class Run:
         enforcer.close()
 
     def retrain_stage(self, state: State, resume: bool) -> None:
-        self.constrained_training(state, "retrain", self.recipe["retrain"], ("retrain",), resume)
+        self.constrained_training(state, "retrain", ("retrain",), resume)
+        self.record_accuracy(state, "retrain", "end")
 
     def quant_targets(self, model: nn.Module) -> list[Target]:
         """One ``quant`` target per selected layer with that layer's bits; by default the
         pruned layers (or every supported layer when nothing is pruned)."""
-        q = self.recipe["quantize"]
-        layers = q.get("layers")
-        if layers is None and self.recipe["prune"] is not None:
-            layers = sorted({m for t in self.prune_targets(model) for m in t.weight_layers})
+        q = self.plan.quantize
+        layers = q.layers
+        if layers is None and (self.plan.prune or self.plan.oneshot) is not None:
+            compressed = (self.prune_targets(model) if self.plan.prune is not None
+                          else self.oneshot_targets(model))
+            layers = sorted({m for t in compressed for m in t.weight_layers})
         rule = {"layers": layers or "*", "scheme": "quant", "bits": 8}
         try:
             found = resolve(model, [rule])
-            bits = methods.base.per_target(q.get("bits", 8), found, "quantize.bits")
-            return [replace(t, scheme=get_scheme("quant", bits=int(b), scale=q.get("scale",
-                    "layer"), levels=q.get("levels", "uniform")), sparsity=None)
+            bits = methods.base.per_target(q.bits, found, "quantize.bits")
+            return [replace(t, scheme=get_scheme("quant", bits=int(b), scale=q.scale,
+                                                 levels=q.levels), sparsity=None)
                     for t, b in zip(found, bits, strict=True)]
         except ConfigError as exc:
-            raise self.recipe.locate(exc, "quantize", *option_key(exc, q)) from None
+            raise self.recipe.locate(exc, "quantize",
+                                     *option_key(exc, [*q.SECTION_KEYS, *q.options])) from None
 
     def quantize_method(self, model: nn.Module):
-        q = self.recipe["quantize"]
+        q = self.plan.quantize
         targets = self.quant_targets(model)
-        name = q.get("method", "admm")
-        options = self.with_epoch_length(name, {k: v for k, v in q.items()
-                                                if k not in QUANT_KEYS})
+        name = q.method
+        options = self.with_epoch_length(name, dict(q.options))
         try:
             return methods.get(name, model, targets, **options)
         except ConfigError as exc:
             raise self.recipe.locate(exc, "quantize", *option_key(exc, options)) from None
 
     def quantize_stage(self, state: State, resume: bool) -> None:
-        q = self.recipe["quantize"]
+        q = self.plan.quantize
         method = self.quantize_method(state.model)
-        config = stage_config(self.recipe, ("quantize", "train"), q.get("train") or {"epochs": 0})
+        config = self.stage_config(("quantize", "train"))
         if config.epochs > 0:
             trainer = self.trainer(state.model, "quantize", config, [method])
             method.bind(trainer.optimizer)
             state.history += trainer.fit(resume=resume)
-        mode = {**QUANT_RETRAIN_DEFAULTS, **(q.get("retrain") or {})}["mode"]
+        mode = {**QUANT_RETRAIN_DEFAULTS, **(q.retrain or {})}["mode"]
         frozen = method.constraints if method.hardened else method.freeze(mode=mode)
         method.close()
         params = dict(state.model.named_parameters())
@@ -423,25 +526,25 @@ class Run:
                 constraint.hints = {**before.hints, **constraint.hints,
                                     "scheme": f"{before.hints.get('scheme', before.kind)}+quant"}
         state.constraints.update(frozen)
-        if q.get("rest", "float32") != "float32":
+        if q.rest != "float32":
             for name, param in params.items():
                 if name not in state.constraints and param.dtype == torch.float32:
-                    state.constraints[name] = Rounded(tuple(param.shape), q["rest"])
+                    state.constraints[name] = Rounded(tuple(param.shape), q.rest)
                     state.constraints[name].apply_(param.data)
-        state.meta.setdefault("methods", []).append(f"quantize:{q.get('method', 'admm')}")
+        state.meta.setdefault("methods", []).append(f"quantize:{q.method}")
+        self.record_accuracy(state, "quantize", "after hardening")
 
     def qretrain_stage(self, state: State, resume: bool) -> None:
-        section = {**QUANT_RETRAIN_DEFAULTS, **self.recipe["quantize"]["retrain"]}
-        config = stage_config(self.recipe, ("quantize", "retrain"),
-                              {k: v for k, v in section.items() if k not in QUANT_RETRAIN_KEYS})
+        section = {**QUANT_RETRAIN_DEFAULTS, **self.plan.quantize.retrain}
+        config = self.stage_config(("quantize", "retrain"))
 
         def fixing(enforcer: MaskEnforcer) -> list[Any]:
             if section["mode"] != "progressive":
                 return []
             return [ProgressiveFixing(enforcer, config.epochs, section["fix_fraction"])]
 
-        self.constrained_training(state, "qretrain", section, ("quantize", "retrain"), resume,
-                                  fixing)
+        self.constrained_training(state, "qretrain", ("quantize", "retrain"), resume, fixing)
+        self.record_accuracy(state, "qretrain", "end")
 
     def export_stage(self, state: State, resume: bool) -> None:
         if state.constraints:  # exact: the outputs stay the same, the file gets smaller
@@ -490,11 +593,15 @@ class Run:
             accuracy_compressed=accuracy, method=" -> ".join(state.meta.get("methods", [])) or None,
             epochs=len(history), seconds=sum(r.get("seconds", 0.0) for r in history),
             history=history, updates=state.meta.get("prune_updates"),
-            extra={"recipe": self.recipe["name"], "dataset": self.info.name,
+            extra={"recipe": self.plan.name, "dataset": self.info.name,
+                   "stage_accuracy": state.meta.get("stage_accuracy", []),
+                   **({"oneshot": state.meta["oneshot"]} if state.meta.get("oneshot") else {}),
+                   **({"warnings": state.meta["warnings"]} if state.meta.get("warnings")
+                      else {}),
                    "dead_channels": dead_channel_counts(loaded.model, example),
                    **({"prune_notes": state.meta["prune_notes"]}
                       if state.meta.get("prune_notes") else {}),
-                   "model": self.recipe["model"]["name"], "file": "model.pkz",
+                   "model": self.plan.model.name, "file": "model.pkz",
                    "wall_seconds_this_invocation": time.perf_counter() - self.started},
         )
         params = dict(loaded.model.named_parameters())
@@ -505,10 +612,26 @@ class Run:
         return report
 
 
+def describe_settings(config: TrainConfig) -> str:
+    """A stage's resolved training settings in one line (printed when the stage starts, so
+    what a stage inherited and what it defaulted to is never a guess)."""
+    shown = ["epochs", "optimizer", "lr", "momentum", "nesterov", "weight_decay", "schedule",
+             "warmup_epochs", "label_smoothing", "grad_clip", "distill", "seed", "device"]
+    values = {k: getattr(config, k) for k in shown}
+    if config.optimizer != "sgd":
+        values.pop("momentum")
+        values.pop("nesterov")
+    if not config.distill:
+        values.pop("distill")
+    return " ".join(f"{k}={v}" for k, v in values.items())
+
+
 def run_recipe(recipe: Recipe, out_dir: str | Path, *, resume: bool = False,
-               progress: bool = True, echo: Callable[[str], Any] = print) -> dict[str, Any]:
-    """Execute ``recipe`` into ``out_dir`` and return its report."""
-    report = Run(recipe, out_dir, progress=progress, echo=echo).run(resume=resume)
+               progress: bool = True, echo: Callable[[str], Any] = print,
+               force: bool = False) -> dict[str, Any]:
+    """Execute ``recipe`` into ``out_dir`` and return its report. A directory holding
+    another run is refused unless ``resume`` (with the same plan) or ``force``."""
+    report = Run(recipe, out_dir, progress=progress, echo=echo, force=force).run(resume=resume)
     if distributed.is_main():
         echo(format_report(report))
         echo(f"results: {Path(out_dir).resolve()}")

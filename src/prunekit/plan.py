@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from . import data as datasets
-from . import methods, schemes
+from . import methods, oneshot, schemes
 from .errors import ConfigError, within
 from .factories import check_kwargs, import_factory, is_factory_spec
 from .targets import check_rule
@@ -357,6 +357,56 @@ class PruneConfig:
 
 
 @dataclass
+class OneshotConfig:
+    """``oneshot``: post-training compression of the model's weights (``model.checkpoint``,
+    or the dense stage's result) layer by layer from calibration inputs, in place of a
+    training-time ``prune`` section: the method (``admm``, ``sparsegpt``, ``wanda``,
+    ``magnitude``; :mod:`prunekit.oneshot`), its options (every other key), the target
+    rules, and ``calibration: {samples: N}``, the first N training examples. ``retrain``
+    after it is the optional refinement inside the frozen constraints."""
+
+    SECTION_KEYS: ClassVar[tuple[str, ...]] = ("method", "targets", "calibration")
+    CALIBRATION_DEFAULTS: ClassVar[dict[str, Any]] = {"samples": 128}
+
+    method: str = "admm"
+    targets: list[dict[str, Any]] | None = None
+    calibration: dict[str, Any] | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        with within("method"):
+            if not isinstance(self.method, str) or self.method not in oneshot.METHODS:
+                raise ConfigError(f"unknown one-shot method {self.method!r}; available: "
+                                  f"{', '.join(oneshot.METHODS)}")
+        valid = list(oneshot.OPTIONS[self.method])
+        _known_keys(self.options, [*valid, *self.SECTION_KEYS],
+                    f"oneshot with method {self.method!r}")
+        try:
+            oneshot.check_method(self.method, self.options)
+        except ConfigError as exc:
+            key = next((k for k in self.options if repr(k) in exc.message), "method")
+            raise ConfigError(exc.message, key=(key,)) from None
+        if not isinstance(self.targets, list) or not self.targets:
+            raise ConfigError("must be a non-empty list of target rules", key=("targets",))
+        with within("targets"):
+            for index, rule in enumerate(self.targets):
+                check_rule(rule, index)
+        given = {} if self.calibration is None else _mapping(self.calibration, "calibration")
+        with within("calibration"):
+            _known_keys(given, list(self.CALIBRATION_DEFAULTS), "oneshot.calibration")
+            _positive(given.get("samples"), "samples")
+        self.calibration = {**self.CALIBRATION_DEFAULTS, **given}
+
+    @classmethod
+    def from_dict(cls, d: Any) -> OneshotConfig:
+        return _with_options(cls, d)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.method, **_plain(self.options),
+                "calibration": _plain(self.calibration), "targets": _plain(self.targets)}
+
+
+@dataclass
 class QuantizeConfig:
     """``quantize``: method (``admm``, ``ptq``, ``ste``) and its options, bits (one number
     or ``{layer: bits}``), the level set, which layers (default: the pruned ones), the
@@ -439,12 +489,14 @@ class Plan:
     :class:`TrainConfig` of every stage is :meth:`stage_train`."""
 
     SECTIONS: ClassVar[tuple[str, ...]] = (
-        "version", "name", "seed", "model", "data", "train", "prune", "retrain", "quantize")
+        "version", "name", "seed", "model", "data", "train", "prune", "oneshot", "retrain",
+        "quantize")
 
     model: ModelConfig
     data: DataConfig
     train: dict[str, Any] = field(default_factory=lambda: {"epochs": 0})
     prune: PruneConfig | None = None
+    oneshot: OneshotConfig | None = None
     retrain: dict[str, Any] | None = None
     quantize: QuantizeConfig | None = None
     name: str = "recipe"
@@ -462,10 +514,14 @@ class Plan:
             raise ConfigError(f"must be a non-negative integer, got {self.seed!r}", key=("seed",))
         _mapping(self.train, "train")
         _expect(self.retrain, "retrain", (dict,), "a mapping")
-        if self.retrain and self.prune is None:
+        if self.prune is not None and self.oneshot is not None:
+            raise ConfigError("a recipe compresses by training (prune) or after training "
+                              "(oneshot), not both: remove one of the two sections",
+                              key=("oneshot",))
+        if self.retrain and self.prune is None and self.oneshot is None:
             raise ConfigError("has nothing to retrain: it fine-tunes inside the constraints of "
-                              "the prune section, which this recipe does not have "
-                              "(remove it, or add prune)", key=("retrain",))
+                              "the prune or oneshot section, which this recipe does not have "
+                              "(remove it, or add one)", key=("retrain",))
         self.trains = {where: self._stage_train(where) for where in self.training_stages()}
         if self.trains[("train",)].distill > 0:
             raise ConfigError("dense training has no teacher to distill from: set distill in "
@@ -478,8 +534,8 @@ class Plan:
         found = [("train",)]
         if self.prune is not None:
             found.append(("prune", "train"))
-            if self.retrain:
-                found.append(("retrain",))
+        if self.retrain and (self.prune is not None or self.oneshot is not None):
+            found.append(("retrain",))
         if self.quantize is not None:
             found.append(("quantize", "train"))
             if self.quantize.retrain:
@@ -530,8 +586,9 @@ class Plan:
             data = _build(DataConfig, d.get("data"), "data")
         sections: dict[str, Any] = {}
         for key, build in (("prune", PruneConfig.from_dict),
+                           ("oneshot", OneshotConfig.from_dict),
                            ("quantize", QuantizeConfig.from_dict)):
-            if d.get(key) is not None and (key == "prune" or d[key] != {}):
+            if d.get(key) is not None and (key != "quantize" or d[key] != {}):
                 with within(key):
                     sections[key] = build(d[key])
         scalars = {k: d[k] for k in ("version", "name", "seed", "retrain") if k in d}
@@ -549,6 +606,7 @@ class Plan:
             "data": _plain({f.name: getattr(self.data, f.name) for f in fields(self.data)}),
             "train": _plain(self.train),
             "prune": self.prune.to_dict() if self.prune else None,
+            "oneshot": self.oneshot.to_dict() if self.oneshot else None,
             "retrain": _plain(self.retrain),
             "quantize": self.quantize.to_dict() if self.quantize else None,
         }
@@ -563,6 +621,7 @@ __all__ = [
     "QUANT_RETRAIN_KEYS",
     "DataConfig",
     "ModelConfig",
+    "OneshotConfig",
     "Plan",
     "PruneConfig",
     "QuantizeConfig",

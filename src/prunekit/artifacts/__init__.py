@@ -4,12 +4,13 @@
 sections); ``codecs`` turns integer codes and sparsity masks into those bytes and back;
 ``encoding`` turns one weight and its frozen constraint into byte parts; ``model_file``
 is :func:`save` / :func:`load` of a whole model; ``stages`` the artifacts a run's stages
-hand on; ``formats`` names every format. None of them ever executes anything they read.
+hand on; ``versions`` names every format and its version. None of them ever executes
+anything they read.
 """
 
-from .formats import MODEL_FORMAT, STAGE_FORMAT, TRAIN_FORMAT
 from .model_file import Loaded, load, pack, save, storage
 from .stages import check_fits, load_stage, save_stage
+from .versions import MODEL_FORMAT, STAGE_FORMAT, TRAIN_FORMAT
 
 __all__ = ["MODEL_FORMAT", "STAGE_FORMAT", "TRAIN_FORMAT", "Loaded", "check_fits", "load",
            "load_stage", "pack", "save", "save_stage", "storage"]

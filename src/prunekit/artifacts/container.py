@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DataError
-from ..io import atomic_write_bytes
+from ..files import atomic_write_bytes
 
 MAGIC = b"PKZ1"
 VERSION = 1

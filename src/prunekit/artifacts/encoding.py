@@ -33,7 +33,7 @@ from torch import Tensor
 from ..constraints import Frozen, Levels, Rounded, Support, Unified
 from ..errors import DataError
 from ..schemes.base import gemm_view
-from ..schemes.quant import LEVEL_SETS, max_level
+from ..schemes.levels import LEVEL_SETS, max_level
 from . import codecs, huffman
 from .container import stored_size
 

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from ..constraints import Frozen
 from ..errors import DataError, PrunekitError
 from . import container, encoding
-from .formats import MODEL_FORMAT
+from .versions import MODEL_FORMAT
 
 PART_KINDS = ("index", "values", "scales")
 
@@ -89,7 +89,7 @@ def save(model: nn.Module, path: str | os.PathLike,
     ``spec`` says how to rebuild the model (``{"name": zoo name or "module:function",
     "kwargs", "input_shape", "num_classes"}``; without it :func:`load` needs the model);
     ``recipe`` (YAML text) and ``meta`` (small JSON values) travel with it."""
-    from ..io import atomic_write_bytes  # noqa: PLC0415
+    from ..files import atomic_write_bytes  # noqa: PLC0415
 
     data = pack(model, constraints, spec=spec, recipe=recipe, meta=meta)
     return atomic_write_bytes(path, data)

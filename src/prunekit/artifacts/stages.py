@@ -16,8 +16,8 @@ from torch import nn
 
 from ..constraints import Frozen, from_state
 from ..errors import DataError
-from ..io import load_checkpoint, save_checkpoint
-from .formats import STAGE_FORMAT
+from ..files import load_checkpoint, save_checkpoint
+from .versions import STAGE_FORMAT
 
 
 def save_stage(path: Path, stage: str, model: nn.Module, constraints: Mapping[str, Frozen],

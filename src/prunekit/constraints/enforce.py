@@ -28,7 +28,7 @@ or as a trainer plugin (``after_step``, ``state_dict``, ``load_state_dict``).
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -208,25 +208,3 @@ class MaskEnforcer:
     def _check_open(self) -> None:
         if self._closed:
             raise ConfigError("this MaskEnforcer is closed; create a new one")
-
-
-def finetune(model: nn.Module, constraints: Mapping[str, Any], train_loader: Iterable,
-             test_loader: Iterable | None = None, config: Any = None, *, resume: bool = False,
-             **trainer_kwargs: Any) -> list[dict[str, Any]]:
-    """Retrain ``model`` inside ``constraints`` with prunekit's trainer and finish every
-    constraint at the end; returns the trainer's history. ``config`` is a ``TrainConfig`` or
-    a dict; ``trainer_kwargs`` go to :class:`prunekit.training.Trainer`."""
-    from ..training import TrainConfig, Trainer  # noqa: PLC0415  (only this helper needs it)
-
-    enforcer = MaskEnforcer(model, constraints)
-    plugins = [*trainer_kwargs.pop("plugins", ()), enforcer]
-    trainer_kwargs.setdefault("stage", "retrain")
-    try:
-        trainer = Trainer(model, TrainConfig() if config is None else config, train_loader,
-                          test_loader, plugins=plugins, **trainer_kwargs)
-        enforcer.bind(trainer.optimizer)
-        history = trainer.fit(resume=resume)
-        enforcer.finish()
-        return history
-    finally:
-        enforcer.close()

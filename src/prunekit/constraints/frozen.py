@@ -33,7 +33,7 @@ from torch import Tensor
 
 from ..errors import ConfigError, DataError
 from ..schemes.base import gemm_view
-from ..schemes.quant import LEVEL_SETS, from_codes, to_codes
+from ..schemes.levels import LEVEL_SETS, from_codes, to_codes
 
 QUANT_MODES = ("snap", "ste", "progressive")
 

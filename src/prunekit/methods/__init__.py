@@ -18,10 +18,11 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..targets import Target
-from .admm import ADMM, ProgressiveADMM, admm_option_names
+from .admm import ADMM, admm_option_names
 from .base import PruningMethod
 from .group_lasso import GroupLasso
 from .magnitude import GradualMagnitude, OneShotMagnitude, cubic_sparsity
+from .progressive_admm import ProgressiveADMM
 from .quantize import PostTrainingRounding, ProgressiveFixing, StraightThrough
 from .random_support import RandomSupport
 from .reweighted import Reweighted

@@ -1,4 +1,5 @@
-"""Systematic ADMM pruning, one-shot to a rate or progressively through several rates.
+"""Systematic ADMM pruning (progressive rounds: :mod:`.progressive_admm`; rho schedules:
+:mod:`.rho`).
 
 The problem ``min f(W) s.t. W_i in S_i`` is split with a copy ``Z_i in S_i`` and solved by
 alternating three steps (scaled dual form):
@@ -30,32 +31,19 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from ..group_target import GroupTarget
 from ..schemes import check_sparsity
-from ..targets import Target, allocate_global
+from ..targets import GroupTarget, Target, allocate_global
 from .base import (
     UNITS,
     PruningMethod,
-    at_rate,
+    check_bool,
     check_choice,
     check_count,
     check_positive,
-    check_targets,
     existing_keeps,
-    explicit_rate,
     per_target,
 )
-
-RHO_SCHEDULES = ("constant", "geometric", "stages", "balance", "support")
-_DEFAULT_GROWTH = {"constant": 1.0, "geometric": 1.5, "stages": 10.0, "balance": 2.0,
-                   "support": 1.3}
-# Residual balancing (Boyd et al., "Distributed optimization ... ADMM", section 3.4.1):
-# rho moves when one residual exceeds the other by this factor.
-BALANCE_MU = 10.0
-# Support-driven growth (as in ALPS): fast growth while more than this fraction of a
-# layer's kept weights changed since the last update, slow growth once it settles.
-SUPPORT_BUSY = 0.1
-SUPPORT_SLOW_GROWTH = 1.1
+from .rho import DEFAULT_GROWTH, RHO_SCHEDULES, rho_factor
 
 
 class ADMM(PruningMethod):
@@ -132,7 +120,7 @@ class ADMM(PruningMethod):
                                              update_unit)
         self.epoch_step = 0  # optimizer steps since the last end_epoch
         self.rho_schedule = check_choice(rho_schedule, "rho_schedule", RHO_SCHEDULES)
-        growth = _DEFAULT_GROWTH[rho_schedule] if rho_growth is None else rho_growth
+        growth = DEFAULT_GROWTH[rho_schedule] if rho_growth is None else rho_growth
         self.rho_growth = check_positive(growth, "rho_growth")
         self.rho_max = None if rho_max is None else check_positive(rho_max, "rho_max")
         if self.rho_max is not None and self.rho_max < max(self.rho_init):
@@ -140,14 +128,14 @@ class ADMM(PruningMethod):
                 f"rho_max ({rho_max}) is below the initial rho ({max(self.rho_init)})"
             )
         self.stage_every = check_count(stage_every, "stage_every")
-        self.rescale_dual = _check_bool(rescale_dual, "rescale_dual")
-        self.reset_lr = _check_bool(reset_lr, "reset_lr")
-        self.keep_zeros = _check_bool(keep_zeros, "keep_zeros")
+        self.rescale_dual = check_bool(rescale_dual, "rescale_dual")
+        self.reset_lr = check_bool(reset_lr, "reset_lr")
+        self.keep_zeros = check_bool(keep_zeros, "keep_zeros")
         self.tol_primal = None if tol_primal is None else check_positive(tol_primal, "tol_primal")
         self.tol_support = (None if tol_support is None
                             else check_positive(tol_support, "tol_support", allow_zero=True))
         self.stop_requested = False
-        self.reallocate = _check_bool(reallocate, "reallocate")
+        self.reallocate = check_bool(reallocate, "reallocate")
         self._budget = self._reallocation_budget() if self.reallocate else None
 
         self.updates = 0  # Z/U updates in all rounds
@@ -205,7 +193,7 @@ class ADMM(PruningMethod):
         elif self.update_unit == "epoch" and self.round_epoch % self.update_every == 0:
             self.update()
 
-    def harden_targets(self) -> list[Target]:
+    def freeze_targets(self) -> list[Target]:
         return self._active
 
     def on_stage(self, fn: Callable[[int], Any]) -> Callable[[int], Any]:
@@ -226,7 +214,10 @@ class ADMM(PruningMethod):
         return self.update_every * self.stage_every
 
     def progress(self) -> dict[str, float]:
-        return {**self._last, "rho": max(self.rho)}
+        """The last update's residuals; its sparsity is Z's (the projection the weights are
+        pulled toward), named so: the weights themselves stay dense until hardening."""
+        shown = {("Z_sparsity" if k == "sparsity" else k): v for k, v in self._last.items()}
+        return {**shown, "rho": max(self.rho)}
 
     # ---------------------------------------------------------------- the ADMM
     @torch.no_grad()
@@ -382,26 +373,13 @@ class ADMM(PruningMethod):
         if self.rho_schedule == "stages" and self.round_updates % self.stage_every:
             return
         for i, (old, stats) in enumerate(zip(self.rho, layers, strict=True)):
-            new = old * self._rho_factor(stats)
+            new = old * rho_factor(self.rho_schedule, stats, self.rho_growth)
             if self.rho_max is not None:
                 new = min(new, self.rho_max)
             if new != old and self.rescale_dual:
                 for u in self.U[self._spans[i]]:
                     u.mul_(old / new)
             self.rho[i] = new
-
-    def _rho_factor(self, stats: Mapping[str, float]) -> float:
-        """How much one layer's rho changes after an update (``stats``: its residuals)."""
-        if self.rho_schedule == "balance":
-            if stats["primal"] > BALANCE_MU * stats["dual"]:
-                return self.rho_growth
-            if stats["dual"] > BALANCE_MU * stats["primal"]:
-                return 1.0 / self.rho_growth
-            return 1.0
-        if self.rho_schedule == "support":
-            busy = stats["support_change"] > SUPPORT_BUSY
-            return self.rho_growth if busy else SUPPORT_SLOW_GROWTH
-        return self.rho_growth
 
     def _end_stage(self) -> None:
         self.stage += 1
@@ -472,101 +450,6 @@ class ADMM(PruningMethod):
                 t.sparsity = check_sparsity(float(rate), f"saved rate of {t.name!r}")
 
 
-class ProgressiveADMM(ADMM):
-    """ADMM in rounds of rising sparsity, each starting from the last hardened model.
-
-    The schedule is ``rates`` (one entry per round: a rate for every layer or
-    ``{layer: rate, "default": rate}``), or ``stages`` (dicts with ``sparsity`` as above
-    and optionally ``epochs`` and ``rho`` for that round), or, with neither, ``rounds``
-    rounds whose rates rise geometrically to each target's own rate (every round keeps
-    the same fraction of what the last one kept). Each round lasts ``epochs_per_round``
-    epochs; at its end the weights are hardened to the round's rate, those masks are
-    enforced during the rest of the run, and a fresh ADMM (rho back to its initial value,
-    Z from the projection at the next rate inside the mask, U = 0) starts. The rounds are
-    driven by :meth:`end_epoch`, so this plugs into the same loop as :class:`ADMM`; after
-    the last round it keeps running ADMM at the final rate, and :meth:`harden` hardens to
-    the final rate. Other options are :class:`ADMM`'s.
-    """
-
-    name = "progressive_admm"
-    can_reallocate = False
-
-    def __init__(
-        self,
-        model: nn.Module,
-        targets: Iterable[Target],
-        rates: Sequence[float | Mapping[str, float]] | None = None,
-        *,
-        stages: Sequence[Mapping[str, Any]] | None = None,
-        rounds: int | None = None,
-        epochs_per_round: int = 1,
-        **admm_options: Any,
-    ) -> None:
-        checked = check_targets(model, targets)
-        unknown = sorted(set(admm_options) - set(admm_option_names()))
-        if unknown:
-            raise ConfigError(
-                f"progressive_admm got unknown options {unknown}; valid: "
-                f"{', '.join(sorted(set(admm_option_names()) | _PROGRESSIVE_OPTIONS))}"
-            )
-        self.epochs_per_round = check_count(epochs_per_round, "epochs_per_round")
-        self.rates, self.round_epochs, round_rho = _schedule(
-            checked, rates, stages, rounds, self.epochs_per_round
-        )
-        super().__init__(model, checked, **admm_options)
-        self.round_rho = [self.rho_init if r is None else r for r in round_rho]
-        self.rho = list(self.round_rho[0])
-
-    def _round_targets(self, index: int) -> list[Target]:
-        return [at_rate(t, rate) for t, rate in zip(self.targets, self.rates[index], strict=True)]
-
-    def harden_targets(self) -> list[Target]:
-        return self._round_targets(len(self.rates) - 1)
-
-    def _in_last_round(self) -> bool:
-        return self.round + 1 >= len(self.rates)
-
-    def _end_epoch(self) -> None:
-        super()._end_epoch()
-        last = self.round + 1 >= len(self.rates)
-        if not last and self.round_epoch >= self.round_epochs[self.round]:
-            self._next_round()
-
-    def _next_round(self) -> None:
-        masks = self._harden(self._active)
-        self.set_masks(masks)
-        self.history.append({
-            "event": "round",
-            "round": self.round,
-            "epoch": self.epoch,
-            "step": self.step,
-            "rates": {t.name: float(r) for t, r in zip(self.targets, self.rates[self.round],
-                                                        strict=True)},
-        })
-        self.round += 1
-        self.round_updates = self.round_epoch = self.round_step = 0
-        self._active = self._round_targets(self.round)
-        self.rho = list(self.round_rho[self.round])
-        self._restart()
-        self._end_stage()
-
-    def progress(self) -> dict[str, float]:
-        return {**super().progress(), "round": float(self.round)}
-
-    def _extra_state(self) -> dict[str, Any]:
-        return {**super()._extra_state(), "rates": [list(r) for r in self.rates]}
-
-    def _load_extra_state(self, state: Mapping[str, Any]) -> None:
-        saved = [[float(x) for x in r] for r in state["rates"]]
-        if saved != self.rates:
-            raise ConfigError(f"state was saved with round rates {saved}, not {self.rates}")
-        super()._load_extra_state(state)
-
-
-_PROGRESSIVE_OPTIONS = {"rates", "stages", "rounds", "epochs_per_round"}
-_STAGE_KEYS = ("sparsity", "epochs", "rho")
-
-
 def admm_option_names() -> list[str]:
     """The keyword options of :class:`ADMM` (besides model and targets)."""
     import inspect  # noqa: PLC0415
@@ -602,65 +485,3 @@ def _epoch_boundaries(updates_per_epoch: int | None, steps_per_epoch: int | None
     if n > steps:
         raise ConfigError(f"updates_per_epoch ({n}) exceeds the {steps} steps of an epoch")
     return frozenset(round(k * steps / n) for k in range(1, n))
-
-
-def _check_bool(value: Any, what: str) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(f"{what} must be true or false, got {value!r}")
-    return value
-
-
-def _round_rates(targets: list[Target], entry: Any, what: str) -> list[float]:
-    rates = per_target(entry, targets, what, allow_zero=True)
-    return [check_sparsity(r, f"{what} for {t.name!r}") for t, r in zip(targets, rates,
-                                                                         strict=True)]
-
-
-def _schedule(
-    targets: list[Target],
-    rates: Sequence[Any] | None,
-    stages: Sequence[Mapping[str, Any]] | None,
-    rounds: int | None,
-    epochs_per_round: int,
-) -> tuple[list[list[float]], list[int], list[list[float] | None]]:
-    """Per round: the rate of every target, the epochs, and the rho (None: the initial)."""
-    given = [n for n, v in (("rates", rates), ("stages", stages), ("rounds", rounds))
-             if v is not None]
-    if len(given) > 1:
-        raise ConfigError(f"progressive_admm takes one of rates, stages or rounds, got {given}")
-    if stages is not None:
-        if isinstance(stages, (str, Mapping)) or not isinstance(stages, Sequence) or not stages:
-            raise ConfigError("stages must be a non-empty list of {sparsity, epochs, rho} dicts")
-        table, epochs, rhos = [], [], []
-        for i, stage in enumerate(stages):
-            if not isinstance(stage, Mapping) or "sparsity" not in stage:
-                raise ConfigError(
-                    f"stages[{i}] must be a dict with a 'sparsity' key, got {stage!r}"
-                )
-            extra = sorted(set(stage) - set(_STAGE_KEYS))
-            if extra:
-                raise ConfigError(f"stages[{i}] has unknown keys {extra}; valid: {_STAGE_KEYS}")
-            table.append(_round_rates(targets, stage["sparsity"], f"stages[{i}].sparsity"))
-            epochs.append(check_count(stage.get("epochs", epochs_per_round), f"stages[{i}].epochs"))
-            rho = stage.get("rho")
-            rhos.append(None if rho is None else per_target(rho, targets, f"stages[{i}].rho"))
-    else:
-        if rates is None:
-            n = check_count(3 if rounds is None else rounds, "rounds")
-            finals = [explicit_rate(t, "progressive_admm") for t in targets]
-            table = [[1.0 - (1.0 - s) ** ((r + 1) / n) for s in finals] for r in range(n)]
-            table[-1] = finals
-        else:
-            if isinstance(rates, (str, Mapping)) or not isinstance(rates, Sequence) or not rates:
-                raise ConfigError(f"rates must be a non-empty list of rates, got {rates!r}")
-            table = [_round_rates(targets, r, f"rates[{i}]") for i, r in enumerate(rates)]
-        epochs = [epochs_per_round] * len(table)
-        rhos = [None] * len(table)
-    for r in range(1, len(table)):
-        for t, before, now in zip(targets, table[r - 1], table[r], strict=True):
-            if now < before:
-                raise ConfigError(
-                    f"round {r} lowers the rate of {t.name!r} from {before} to {now}; "
-                    f"progressive rates must not decrease"
-                )
-    return table, epochs, rhos

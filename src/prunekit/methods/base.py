@@ -7,16 +7,16 @@ A method drives training toward each target's constraint set and plugs into any 
     pruner.after_step()          # once per optimizer step
     ...
     pruner.end_epoch()           # once per epoch
-    masks = pruner.harden()      # exact projection: the requested rates are met exactly
+    frozen = pruner.freeze()     # exact projection: the requested rates are met exactly
 
 The base class keeps the parts that are the same for all of them: the checked target list,
 the step/epoch counters, the ``history`` of updates, the hardening (always through
-:func:`prunekit.masks.harden`, so there is one definition of "hard prune"), the masks that
+:func:`prunekit.targets.freeze`, so there is one definition of "hard prune"), the masks that
 are live (enforced after every step) and the state a resumed run needs. A method never
 creates an optimizer: it only adds a penalty to the user's loss and edits weights in place,
 so the user's optimizer, loss and loop stay in charge.
 
-After :meth:`PruningMethod.harden` a method is finished: its penalty is zero and
+After :meth:`PruningMethod.freeze` a method is finished: its penalty is zero and
 ``after_step`` keeps the hardened masks enforced, so the same object can stay plugged in
 during masked retraining.
 """
@@ -32,10 +32,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..constraints import Frozen, MaskEnforcer, freeze, from_state
+from ..constraints import Frozen, MaskEnforcer, from_state
 from ..errors import ConfigError, TargetError
-from ..group_target import GroupTarget
-from ..targets import Target
+from ..targets import GroupTarget, Target, freeze
 
 UNITS = ("epoch", "step")
 
@@ -56,6 +55,12 @@ def check_count(value: Any, what: str, *, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ConfigError(f"{what} must be a whole number >= {minimum}, got {value!r}")
     return int(value)
+
+
+def check_bool(value: Any, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{what} must be true or false, got {value!r}")
+    return value
 
 
 def check_choice(value: Any, what: str, choices: Sequence[str]) -> str:
@@ -242,17 +247,13 @@ class PruningMethod:
         """Project every target exactly onto its constraint set (in place, keeping earlier
         zeros), enforce the result from now on, and return ``{param name: Frozen}`` (see
         :mod:`prunekit.constraints`; ``mode`` is how quantized layers retrain)."""
-        constraints = freeze(self.model, self.harden_targets(), mode=mode, keep=self.masks)
+        constraints = freeze(self.model, self.freeze_targets(), mode=mode, keep=self.masks)
         self.hardened = True
         self.set_masks(constraints)
         return constraints
 
-    def harden(self) -> dict[str, Tensor]:
-        """:meth:`freeze`, returning ``{param name: bool mask}`` (True = kept)."""
-        return {name: c.mask for name, c in self.freeze().items()}
-
-    def harden_targets(self) -> list[Target | GroupTarget]:
-        """The targets (with the rates) :meth:`harden` projects onto."""
+    def freeze_targets(self) -> list[Target | GroupTarget]:
+        """The targets (with the rates) :meth:`freeze` projects onto."""
         return self.targets
 
     def bind(self, optimizer: torch.optim.Optimizer) -> PruningMethod:
@@ -330,7 +331,7 @@ class PruningMethod:
         self.constraints = self._enforcer.constraints if frozen else None
         self.masks = self._enforcer.masks
 
-    def _harden(self, targets: list[Target | GroupTarget]) -> dict[str, Tensor]:
+    def _freeze_round(self, targets: list[Target | GroupTarget]) -> dict[str, Tensor]:
         """Hard-prune ``targets`` inside the live masks; returns the masks (rounds of
         progressive and gradual schedules, which go on pruning afterwards)."""
         return {n: c.mask for n, c in freeze(self.model, targets, keep=self.masks).items()}

@@ -3,7 +3,7 @@
 The norm of each group is *not* squared: the unsquared L2 norm has a kink at zero, which
 is what drives whole groups (filters, columns, blocks) to exactly zero, while a squared
 norm only shrinks them. With the irregular scheme every group is one weight and this is
-plain L1. Baseline for the reweighted method; :meth:`harden` makes the rate exact.
+plain L1. Baseline for the reweighted method; :meth:`freeze` makes the rate exact.
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ class OneShotMagnitude(PruningMethod):
     def start(self) -> dict[str, Tensor]:
         """Prune now (once); returns the masks."""
         if not self.hardened:
-            self.harden()
+            self.freeze()
         assert self.masks is not None
         return self.masks
 
@@ -146,7 +146,7 @@ class GradualMagnitude(PruningMethod):
 
     def prune_to(self, rates: Mapping[str, float], time: float | None = None) -> dict[str, Tensor]:
         """Harden every target at ``rates[name]`` inside the current masks, enforce it."""
-        masks = self._harden([at_rate(t, rates[t.name]) for t in self.targets])
+        masks = self._freeze_round([at_rate(t, rates[t.name]) for t in self.targets])
         self.set_masks(masks)
         self.prunings += 1
         self.history.append({

@@ -27,11 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from ..group_target import GroupTarget
-from ..schemes.compose import Composite
-from ..schemes.quant import Quant
-from ..schemes.unify import Unify
-from ..targets import Target
+from ..targets import GroupTarget, Target
 from .base import check_count
 from .magnitude import OneShotMagnitude
 
@@ -51,8 +47,7 @@ class RandomSupport(OneShotMagnitude):
                 raise ConfigError(f"random: target {t.name!r} is a coupled channel group; "
                                   f"random supports are drawn per weight (use a plain "
                                   f"filter or channel rule)")
-            parts = t.scheme.parts if isinstance(t.scheme, Composite) else [t.scheme]
-            if any(isinstance(p, (Quant, Unify)) for p in parts):
+            if t.scheme.frozen_kind != "support":
                 raise ConfigError(f"random: target {t.name!r} uses scheme {t.scheme_name!r}, "
                                   f"which sets values, not only a support; random draws "
                                   f"supports only")
@@ -75,7 +70,7 @@ class RandomSupport(OneShotMagnitude):
 
     def freeze(self, mode: str = "snap") -> dict[str, Any]:
         """Harden inside the random supports (every way of hardening ends here: ``start``,
-        ``harden`` and a pipeline's freeze after a stage of no training steps)."""
+        a method's own ``freeze`` and a pipeline's freeze after a stage of no training steps)."""
         if not self.hardened:
             self.set_masks(self.random_masks())  # freezing projects inside the live masks
         return super().freeze(mode)

@@ -7,7 +7,7 @@ with ``alpha_g = 1 / (||W_g||^2 + eps)`` recomputed from the detached weights ev
 to zero; a large group's term is about ``lam`` whatever its size, so it is barely shrunk.
 That approximates a penalty on the *number* of nonzero groups (each term tends to 0 or 1),
 which is what a sparsity constraint counts, with one hyper-parameter, ``lam``. The final
-:meth:`~prunekit.methods.base.PruningMethod.harden` makes the rate exact.
+:meth:`~prunekit.methods.base.PruningMethod.freeze` makes the rate exact.
 
 The penalty's curvature on a group near zero is ``2 lam / eps``; plain SGD stays stable
 while ``lr * 2 lam / eps < 2``, so a small ``eps`` needs a small ``lam`` or learning rate.

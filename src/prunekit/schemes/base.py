@@ -186,11 +186,27 @@ def keep_largest_sized(scores: Tensor, sizes: Tensor, sparsity: float) -> Tensor
 
 
 class Scheme:
-    """Base class of every sparsity scheme. See the module docstring."""
+    """Base class of every sparsity scheme. See the module docstring.
+
+    The whole interface the rest of prunekit uses is declared here, with a default for
+    every optional capability, so a scheme registered from outside the package
+    (:func:`prunekit.schemes.register`) needs only ``name`` and the 2-D hooks, and nothing
+    above this package asks a scheme what it is (no ``isinstance``, no ``getattr``)."""
 
     name: str = "scheme"
     #: the scheme fixes its own rate (N:M); ``sparsity=None`` then means "the natural rate"
     natural_sparsity: float | None = None
+    #: the only rate is ``natural_sparsity``: global allocation cannot hand out another
+    fixed_rate: bool = False
+    #: whether the scheme zeroes weights (a quantizer only moves them onto levels)
+    prunes: bool = True
+    #: whether it removes whole output rows (filters), so a removed row's bias goes too
+    removes_rows: bool = False
+    #: what hardening freezes of it: ``"support"`` (a mask), ``"levels"`` (quantization
+    #: levels inside a mask, see :meth:`row_scales`) or ``"unified"`` (micro-block
+    #: unification, see :meth:`states`); only the last part of a composite may be other
+    #: than ``"support"``
+    frozen_kind: str = "support"
 
     def __init__(self, **options) -> None:
         if options:
@@ -241,6 +257,44 @@ class Scheme:
             raise TargetError(
                 f"scheme {self.name!r} needs a weight with >= 2 dims, got {tuple(shape)}"
             )
+
+    # ------------------------------------------- optional capabilities (defaults)
+    @property
+    def parts(self) -> list[Scheme]:
+        """The schemes applied in order (a composite's parts; else just this one)."""
+        return [self]
+
+    def part_rates(self, sparsity: float | None) -> list[float | None]:
+        """The rate each of :attr:`parts` is asked for when this scheme is asked for
+        ``sparsity``."""
+        return [sparsity]
+
+    def check_rate(self, shape: Sequence[int], sparsity: float | None, *,
+                   gates: int = 1) -> None:
+        """Raise if a weight of ``shape`` cannot be given the rate ``sparsity`` (costs no
+        projection: resolving runs it on every target before any weight changes)."""
+        self._rate(sparsity)
+
+    def rate_of_groups(self, fraction: float) -> float:
+        """The sparsity that prunes ``fraction`` of the scheme's groups (the groups of
+        :meth:`group_norms`); the identity unless groups prune unevenly (pattern)."""
+        return fraction
+
+    def storage_hints(self, shape: Sequence[int]) -> dict[str, Any]:
+        """Structure facts the model file uses to choose an index encoding for a weight of
+        ``shape`` that this scheme constrains."""
+        hints: dict[str, Any] = {"scheme": self.name}
+        if len(shape) > 2:
+            hints["kernel"] = math.prod(shape[2:])
+        return hints
+
+    def row_scales(self, w: Tensor, *, gates: int = 1) -> Tensor:
+        """The quantization step of every GEMM row (``frozen_kind == "levels"`` only)."""
+        raise NotImplementedError(f"scheme {self.name!r} has no quantization levels")
+
+    def states(self, w: Tensor, sparsity: float) -> Tensor:
+        """The micro-block assignment (``frozen_kind == "unified"`` only)."""
+        raise NotImplementedError(f"scheme {self.name!r} unifies no blocks")
 
     # ------------------------------------------------------- subclass hooks (2-D)
     def _mask_2d(self, m: Tensor, sparsity: float, shape: torch.Size) -> Tensor:

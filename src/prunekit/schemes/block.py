@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -77,6 +78,13 @@ class Block(Scheme):
         """The block in GEMM units, ``(rows, gemm_columns)``, for a weight of ``shape``."""
         rows, cols = self.block or (CONV_DEFAULT if len(shape) > 2 else OTHER_DEFAULT)
         return rows, cols * kernel_positions(shape)
+
+    def storage_hints(self, shape: Sequence[int]) -> dict[str, Any]:
+        """The kept columns are shared by a band of block rows (``axis="col"``; of block
+        columns for ``"row"``): the model file indexes a band once."""
+        rows, cols = self.block_shape(shape)
+        band = {"band_rows": rows} if self.axis == "col" else {"band_cols": cols}
+        return {**super().storage_hints(shape), **band}
 
     def check_rate(self, shape: Sequence[int], sparsity: float | None, *, gates: int = 1) -> None:
         """What a target rule is checked against (the projection itself takes any block): a

@@ -42,10 +42,6 @@ from ..errors import ConfigError
 from .base import Scheme, check_sparsity
 
 
-def _prunes(part: Scheme) -> bool:
-    return bool(getattr(part, "prunes", True))
-
-
 def _keywords(cls: type) -> set[str]:
     """Option names a scheme class's constructor spells out (not its ``**options``)."""
     params = inspect.signature(cls.__init__).parameters.values()
@@ -60,9 +56,9 @@ class Composite(Scheme):
         super().__init__()
         if not parts:
             raise ConfigError("a composite scheme needs at least one part")
-        self.parts = list(parts)
+        self._parts = list(parts)
         self.name = "+".join(p.name for p in self.parts)
-        pruning = [i for i, p in enumerate(self.parts) if _prunes(p)]
+        pruning = [i for i, p in enumerate(self.parts) if p.prunes]
         self._receiver = pruning[-1] if pruning else None
         self._earlier = pruning[:-1]
         self.rates = self._check_rates(rates)
@@ -92,6 +88,18 @@ class Composite(Scheme):
         return checked
 
     # ------------------------------------------------------------------ public
+    @property
+    def parts(self) -> list[Scheme]:
+        return self._parts
+
+    @property
+    def frozen_kind(self) -> str:  # type: ignore[override]
+        return self._parts[-1].frozen_kind
+
+    @property
+    def removes_rows(self) -> bool:  # type: ignore[override]
+        return any(p.removes_rows for p in self._parts)
+
     def part_rates(self, sparsity: float | None) -> list[float | None]:
         """The sparsity each part is asked for when the composite is asked for ``sparsity``."""
         out: list[float | None] = [None] * len(self.parts)
@@ -127,7 +135,7 @@ class Composite(Scheme):
     def group_norms(self, w: Tensor, *, gates: int = 1) -> Tensor:
         """The pruning parts' group norms, concatenated (the last part's if none prunes)."""
         self.check(w.shape, gates=gates)
-        parts = [p for p in self.parts if _prunes(p)] or self.parts[-1:]
+        parts = [p for p in self.parts if p.prunes] or self.parts[-1:]
         return torch.cat([p.group_norms(w, gates=gates) for p in parts])
 
     def check(self, shape: Sequence[int], *, gates: int = 1) -> None:

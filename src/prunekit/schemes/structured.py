@@ -55,6 +55,7 @@ class Filter(_GroupScheme):
     """Filter (output-channel / neuron) pruning: groups are whole GEMM rows."""
 
     name = "filter"
+    removes_rows = True
 
     def _group_norms_2d(self, m: Tensor, shape: torch.Size) -> Tensor:
         return torch.linalg.vector_norm(m, dim=1)

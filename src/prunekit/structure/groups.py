@@ -15,16 +15,13 @@ entries are not scored (their scale is not in the units of a weight).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from fnmatch import fnmatchcase
 
 import torch
 from torch import Tensor, nn
 
 from ..constraints import Support
 from ..errors import ConfigError
-from ..schemes.base import check_sparsity, groups_to_prune
 from .trace import Traced, trace
 
 #: roles whose slices produce a channel (rows of the weight, entries of the bias)
@@ -159,44 +156,6 @@ def param_slices(structure: Structure,
     return out
 
 
-def unit_scores(structure: Structure, model: nn.Module) -> dict[int, float]:
-    """Squared L2 norm of every unit's weight slices (BatchNorm entries left out)."""
-    scores: dict[int, float] = {}
-    for role, _, p, dim, units in param_slices(structure, model):
-        if role == "norm":
-            continue
-        energy = p.detach().double().pow(2)
-        energy = energy.transpose(0, dim).reshape(p.shape[dim], -1).sum(1)
-        for u, e in zip(units.tolist(), energy.tolist(), strict=True):
-            scores[u] = scores.get(u, 0.0) + e
-    return scores
-
-
-# ---------------------------------------------------------------------- prune
-def select(structure: Structure, model: nn.Module, sparsity: float,
-           layers: str | Sequence[str] = "*") -> set[int]:
-    """Units to remove: in every group with a layer matching ``layers``, the
-    ``sparsity`` fraction of its removable units of smallest group norm (ties: the earlier
-    unit), rounded to whole units and always keeping one."""
-    sparsity = check_sparsity(sparsity)
-    patterns = [layers] if isinstance(layers, str) else list(layers)
-    chosen = [g for g in structure.groups
-              if any(fnmatchcase(x, p) for x in g.layers for p in patterns)]
-    if not chosen:
-        raise ConfigError(f"no channel group has a layer matching {patterns}; groups are made "
-                          f"by: {', '.join(x for g in structure.groups for x in g.layers)}")
-    scores = unit_scores(structure, model)
-    removed: set[int] = set()
-    for g in chosen:
-        free = g.removable
-        k = groups_to_prune(len(free), sparsity)
-        if len(free) == len(g.units) and k == len(free):
-            k -= 1
-        ranked = sorted(free, key=lambda u: (scores.get(u, 0.0), u))
-        removed.update(ranked[:k])
-    return removed
-
-
 def constraints_for(structure: Structure, model: nn.Module,
                     removed: set[int]) -> dict[str, Support]:
     """One :class:`Support` per parameter a removed unit touches: zero on its slices."""
@@ -212,37 +171,3 @@ def constraints_for(structure: Structure, model: nn.Module,
         mask &= ~cut.reshape(shape).expand_as(mask)
     hints = {"scheme": "filter"}
     return {name: Support(mask, hints) for name, mask in masks.items()}
-
-
-@dataclass
-class Pruned:
-    """What :func:`prune` did: the structure, the removed units and the frozen
-    constraints (every touched parameter, biases and BatchNorm included) that keep them
-    zero through retraining (:class:`prunekit.MaskEnforcer` takes them as they are)."""
-
-    structure: Structure
-    removed: set[int]
-    constraints: dict[str, Support]
-
-    def report(self) -> str:
-        lines = []
-        for g in self.structure.groups:
-            gone = sum(1 for u in g.units if u in self.removed)
-            lines.append(f"{', '.join(g.layers)}: removed {gone} of {len(g.units)} channels"
-                         + (f" ({len(g.pinned)} fixed)" if g.pinned else ""))
-        return "\n".join(lines)
-
-
-def prune(model: nn.Module, example: Tensor, sparsity: float, *,
-          layers: str | Sequence[str] = "*") -> Pruned:
-    """Filter-prune ``model`` by coupled groups, in place: in every selected group remove
-    ``sparsity`` of its removable channels (see :func:`select`), zeroing every slice of
-    them, and return the constraints that keep them removed."""
-    structure = build(model, example)
-    removed = select(structure, model, sparsity, layers)
-    constraints = constraints_for(structure, model, removed)
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for name, c in constraints.items():
-            c.apply_(params[name].data)
-    return Pruned(structure, removed, constraints)

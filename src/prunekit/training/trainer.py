@@ -38,9 +38,9 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from tqdm import tqdm
 
-from ..artifacts.formats import TRAIN_FORMAT
+from ..artifacts.versions import TRAIN_FORMAT
 from ..errors import ConfigError, DataError, PrunekitError
-from ..io import CorruptFileError, load_checkpoint, save_checkpoint, set_aside
+from ..files import CorruptFileError, load_checkpoint, save_checkpoint, set_aside
 from . import distributed
 from .config import TrainConfig
 from .distill import distilled_loss, frozen_teacher
@@ -54,7 +54,7 @@ _CHECKPOINT_KEYS = ("format", "stage", "epoch", "model", "optimizer", "scheduler
 # Options that change how a run is shown or where it runs, not what it computes.
 # ``on_nan`` too: after a run stopped on a NaN, resuming with ``on_nan: skip_batch`` is the
 # usual way on.
-_RESUME_FREE_KEYS = ("progress", "device", "on_nan", "memory_format")
+RESUME_FREE_KEYS = ("progress", "device", "on_nan", "memory_format")
 _HOOKS = ("penalty", "after_step", "end_epoch", "state_dict", "load_state_dict", "progress")
 
 
@@ -499,7 +499,7 @@ class Trainer:
         """A resumed run must compute what the interrupted one would have computed."""
         current = self.config.to_dict()
         changed = [k for k in current
-                   if k not in _RESUME_FREE_KEYS and saved.get(k) != current[k]]
+                   if k not in RESUME_FREE_KEYS and saved.get(k) != current[k]]
         if changed:
             diff = ", ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in changed)
             raise ConfigError(f"checkpoint {path} was written with other train options ({diff});"

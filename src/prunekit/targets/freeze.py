@@ -1,4 +1,4 @@
-"""Hardening: project every target once and freeze the result, all targets or none.
+"""Hardening, one verb: *freeze* every target (project it once), all targets or none.
 
 :func:`freeze` computes each target's frozen constraint from its weight (one computation
 per scheme part: a support scheme's mask, a quantizer's steps, unification's block
@@ -10,48 +10,29 @@ further, and quantizing a pruned model keeps its mask).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from ..constraints import Frozen, Levels, Support, Unified
 from ..errors import ConfigError, PrunekitError, TargetError
-from ..group_target import GROUP_FILTER, GroupTarget
 from ..schemes import Scheme
 from ..schemes.base import split_gates
-from ..schemes.compose import Composite
-from ..schemes.quant import Quant
-from ..schemes.unify import Unify
-from ..targets import Target
-from .frozen import Frozen, Levels, Support, Unified
+from .group import GROUP_FILTER, GroupTarget
+from .target import Target
 
 
-def _hints(part: Scheme, shape: tuple[int, ...]) -> dict[str, Any]:
-    """Structure facts the model file uses to choose an index encoding."""
-    hints: dict[str, Any] = {"scheme": part.name}
-    if len(shape) > 2:
-        hints["kernel"] = math.prod(shape[2:])
-    block_shape = getattr(part, "block_shape", None)
-    if callable(block_shape):  # BLK-REW: kept columns shared by a band of block rows
-        rows, cols = block_shape(shape)
-        if getattr(part, "axis", "col") == "col":
-            hints["band_rows"] = rows
-        else:
-            hints["band_cols"] = cols
-    return hints
-
-
-def _unified(part: Unify, w: Tensor, sparsity: float | None, gates: int,
+def _unified(part: Scheme, w: Tensor, sparsity: float | None, gates: int,
              hints: dict[str, Any]) -> Unified:
     """Unification's block assignment, computed once per gate (as the scheme projects);
     signs frozen from ``w``. Gates stack along the rows, so when a gate's rows are a whole
     number of block rows, the gates' block grids stacked are the weight's own grid."""
     rows = w.shape[0] // gates
     if gates > 1 and rows % part.block[0]:
-        raise TargetError(f"scheme 'unify' with block {part.block} needs each of the {gates} "
-                          f"gates' {rows} rows to be a multiple of {part.block[0]}")
+        raise TargetError(f"scheme {part.name!r} with block {part.block} needs each of the "
+                          f"{gates} gates' {rows} rows to be a multiple of {part.block[0]}")
     rate = 0.0 if sparsity is None else sparsity
     states = torch.cat([part.states(g, rate) for g in split_gates(w.detach(), gates)])
     return Unified(tuple(w.shape), part.block, states, w.detach() < 0, hints)
@@ -65,20 +46,16 @@ def freeze_weight(scheme: Scheme, w: Tensor, sparsity: float | None, *, gates: i
     quantized layers retrain (see :class:`~prunekit.constraints.frozen.Levels`)."""
     keep = (w.detach() != 0) if keep is None else keep.to(torch.bool) & (w.detach() != 0)
     current = w.detach().masked_fill(~keep, 0)
-    parts = scheme.parts if isinstance(scheme, Composite) else [scheme]
-    rates = scheme.part_rates(sparsity) if isinstance(scheme, Composite) else [sparsity]
     hints: dict[str, Any] = {"gates": gates} if gates > 1 else {}  # steps are per gate
-    for i, (part, rate) in enumerate(zip(parts, rates, strict=True)):
-        last = i == len(parts) - 1
-        if isinstance(part, Quant):
-            if not last:
-                raise ConfigError(f"scheme {scheme.name!r}: quant must be the last part")
+    parts = scheme.parts
+    for i, (part, rate) in enumerate(zip(parts, scheme.part_rates(sparsity), strict=True)):
+        if part.frozen_kind != "support" and i != len(parts) - 1:
+            raise ConfigError(f"scheme {scheme.name!r}: {part.name} must be the last part")
+        if part.frozen_kind == "levels":
             scale = part.row_scales(current, gates=gates)
-            hints = {**hints, **_hints(part, tuple(w.shape)), "scheme": scheme.name}
+            hints = {**hints, **part.storage_hints(tuple(w.shape)), "scheme": scheme.name}
             return Levels(keep, scale, part.bits, part.level_set, mode, hints)
-        if isinstance(part, Unify):
-            if not last:
-                raise ConfigError(f"scheme {scheme.name!r}: unify must be the last part")
+        if part.frozen_kind == "unified":
             frozen = _unified(part, current, rate, gates, {**hints, "scheme": scheme.name})
             if not bool((keep | ~frozen.mask).all()):  # an earlier zero must stay zero
                 frozen.mask &= keep
@@ -86,7 +63,7 @@ def freeze_weight(scheme: Scheme, w: Tensor, sparsity: float | None, *, gates: i
         mask = part.mask(current, rate, gates=gates).to(keep.device) & keep
         keep = mask
         current = current.masked_fill(~mask, 0)
-        hints = {**hints, **_hints(part, tuple(w.shape))}
+        hints = {**hints, **part.storage_hints(tuple(w.shape))}
     return Support(keep, {**hints, "scheme": scheme.name})
 
 
@@ -158,8 +135,7 @@ def _filter_biases(model: nn.Module, targets: list[Target],
     names = {id(p): n for n, p in model.named_parameters()}
     out: dict[str, Support] = {}
     for target in targets:
-        parts = target.scheme.parts if isinstance(target.scheme, Composite) else [target.scheme]
-        if target.gates != 1 or not any(getattr(p, "name", "") == "filter" for p in parts):
+        if target.gates != 1 or not target.scheme.removes_rows:
             continue
         bias = getattr(model.get_submodule(target.module_name), "bias", None)
         name = names.get(id(bias))
@@ -169,9 +145,3 @@ def _filter_biases(model: nn.Module, targets: list[Target],
         if bias.shape == rows.shape and not bool(rows.all()):
             out[name] = Support(rows.to(bias.device), {"scheme": "filter"})
     return out
-
-
-def harden(model: nn.Module, targets: Iterable[Target | GroupTarget]) -> dict[str, Tensor]:
-    """:func:`freeze`, returning only the masks (``True`` = kept): for loops that need
-    nothing but the zeros."""
-    return {name: f.mask for name, f in freeze(model, targets).items()}

@@ -1,8 +1,8 @@
 """A ``group_filter`` target rule resolved on a traced model: one target per coupled group.
 
 :func:`prunekit.targets.resolve` hands a rule's selected layers here; every channel group
-(:func:`.groups.build`) with a producing layer among them becomes a
-:class:`~prunekit.group_target.GroupTarget` over its removable units. What cannot be
+(:func:`prunekit.structure.build`) with a producing layer among them becomes a
+:class:`~prunekit.targets.group.GroupTarget` over its removable units. What cannot be
 pruned is said, not skipped silently: channels pinned by the trace (the model's output, zero
 padding, an op prunekit cannot follow) are listed per group with the reason, and a
 selected layer that produces no group (a recurrent layer, whose hidden state feeds back)
@@ -16,8 +16,8 @@ from collections.abc import Collection
 import torch
 from torch import nn
 
-from ..group_target import GroupTarget, Slice
-from .groups import Group, Structure, param_slices
+from ..structure.groups import Group, Structure, param_slices
+from .group import GroupTarget, Slice
 
 
 def _fixed(group: Group) -> tuple[str, ...]:

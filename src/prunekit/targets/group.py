@@ -14,14 +14,13 @@ with ``k = groups_to_prune(n, rate)`` (the rate of :func:`prunekit.structure.sel
 exact Euclidean projection keeps the ``n - k`` units with the largest L2 norm over *all*
 their slices, BatchNorm entries included: the error of removing a unit is the energy of
 every entry that removal zeros, so a score that left some of them out would not be the
-projection (:func:`prunekit.structure.unit_scores`, for one-shot pruning, leaves BatchNorm
-out). This is exact when no entry belongs to two units of the same group, which holds
+projection. This is exact when no entry belongs to two units of the same group, which holds
 unless one layer both reads and produces the same coupled channels (``x + conv(x)``
 inside a group); there the projection is the same top-``n - k`` rule, applied to the
 overlapping energies.
 
 This module is tensor maths over the member slices only; tracing a model into groups is
-:func:`prunekit.structure.rules.group_targets`.
+:func:`prunekit.targets.coupled.group_targets`.
 """
 
 from __future__ import annotations
@@ -32,7 +31,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from .schemes.base import groups_to_prune, keep_largest
+from ..schemes.base import groups_to_prune, keep_largest
 
 #: the scheme name a target rule uses for coupled-group filter pruning
 GROUP_FILTER = "group_filter"
