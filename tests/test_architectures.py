@@ -236,9 +236,19 @@ def refused(model: nn.Module, rules: list[dict], *words: str) -> str:
 
 
 @pytest.mark.parametrize("model_name", ["mobilenet_v2", "efficientnet", "resnext", "convnext"])
-def test_channel_on_grouped_convs_is_refused_naming_every_such_layer(model_name):
+def test_channel_skips_grouped_convs_a_wildcard_selects_and_refuses_named_ones(model_name):
+    """``channel`` over every conv of a network with grouped or depthwise convs prunes the
+    others and says why each grouped one was left out; naming them refuses them all."""
     model = build(model_name)
-    message = refused(model, [{"scheme": "channel", "sparsity": 0.5}], "rule 0", "filter",
+    targets = resolve(model, [{"types": ["Conv2d"], "scheme": "channel", "sparsity": 0.5}])
+    skipped = {item.name.rsplit(".", 1)[0] for item in targets.summary.left_out
+               if "does not fit a grouped or depthwise conv" in item.reason}
+    assert skipped == set(grouped(model))
+    assert targets and not skipped & {t.module_name for t in targets}
+    plain = next(n for n, m in model.named_modules()
+                 if isinstance(m, nn.Conv2d) and m.groups == 1)
+    message = refused(model, [{"layers": [*grouped(model), plain],
+                               "scheme": "channel", "sparsity": 0.5}], "rule 0", "filter",
                       *grouped(model))
     assert "groups=" in message
 

@@ -392,3 +392,38 @@ def test_global_allocation_over_gated_weights_alone_is_the_nearest_count_they_al
     freeze(model, targets)
     zeros = sum(int((t.param == 0).sum()) for t in targets)
     assert zeros % 3 == 0 and abs(zeros - 0.8 * total) <= 1.5
+
+
+def test_rules_may_name_layers_by_module_object():
+    model = nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 4))
+    targets = resolve(model, [{"layers": [model[2]], "sparsity": 0.5}])
+    assert [t.name for t in targets] == ["2.weight"]
+    kept = resolve(model, [{"layers": "*", "exclude": [model[0]], "sparsity": 0.5}])
+    assert [t.name for t in kept] == ["2.weight"]
+    with pytest.raises(TargetError, match="not a module of this model"):
+        resolve(model, [{"layers": [nn.Linear(2, 2)], "sparsity": 0.5}])
+
+
+def test_a_layer_pruned_with_torch_utils_prune_is_refused_with_the_fix():
+    from torch.nn.utils import prune
+
+    model = nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 4))
+    prune.l1_unstructured(model[0], "weight", amount=0.5)
+    with pytest.raises(TargetError, match=r"'0' was pruned with torch.nn.utils.prune.*"
+                                          r"prune.remove\(module, 'weight'\)"):
+        resolve(model, [{"sparsity": 0.8}])
+    prune.remove(model[0], "weight")  # the fix the message names: zeros kept, pruned further
+    targets = resolve(model, [{"sparsity": 0.8}])
+    freeze(model, targets)
+    assert float((model[0].weight == 0).float().mean()) == pytest.approx(0.8, abs=0.02)
+
+
+def test_a_wildcard_channel_rule_skips_grouped_convs_with_the_reason():
+    model = nn.Sequential(nn.Conv2d(4, 8, 3), nn.Conv2d(8, 8, 3, groups=4), nn.Conv2d(8, 8, 1))
+    targets = resolve(model, [{"types": ["Conv2d"], "scheme": "channel", "sparsity": 0.5}])
+    assert [t.name for t in targets] == ["0.weight", "2.weight"]
+    reasons = {item.name: item.reason for item in targets.summary.left_out}
+    assert "does not fit a grouped or depthwise conv (groups=4)" in reasons["1.weight"]
+    assert any("1: skipped by rule 0" in note for note in targets.summary.notes)
+    with pytest.raises(TargetError, match="does not fit grouped or depthwise convs: 1"):
+        resolve(model, [{"layers": ["0", "1"], "scheme": "channel", "sparsity": 0.5}])

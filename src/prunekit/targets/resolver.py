@@ -119,6 +119,11 @@ class _Model:
         self.types = {name: layer_type(m) for name, m in self.layers.items()}
         self.modules = dict(model.named_modules())
         self.param_names = {id(p): n for n, p in model.named_parameters()}
+        self.module_names = {id(m): n for n, m in self.modules.items()}
+        #: layers reparametrized by torch.nn.utils.prune -> the pruned attribute's name
+        self.torch_pruned = {
+            n: attr[: -len("_orig")] for n, m in self.modules.items() for attr in m._parameters
+            if attr.endswith("_orig") and f"{attr[: -len('_orig')]}_mask" in m._buffers}
         self.param_order = list(self.param_names.values())
         self.wrapped = isinstance(model, _WRAPPERS)
         #: why a layer is left out, when a rule decided so (excluded, not in a table, ...)
@@ -162,9 +167,11 @@ class _Model:
 def _resolve_rule(
     ctx: _Model, index: int, rule: Any, default_scheme: str
 ) -> tuple[list[Target | GroupTarget], bool]:
+    rule = _with_module_names(ctx, index, rule)
     scheme = check_rule(rule, index, default_scheme=default_scheme)
     types = _rule_types(rule, index)
-    names = _select(ctx, index, _as_list(rule.get("layers", "*"), "layers", index), types)
+    patterns = _as_list(rule.get("layers", "*"), "layers", index)
+    names = _select(ctx, index, patterns, types)
     remove = rule.get("exclude") is True
     if scheme is None and not remove:
         return _resolve_group_rule(ctx, index, rule, names), False
@@ -180,7 +187,7 @@ def _resolve_rule(
     allocation = rule.get("allocation", "uniform")
     if allocation == "global":
         _refuse_fixed_rate(index, scheme)
-    _refuse_grouped_channel(ctx, index, scheme, names)
+    names = _skip_grouped_channel(ctx, index, scheme, names, patterns)
     rates = _rule_rates(ctx, index, rule, names, scheme, allocation)
     ctx.notes.update({n: f"not in the sparsity table of rule {index}"
                       for n in names if n not in rates})
@@ -226,13 +233,24 @@ def _resolve_group_rule(ctx: _Model, index: int, rule: Mapping[str, Any],
     return found
 
 
-def _refuse_grouped_channel(ctx: _Model, index: int, scheme: Scheme, names: list[str]) -> None:
-    """Channel pruning of a grouped or depthwise conv is refused, naming every such layer:
-    its weight's column ``j`` is a different input channel in each group, so the scheme
-    would cut position ``j`` of every group (of a depthwise conv: the whole layer)."""
+def _skip_grouped_channel(ctx: _Model, index: int, scheme: Scheme, names: list[str],
+                          patterns: list[str]) -> list[str]:
+    """Channel pruning does not fit a grouped or depthwise conv: its weight's column ``j``
+    is a different input channel in each group, so the scheme would cut position ``j`` of
+    every group (of a depthwise conv: the whole layer). A wildcard rule (``channel`` over
+    every Conv2d of a ResNeXt) skips such layers, with the reason in the summary; a rule
+    that names one exactly, or selects nothing else, is refused naming them."""
     if not any(p.name == "channel" for p in scheme.parts):
-        return
+        return names
     grouped = [n for n in names if getattr(ctx.layers[n], "groups", 1) > 1]
+    named = [n for n in grouped if any(_is_exact(p) and ctx.matches(p, n) for p in patterns)]
+    if grouped and not named and len(grouped) < len(names):
+        for n in grouped:
+            why = (f"skipped by rule {index}: scheme 'channel' does not fit a grouped or "
+                   f"depthwise conv (groups={ctx.layers[n].groups})")
+            ctx.notes[n] = why
+            ctx.group_notes.append(f"{n}: {why}")
+        return [n for n in names if n not in grouped]
     if grouped:
         listed = ", ".join(f"{n} (groups={ctx.layers[n].groups})" for n in grouped)
         raise TargetError(
@@ -243,12 +261,48 @@ def _refuse_grouped_channel(ctx: _Model, index: int, scheme: Scheme, names: list
             f"filters of the layer that feeds it (scheme 'filter') or leave these layers "
             f"out with exclude: {grouped}"
         )
+    return names
+
+
+def _with_module_names(ctx: _Model, index: int, rule: Any) -> Any:
+    """``rule`` with module objects in ``layers`` / ``exclude`` replaced by their names in
+    the model (``{"layers": [model.fc1], ...}``), so a rule can name layers either way."""
+    if not isinstance(rule, Mapping):
+        return rule
+    named = dict(rule)
+    for key in ("layers", "exclude"):
+        value = named.get(key)
+        items = list(value) if isinstance(value, list | tuple) else [value]
+        if not any(isinstance(v, nn.Module) for v in items):
+            continue
+        names = []
+        for item in items:
+            if isinstance(item, nn.Module):
+                name = ctx.module_names.get(id(item))
+                if name is None:
+                    raise TargetError(f"rule {index}: {key} holds a {type(item).__name__} "
+                                      f"that is not a module of this model")
+                item = name or "*"  # the model itself: all of it
+            names.append(item)
+        named[key] = names
+    return named
 
 
 def _select(ctx: _Model, index: int, patterns: list[str], types: list[str] | None) -> list[str]:
-    """Layer names matched by ``patterns`` (union, model order), filtered by ``types``."""
+    """Layer names matched by ``patterns`` (union, model order), filtered by ``types``. A
+    layer pruned with ``torch.nn.utils.prune`` (its weight recomputed from ``weight_orig``
+    and ``weight_mask`` by a hook) is refused by name rather than silently left out."""
     picked: set[str] = set()
     for pattern in patterns:
+        reparametrized = [n for n in ctx.torch_pruned if ctx.matches(pattern, n)]
+        if reparametrized:
+            raise TargetError(
+                f"rule {index}: layer {reparametrized[0]!r} was pruned with "
+                f"torch.nn.utils.prune (it holds {ctx.torch_pruned[reparametrized[0]]}_orig and "
+                f"a mask, and a hook recomputes the weight): call "
+                f"torch.nn.utils.prune.remove(module, "
+                f"{ctx.torch_pruned[reparametrized[0]]!r}) first, which makes its zeros "
+                f"permanent; prunekit then keeps them and prunes further")
         hits = [
             n for n in ctx.layers
             if ctx.matches(pattern, n)

@@ -75,8 +75,8 @@ def _is_exact(pattern: str) -> bool:
 def _as_list(value: Any, key: str, index: int) -> list[str]:
     items = [value] if isinstance(value, str) else value
     if not isinstance(items, (list, tuple)) or not all(isinstance(v, str) for v in items):
-        raise TargetError(f"rule {index}: {key!r} must be a string or a list of strings, "
-                          f"got {value!r}")
+        raise TargetError(f"rule {index}: {key!r} must be a string or a list of strings "
+                          f"(names or globs; in Python also module objects), got {value!r}")
     return list(items)
 
 
