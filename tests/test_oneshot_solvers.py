@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 import prunekit
+import prunekit.oneshot as oneshot
 from prunekit.errors import ConfigError, TargetError
 from prunekit.oneshot import LayerProblem, compress
 from prunekit.oneshot.admm import admm
@@ -187,3 +188,12 @@ def test_bad_method_option_or_scheme_refused_before_any_forward():
     with pytest.raises(ConfigError, match="positive integer"):
         check_method("sparsegpt", {"block": 0})
     assert calls == []
+
+
+def test_check_refuses_an_uncapturable_layer_without_a_forward_pass():
+    model = nn.Sequential(nn.Conv2d(4, 4, 3, groups=2), nn.Flatten(), nn.Linear(4, 2))
+    with pytest.raises(TargetError, match="grouped convolution"):
+        oneshot.check(model, {"sparsity": 0.5}, "admm")
+    targets, options = oneshot.check(nn.Sequential(nn.Linear(4, 4)), {"sparsity": 0.5},
+                                     "sparsegpt", block=64)
+    assert [t.name for t in targets] == ["0.weight"] and options["block"] == 64

@@ -8,7 +8,7 @@ one layer's ``(W, H)`` through :mod:`.solvers`.
 
 from __future__ import annotations
 
-from .driver import compress, find_blocks
+from .driver import check, compress, find_blocks
 from .problem import LayerProblem
 from .record import LayerRecord, OneShotResult
 from .solvers import OPTIONS, SOLVERS, check_method
@@ -16,4 +16,4 @@ from .solvers import OPTIONS, SOLVERS, check_method
 METHODS = tuple(sorted(SOLVERS))
 
 __all__ = ["METHODS", "OPTIONS", "SOLVERS", "LayerProblem", "LayerRecord", "OneShotResult",
-           "check_method", "compress", "find_blocks"]
+           "check", "check_method", "compress", "find_blocks"]

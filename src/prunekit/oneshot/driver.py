@@ -268,6 +268,25 @@ def _hooked_pass(model: nn.Module, batches: Sequence[Any],
             solver.solve(target, constraint, hooks.grams[name])
 
 
+def check(model: nn.Module, rules: Any, method: str = "admm", *, example: Any = None,
+          **options: Any) -> tuple[list[Any], dict[str, Any]]:
+    """Everything :func:`compress` checks before its first forward pass, with no forward
+    pass: the method and its options, the rules against the model, every target's layer
+    (its inputs must be capturable) and scheme (the method must solve it). Returns the
+    targets and the method's full options; raises one prunekit error naming the problem.
+    A pipeline's plan step calls this."""
+    import prunekit  # noqa: PLC0415
+
+    opts = check_method(method, options)
+    targets = list(prunekit.resolve(model, rules, example=example))
+    named = dict(model.named_modules())
+    for target in targets:
+        if hasattr(target, "module_name"):
+            check_capturable(named[target.module_name], target.module_name)
+    check_targets(method, targets)
+    return targets, opts
+
+
 def compress(model: nn.Module, batches: Iterable[Any], rules: Any, method: str = "admm", *,
              progress: bool = True, example: Any = None, **options: Any) -> OneShotResult:
     """Compress ``model`` in place from calibration ``batches`` (module docstring).
@@ -280,12 +299,7 @@ def compress(model: nn.Module, batches: Iterable[Any], rules: Any, method: str =
     import prunekit  # noqa: PLC0415  (the package's lazy public names)
 
     start = time.perf_counter()
-    opts = check_method(method, options)
-    targets = list(prunekit.resolve(model, rules, example=example))
-    named = dict(model.named_modules())
-    for target in targets:
-        if hasattr(target, "module_name"):
-            check_capturable(named[target.module_name], target.module_name)
+    targets, opts = check(model, rules, method, example=example, **options)
     constraints = check_targets(method, targets)
     batches = list(batches)
     if not batches:
