@@ -245,6 +245,18 @@ def prepare(layout: RowCSR | Packed24, bias: Tensor, parallel: bool = False):
             numba.set_num_threads(threads)
         return threads
 
+    def run_one(x: Tensor) -> Tensor:
+        """One activation row, ``x`` of any shape holding ``in`` float32 values without
+        gradient: the decoding path, with as few Python steps as the call allows."""
+        row = x.numpy().reshape(-1)
+        if width != in_f:
+            padded = np.zeros(width, dtype=np.float32)
+            padded[:in_f] = row
+            row = padded
+        y = np.empty(out_f, dtype=np.float32)
+        one(row, y, bias_np, *args, chunks())
+        return torch.from_numpy(y).view(*x.shape[:-1], out_f)
+
     def run(x: Tensor) -> Tensor:
         n = x.shape[0]
         if n == 1:
@@ -264,6 +276,7 @@ def prepare(layout: RowCSR | Packed24, bias: Tensor, parallel: bool = False):
         eight(xt, yt, bias_np, *args, chunks())
         return torch.from_numpy(np.ascontiguousarray(yt[:, :n].T))
 
+    run.one = run_one
     return run
 
 
