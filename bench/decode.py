@@ -26,8 +26,9 @@ median of ``--generate-repeats`` runs; ``same_tokens`` compares the two token se
 
     python bench/decode.py [--part layers|generate|all] [--min-seconds 0.2]
 
-Writes bench/results/decode.{json,md,png}; a part not run keeps its rows from the
-committed decode.json. Run it on a quiet machine; the load average is recorded.
+Writes bench/results/decode.{json,md,png}; a part not run (and with ``--shapes``, a shape
+not measured) keeps its rows from the committed decode.json. Run it on a quiet machine;
+the load average is recorded.
 """
 
 from __future__ import annotations
@@ -499,6 +500,11 @@ def main() -> None:
             [tuple(int(v) for v in s.split("x")) for s in args.shapes] if args.shapes else SHAPES
         )
         layer, controls = layer_rows(args.min_seconds, shapes)
+        if args.shapes:  # the other shapes keep their committed rows
+            keep = [list(sh) for sh in shapes]
+            rows = [r for r in old["rows"] if r["kind"] == "layer" and r["shape"] not in keep]
+            rows += [r for r in old["rows"] if r["kind"] != "layer"]
+            controls += [c for c in old.get("controls", []) if c["shape"] not in keep]
         rows = layer + rows
     if args.part in ("generate", "all"):
         rows += generate_rows(args.generate_repeats)
