@@ -88,6 +88,17 @@ class Gathered:
             self._cols_u32 = self.cols.numpy().astype("uint32")
         return self._cols_u32
 
+    def arrays(self, threads: int) -> tuple:
+        """What the numba kernel reads after ``rows``: column pointers, uint32 columns,
+        value pointers, values and the gather buffers, as numpy arrays made once (at one
+        activation row, converting them at every call was a visible share of the time)."""
+        found = getattr(self, "_arrays", None)
+        scratch = self.scratch(threads)
+        if found is None or found[-1] is not scratch:
+            found = self._arrays = (self.col_ptr.numpy(), self.cols_u32, self.val_ptr.numpy(),
+                                    self.vals.numpy(), scratch)
+        return found
+
     def scratch(self, threads: int):
         """Per-thread gather buffers ``[threads, 4, widest band]`` for the numba kernel."""
         width = int((self.col_ptr[1:] - self.col_ptr[:-1]).max()) if self.bands else 1

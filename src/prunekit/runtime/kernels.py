@@ -167,14 +167,14 @@ def numba_kernels():
 
     def runner(kernel, parallel: bool):
         def run(x: Tensor, fmt: Gathered, bias: Tensor) -> Tensor:
-            threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
             if parallel:
-                numba.set_num_threads(threads)
-            scratch = fmt.scratch(numba.config.NUMBA_NUM_THREADS)
-            y = torch.empty(x.shape[0], fmt.out_features)
-            kernel(x.numpy(), y.numpy(), bias.numpy(), fmt.rows, fmt.col_ptr.numpy(),
-                   fmt.cols_u32, fmt.val_ptr.numpy(), fmt.vals.numpy(), scratch)
-            return y
+                threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+                if numba.get_num_threads() != threads:
+                    numba.set_num_threads(threads)
+            arrays = fmt.arrays(numba.config.NUMBA_NUM_THREADS)
+            y = np.empty((x.shape[0], fmt.out_features), dtype=np.float32)
+            kernel(x.numpy(), y, bias.numpy(), fmt.rows, *arrays)
+            return torch.from_numpy(y)
         return run
 
     serial = _make_kernel(numba, np, False)
@@ -228,3 +228,10 @@ def numba_gathered(x: Tensor, fmt: Gathered, bias: Tensor, parallel: bool = Fals
         raise RuntimeError("numba is not installed")
     run = runs["parallel" if parallel else "serial"]
     return run(x.detach().float().contiguous(), fmt, bias.detach().float().contiguous())
+
+
+def numba_gathered_raw(x: Tensor, fmt: Gathered, bias: Tensor, parallel: bool = False) -> Tensor:
+    """:func:`numba_gathered` for a float32, contiguous ``x`` without gradient and a
+    float32 ``bias`` (no conversions: the one-row path of a compiled layer)."""
+    runs = numba_kernels()
+    return runs["parallel" if parallel else "serial"](x, fmt, bias)

@@ -75,8 +75,14 @@ class SparseLinear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         lead = x.shape[:-1]
-        y = self.matmul(x.reshape(-1, self.in_features).contiguous())
-        return y.reshape(*lead, self.out_features)
+        if self.engine in ("gathered", "gathered_parallel") and x.dtype == torch.float32 \
+                and not x.requires_grad:  # the numba kernel straight on x's memory
+            y = kernels.numba_gathered_raw(x.reshape(-1, self.in_features).contiguous(),
+                                           self.fmt, self.bias,
+                                           parallel=self.engine == "gathered_parallel")
+        else:
+            y = self.matmul(x.reshape(-1, self.in_features).contiguous())
+        return y.view(*lead, self.out_features)
 
     def extra_repr(self) -> str:
         return f"{self.in_features}, {self.out_features}, engine={self.engine}"
