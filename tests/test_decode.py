@@ -17,7 +17,7 @@ from prunekit.runtime.decode_linear import (
     layer_bytes,
     row_engines_for,
 )
-from prunekit.runtime.row_layouts import Packed24, RowCSR, is_two_four
+from prunekit.runtime.row_layouts import Blocks16, Packed24, RowCSR, is_two_four
 from prunekit.schemes.quant import fit_scales, from_codes, to_codes
 
 NUMBA = [False, True] if kernels.has_numba() else [False]
@@ -38,6 +38,15 @@ def _two_four(out_f: int, in_f: int, seed: int = 0) -> torch.Tensor:
     return w.reshape(out_f, -1)[:, :in_f].contiguous()
 
 
+def _blocks(out_f: int, in_f: int, keep: float = 0.4) -> torch.Tensor:
+    """Whole 16x16 blocks kept (the last ones cut by odd widths)."""
+    g = torch.Generator().manual_seed(5)
+    blocks = torch.rand(-(-out_f // 16), -(-in_f // 16), generator=g) < keep
+    blocks[0, 0] = True
+    mask = blocks.repeat_interleave(16, 0).repeat_interleave(16, 1)[:out_f, :in_f]
+    return torch.randn(out_f, in_f, generator=g) * mask
+
+
 def _quantized(out_f: int, in_f: int, bits: int = 4) -> torch.Tensor:
     """A pruned layer on 4-bit levels with a step per row (prunekit's own quantizer)."""
     w = _unstructured(out_f, in_f, 0.6, seed=3)
@@ -49,6 +58,8 @@ def _weight(engine: str, out_f: int, in_f: int) -> torch.Tensor:
     base = engine.removesuffix("_parallel")
     if base == "nm24":
         return _two_four(out_f, in_f)
+    if base == "bsr16":
+        return _blocks(out_f, in_f)
     w = _unstructured(out_f, in_f, 0.7)
     if base == "csr_bf16":
         return w.to(torch.bfloat16).float()
@@ -63,13 +74,13 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).detach().abs().max() / b.detach().abs().max())
 
 
-ENGINES = ["csr_f32", "csr_bf16", "csr_f16", "csr_levels", "nm24",
-           "csr_f32_parallel", "nm24_parallel"]
+ENGINES = ["csr_f32", "csr_bf16", "csr_f16", "csr_levels", "nm24", "bsr16",
+           "csr_f32_parallel", "nm24_parallel", "bsr16_parallel"]
 
 
 @pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("use_numba", NUMBA)
-@pytest.mark.parametrize("shape", [(7, 13), (33, 70), (5, 1)])
+@pytest.mark.parametrize("shape", [(7, 13), (33, 70), (5, 1), (48, 64)])
 def test_row_kernels_equal_the_masked_dense_layer(engine, use_numba, shape):
     """Every layout, odd widths, batch 1..8, numba and the pure-torch path: to 1e-5."""
     w = _weight(engine, *shape)
@@ -99,6 +110,11 @@ def test_layouts_hold_the_weight_exactly_and_say_what_they_read():
     levels = RowCSR.from_dense(q, "levels")
     assert torch.equal(levels.to_dense(), q)
     assert levels.table.shape[1] <= 14  # 4-bit levels: at most 14 nonzero ones per row
+    blocks = _blocks(40, 70)
+    bsr = Blocks16.from_dense(blocks)
+    assert torch.equal(bsr.to_dense(), blocks)
+    assert bsr.bytes_per_row() == bsr.vals.nbytes + 4 * (len(bsr.block_cols) + 4)
+    assert Blocks16.fits(_blocks(64, 128)) and not Blocks16.fits(w)
     packed = Packed24.from_dense(_two_four(40, 301))
     assert torch.equal(packed.to_dense(), _two_four(40, 301))
     assert packed.bytes_per_row() == 40 * 304 // 2 * 4 + 40 * 304 // 8  # padded to 16 inputs
@@ -111,6 +127,7 @@ def test_layouts_are_offered_only_where_they_are_exact():
     assert "csr_bf16" not in engines and "csr_f16" not in engines and "nm24" not in engines
     assert "csr_bf16" in row_engines_for(w.to(torch.bfloat16).float(), parallel=False)
     assert is_two_four(_two_four(8, 30)) and "nm24" in row_engines_for(_two_four(8, 30))
+    assert "bsr16" in row_engines_for(_blocks(64, 128)) and "bsr16" not in engines
     with pytest.raises(ValueError, match="not exactly representable"):
         RowCSR.from_dense(w, "bfloat16")
     with pytest.raises(ValueError, match="not 2:4"):

@@ -15,10 +15,17 @@ from torch import Tensor, nn
 
 from . import kernels, row_kernels
 from .modules import SparseLinear
-from .row_layouts import Packed24, RowCSR, dense_bytes, is_two_four, representable
+from .row_layouts import (
+    Blocks16,
+    Packed24,
+    RowCSR,
+    dense_bytes,
+    is_two_four,
+    representable,
+)
 
 #: row-kernel engines: layout and values; ``_parallel`` splits output rows over threads
-ROW_ENGINES = ("csr_f32", "csr_bf16", "csr_f16", "csr_levels", "nm24")
+ROW_ENGINES = ("csr_f32", "csr_bf16", "csr_f16", "csr_levels", "nm24", "bsr16")
 _VALUES = {"csr_f32": "float32", "csr_bf16": "bfloat16", "csr_f16": "float16",
            "csr_levels": "levels"}
 
@@ -35,6 +42,8 @@ def row_engines_for(weight: Tensor, parallel: bool = True) -> list[str]:
         names.append("csr_levels")
     if is_two_four(w):
         names.append("nm24")
+    if Blocks16.fits(w):
+        names.append("bsr16")
     if parallel and kernels.has_numba() and torch.get_num_threads() > 1:
         names += [f"{e}_parallel" for e in names]
     return names
@@ -55,8 +64,12 @@ class RowSparseLinear(nn.Module):
         w = weight.detach().float()
         self.engine, self.parallel = engine, engine.endswith("_parallel")
         self.out_features, self.in_features = w.shape
-        self.layout = Packed24.from_dense(w) if base == "nm24" else RowCSR.from_dense(
-            w, _VALUES[base])
+        if base == "nm24":
+            self.layout = Packed24.from_dense(w)
+        elif base == "bsr16":
+            self.layout = Blocks16.from_dense(w)
+        else:
+            self.layout = RowCSR.from_dense(w, _VALUES[base])
         self.use_numba = kernels.has_numba() if use_numba is None else use_numba
         self.register_buffer("bias", torch.zeros(self.out_features) if bias is None
                              else bias.detach().float().clone())

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from . import kernels, simd
-from .row_layouts import Packed24, RowCSR
+from .row_layouts import Blocks16, Packed24, RowCSR
 
 #: most activation rows the kernels take; more go to dense (prefill)
 MAX_ROWS = 8
@@ -183,6 +183,55 @@ def _nm_kernels(numba, _store8):
     return _serial_and_parallel(numba, rows1_avx2 if simd.has_avx2() else rows1, rows8)
 
 
+def _bsr_kernels(numba):
+    """Serial and parallel 16x16 block kernels, batch 1 (vectorised where AVX2) and 2-8.
+    Row ranges are rounded to whole block rows (each block row goes to the chunk holding
+    its first row)."""
+    jit = numba.njit(fastmath=True, nogil=True)
+    vector = simd.make_bsr16_rows1() if simd.has_avx2() else None
+
+    @jit
+    def rows1_avx2(x, y, bias, ptr, cols, vals, _d, r0, r1):  # pragma: no cover
+        vector(x, y, bias, ptr, cols, vals, (r0 + np.uint32(15)) // np.uint32(16),
+               (r1 + np.uint32(15)) // np.uint32(16))
+
+    @jit
+    def rows1(x, y, bias, ptr, cols, vals, _d, r0, r1):  # pragma: no cover
+        sixteen = np.uint32(16)
+        for b in range((r0 + np.uint32(15)) // sixteen, (r1 + np.uint32(15)) // sixteen):
+            row0 = b * np.uint32(16)
+            for r in range(16):
+                y[row0 + r] = bias[row0 + r]
+            for k in range(ptr[b], ptr[b + 1]):
+                col0 = cols[k] * np.uint32(16)
+                block = vals[k]
+                for c in range(16):
+                    xc = x[col0 + c]
+                    for r in range(16):
+                        y[row0 + r] += block[c, r] * xc
+
+    @jit
+    def rows8(xt, yt, bias, ptr, cols, vals, _d, r0, r1):  # pragma: no cover
+        sixteen = np.uint32(16)
+        for b in range((r0 + np.uint32(15)) // sixteen, (r1 + np.uint32(15)) // sixteen):
+            row0 = b * np.uint32(16)
+            for r in range(16):
+                for t in range(8):
+                    yt[row0 + r, t] = bias[row0 + r]
+            for k in range(ptr[b], ptr[b + 1]):
+                col0 = cols[k] * np.uint32(16)
+                block = vals[k]
+                for c in range(16):
+                    xr = xt[col0 + c]
+                    for r in range(16):
+                        w = block[c, r]
+                        out = yt[row0 + r]
+                        for t in range(8):
+                            out[t] += w * xr[t]
+
+    return _serial_and_parallel(numba, rows1_avx2 if vector is not None else rows1, rows8)
+
+
 def _serial_and_parallel(numba, rows1, rows8):
     """``{(rows, parallel): kernel(x, y, bias, a, b, c, d, chunks)}`` over all output rows:
     serial, or split into ``chunks`` row ranges run on numba's threads."""
@@ -213,10 +262,11 @@ def numba_row_kernels():
     found = {name: _csr_kernels(numba, col, val, name, store8)
              for name, (col, val) in _decoders(numba).items()}
     found["2:4"] = _nm_kernels(numba, store8)
+    found["bsr16"] = _bsr_kernels(numba)
     return found
 
 
-def prepare(layout: RowCSR | Packed24, bias: Tensor, parallel: bool = False):
+def prepare(layout: RowCSR | Packed24 | Blocks16, bias: Tensor, parallel: bool = False):
     """A function ``run(x [n, in]) -> y [n, out]`` (float32, ``n <= MAX_ROWS``) on the
     numba kernels, everything but the input and output prepared once: at batch 1 the
     Python around a kernel call is a good part of a small layer's time. None without
@@ -226,16 +276,21 @@ def prepare(layout: RowCSR | Packed24, bias: Tensor, parallel: bool = False):
         return None
     import numba  # noqa: PLC0415
 
+    out_rows = layout.out_features
     if isinstance(layout, Packed24):
         kernel, width = runs["2:4"], layout.in_padded
         args = (layout.vals, layout.meta, layout.meta, layout.meta)
+    elif isinstance(layout, Blocks16):
+        kernel, width, out_rows = runs["bsr16"], layout.in_padded, layout.out_padded
+        args = (layout.block_ptr, layout.block_cols, layout.vals, layout.vals)
     else:
         kernel, width = runs[layout.values], layout.in_features
         vals = layout.cols if layout.vals is None else layout.vals
         args = (layout.row_ptr, layout.cols, vals, layout.table)
     one, eight = kernel[(1, parallel)], kernel[(8, parallel)]
-    bias_np = bias.detach().float().contiguous().numpy()
     in_f, out_f = layout.in_features, layout.out_features
+    bias_np = np.zeros(out_rows, dtype=np.float32)
+    bias_np[:out_f] = bias.detach().float().numpy()
 
     def chunks() -> int:
         if not parallel:
@@ -253,34 +308,29 @@ def prepare(layout: RowCSR | Packed24, bias: Tensor, parallel: bool = False):
             padded = np.zeros(width, dtype=np.float32)
             padded[:in_f] = row
             row = padded
-        y = np.empty(out_f, dtype=np.float32)
+        y = np.empty(out_rows, dtype=np.float32)
         one(row, y, bias_np, *args, chunks())
+        if out_rows != out_f:
+            y = y[:out_f]
         return torch.from_numpy(y).view(*x.shape[:-1], out_f)
 
     def run(x: Tensor) -> Tensor:
         n = x.shape[0]
         if n == 1:
-            row = x.reshape(-1).contiguous().numpy()
-            if width != in_f:
-                padded = np.zeros(width, dtype=np.float32)
-                padded[:in_f] = row
-                row = padded
-            y = np.empty(out_f, dtype=np.float32)
-            one(row, y, bias_np, *args, chunks())
-            return torch.from_numpy(y).reshape(1, out_f)
+            return run_one(x.contiguous())
         if not 1 <= n <= MAX_ROWS:
             raise ValueError(f"the row kernels take 1 to {MAX_ROWS} rows, got {n}")
         xt = np.zeros((width, MAX_ROWS), dtype=np.float32)
         xt[:in_f, :n] = x.numpy().T
-        yt = np.empty((out_f, MAX_ROWS), dtype=np.float32)
+        yt = np.empty((out_rows, MAX_ROWS), dtype=np.float32)
         eight(xt, yt, bias_np, *args, chunks())
-        return torch.from_numpy(np.ascontiguousarray(yt[:, :n].T))
+        return torch.from_numpy(np.ascontiguousarray(yt[:out_f, :n].T))
 
     run.one = run_one
     return run
 
 
-def numba_rows(x: Tensor, layout: RowCSR | Packed24, bias: Tensor,
+def numba_rows(x: Tensor, layout: RowCSR | Packed24 | Blocks16, bias: Tensor,
                parallel: bool = False) -> Tensor:
     """``x [n, in] @ W.T + bias`` for ``n <= MAX_ROWS`` with the numba kernels (see
     :func:`prepare`, which a layer calls once)."""
@@ -298,7 +348,7 @@ def torch_rows(x: Tensor, fallback: dict[str, Tensor], bias: Tensor) -> Tensor:
     return (gathered * fallback["vals"]).sum(-1) + bias
 
 
-def torch_fallback(layout: RowCSR | Packed24) -> dict[str, Tensor]:
+def torch_fallback(layout: RowCSR | Packed24 | Blocks16) -> dict[str, Tensor]:
     """What :func:`torch_rows` multiplies by: a torch CSR weight (the layout's values
     decoded to float32), or for 2:4 the absolute positions and values of the kept
     weights."""

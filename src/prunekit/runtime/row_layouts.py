@@ -223,3 +223,71 @@ class Packed24:
         w = torch.zeros(self.out_features, self.in_padded)
         w.scatter_(1, self.positions(), torch.from_numpy(self.vals))
         return w[:, :self.in_features].contiguous()
+
+
+#: a block layout is offered only where its blocks hold at most this many times the
+#: nonzeros (i.e. the weight is block-structured, not scattered)
+BLOCK_PADDING = 1.5
+
+
+@dataclass
+class Blocks16:
+    """``W [out, in]`` (both padded to multiples of 16) as its nonzero 16x16 blocks: block
+    row ``b`` holds blocks ``block_ptr[b]:block_ptr[b+1]`` (uint32), at block columns
+    ``block_cols`` (uint32), values ``vals [blocks, 16, 16]`` stored column-major within a
+    block (``vals[k, c, r]``), so a kernel takes one input and sixteen output rows per
+    vector step."""
+
+    out_features: int
+    in_features: int
+    block_ptr: np.ndarray
+    block_cols: np.ndarray
+    vals: np.ndarray
+
+    @staticmethod
+    def fits(weight: Tensor) -> bool:
+        """Whether ``weight`` is block-structured enough (:data:`BLOCK_PADDING`)."""
+        mask = _block_mask(weight != 0)
+        return int(mask.sum()) * 256 <= BLOCK_PADDING * max(1, int((weight != 0).sum()))
+
+    @classmethod
+    def from_dense(cls, weight: Tensor) -> Blocks16:
+        w = weight.detach().float()
+        out_features, in_features = w.shape
+        out_p, in_p = -(-out_features // 16) * 16, -(-in_features // 16) * 16
+        wp = torch.zeros(out_p, in_p)
+        wp[:out_features, :in_features] = w
+        mask = _block_mask(wp != 0)
+        rows, cols = torch.nonzero(mask, as_tuple=True)
+        blocks = wp.reshape(out_p // 16, 16, in_p // 16, 16)[rows, :, cols, :]  # [k, r, c]
+        ptr = np.zeros(out_p // 16 + 1, dtype=np.uint32)
+        ptr[1:] = np.cumsum(mask.sum(1).numpy())
+        return cls(out_features, in_features, ptr, cols.numpy().astype(np.uint32),
+                   blocks.transpose(1, 2).contiguous().numpy())
+
+    @property
+    def out_padded(self) -> int:
+        return (self.block_ptr.shape[0] - 1) * 16
+
+    @property
+    def in_padded(self) -> int:
+        return -(-self.in_features // 16) * 16
+
+    def bytes_per_row(self) -> int:
+        return self.vals.nbytes + self.block_cols.nbytes + self.block_ptr.nbytes
+
+    def to_dense(self) -> Tensor:
+        w = torch.zeros(self.out_padded, self.in_padded)
+        counts = torch.from_numpy(np.diff(self.block_ptr).astype(np.int64))
+        rows = torch.repeat_interleave(torch.arange(counts.numel()), counts)
+        cols = torch.from_numpy(self.block_cols.astype(np.int64))
+        view = w.reshape(self.out_padded // 16, 16, self.in_padded // 16, 16)
+        view[rows, :, cols, :] = torch.from_numpy(self.vals).transpose(1, 2)
+        return w[:self.out_features, :self.in_features].contiguous()
+
+
+def _block_mask(mask: Tensor) -> Tensor:
+    out_p, in_p = -(-mask.shape[0] // 16) * 16, -(-mask.shape[1] // 16) * 16
+    padded = torch.zeros(out_p, in_p, dtype=torch.bool)
+    padded[:mask.shape[0], :mask.shape[1]] = mask
+    return padded.reshape(out_p // 16, 16, in_p // 16, 16).any(3).any(1)

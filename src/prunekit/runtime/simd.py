@@ -194,3 +194,59 @@ def make_nm24_row1():
         return sig, codegen
 
     return nm24_row1
+
+
+def make_bsr16_rows1():
+    """An intrinsic ``bsr16_rows1(x, y, bias, block_ptr, block_cols, vals, b0, b1)``:
+    block rows ``b0:b1`` of a :class:`~prunekit.runtime.row_layouts.Blocks16` against
+    ``x [in_padded]`` into ``y [out_padded]``: per block, sixteen input values broadcast,
+    each times a 16-row column of the block in two 8-wide multiply-adds."""
+    from numba.core import cgutils, types  # noqa: PLC0415
+    from numba.extending import intrinsic  # noqa: PLC0415
+
+    ir, f32, _, _, _, i64, v8f, _ = _ir()
+
+    @intrinsic
+    def bsr16_rows1(typingctx, x, y, bias, block_ptr, block_cols, vals, b0, b1):
+        sig = types.void(x, y, bias, block_ptr, block_cols, vals, b0, b1)
+
+        def codegen(context, builder, signature, args):
+            x_d, y_d, bias_d, p_d, c_d, v_d = (
+                context.make_array(t)(context, builder, a).data
+                for t, a in zip(signature.args[:6], args[:6], strict=True))
+            zero = ir.Constant(v8f, None)
+            accs = [cgutils.alloca_once_value(builder, zero) for _ in range(4)]
+            sixteen = ir.Constant(i64, 16)
+            start_b, stop_b = _widen(builder, ir, args[6]), _widen(builder, ir, args[7])
+            with cgutils.for_range_slice(builder, start_b, stop_b, ir.Constant(i64, 1)) as (b, _):
+                for acc in accs:
+                    builder.store(zero, acc)
+                first = _widen(builder, ir, builder.load(builder.gep(p_d, [b])))
+                last = _widen(builder, ir, builder.load(
+                    builder.gep(p_d, [builder.add(b, ir.Constant(i64, 1))])))
+                with cgutils.for_range_slice(builder, first, last, ir.Constant(i64, 1)) as (k, _):
+                    col0 = builder.mul(_widen(builder, ir, builder.load(builder.gep(c_d, [k]))),
+                                       sixteen)
+                    block = builder.gep(v_d, [builder.mul(k, ir.Constant(i64, 256))])
+                    for c in range(16):
+                        at = builder.add(col0, ir.Constant(i64, c))
+                        xc = builder.load(builder.gep(x_d, [at]))
+                        xv = _splat(builder, ir, xc, v8f)
+                        lo_acc, hi_acc = accs[2 * (c % 2)], accs[2 * (c % 2) + 1]
+                        lo = _vector_at(builder, ir, block, ir.Constant(i64, 16 * c), v8f)
+                        hi = _vector_at(builder, ir, block, ir.Constant(i64, 16 * c + 8), v8f)
+                        builder.store(_fma(builder, builder.load(lo_acc), lo, xv), lo_acc)
+                        builder.store(_fma(builder, builder.load(hi_acc), hi, xv), hi_acc)
+                row0 = builder.mul(b, sixteen)
+                for half, (a, c) in enumerate(((accs[0], accs[2]), (accs[1], accs[3]))):
+                    at = builder.add(row0, ir.Constant(i64, 8 * half))
+                    total = builder.fadd(builder.load(a), builder.load(c), flags=["fast"])
+                    total = builder.fadd(total, _vector_at(builder, ir, bias_d, at, v8f),
+                                         flags=["fast"])
+                    out = builder.bitcast(builder.gep(y_d, [at]), v8f.as_pointer())
+                    builder.store(total, out, align=4)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return bsr16_rows1
