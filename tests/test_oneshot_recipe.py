@@ -99,3 +99,13 @@ def _write(tmp_path, option: str, extra: str = ""):
     path = tmp_path / "oneshot.yaml"
     path.write_text(text)
     return path
+
+
+def test_a_scheme_the_method_cannot_solve_is_refused_before_any_training(tmp_path):
+    path = tmp_path / "oneshot.yaml"
+    path.write_text((RECIPE % {"method": "sparsegpt", "retrain": ""}).replace(
+        'sparsity: 0.75}]', 'scheme: block, block: [4, 4], sparsity: 0.75}]'))
+    with pytest.raises(ConfigError, match=r"oneshot.targets: .*sparsegpt.*block|"
+                                          r"oneshot.targets: .*block.*sparsegpt"):
+        run_recipe(load_recipe(path), tmp_path / "run", progress=False, echo=lambda _: None)
+    assert not (tmp_path / "run" / "dense.pt").exists()

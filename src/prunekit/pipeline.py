@@ -340,9 +340,14 @@ class Run:
         self._structure = targets.structure
         return targets
 
-    def oneshot_targets(self, model: nn.Module) -> Targets:
+    def oneshot_targets(self, model: nn.Module) -> list[Any]:
+        """The oneshot section's targets, after everything one-shot compression checks
+        before its first forward pass (rules, capturable layers, schemes the method
+        solves), so a mistake is an error at the plan check, not after calibration."""
+        o = self.plan.oneshot
         try:
-            return resolve(model, self.plan.oneshot.targets, example=self.example())
+            return oneshot.check(model, o.targets, o.method, example=self.example(),
+                                 **o.options)[0]
         except ConfigError as exc:
             raise self.recipe.locate(exc, "oneshot", "targets") from None
 
