@@ -48,7 +48,9 @@ def test_scalar_loops_without_avx2_equal_the_dense_layer(monkeypatch):
         w24[:, 2::4] = 0
         w = w * (torch.rand(9, 37, generator=g) > 0.7)
         bias = torch.randn(9, generator=g)
-        for engine, weight in (("csr_f32", w), ("nm24", w24)):
+        blocks = torch.randn(9, 37, generator=g)
+        blocks[:, 16:32] = 0  # whole 16-column blocks: the middle one empty
+        for engine, weight in (("csr_f32", w), ("nm24", w24), ("bsr16", blocks)):
             layer = RowSparseLinear(weight, bias, engine)
             for rows in (1, 3, 8):
                 x = torch.randn(rows, 37, generator=g)
