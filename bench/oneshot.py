@@ -243,7 +243,33 @@ def requirements(rows: list[dict]) -> list[str]:
         ok = "met" if a / g <= limit else "NOT met"
         out.append(f"- {scheme} {s:.0%}: {a:.2f} / {g:.2f} = {a / g:.2f} (required <= {limit}) "
                    f"{ok}")
+    for scheme, s in (("irregular", 0.7), ("irregular", 0.5), ("nm", 0.5)):
+        ta = _field(rows, "admm", scheme, s, "seconds")
+        tg = _field(rows, "sparsegpt", scheme, s, "seconds")
+        ea = _field(rows, "admm", scheme, s, "median_layer_error")
+        eg = _field(rows, "sparsegpt", scheme, s, "median_layer_error")
+        if None not in (ta, tg, ea, eg):
+            out.append(f"- {scheme} {s:.0%}: admm takes {ta:.0f} s = {ta / tg:.2f}x sparsegpt's "
+                       f"{tg:.0f} s (required <= 3x, <= 1200 s); median layer error "
+                       f"{ea:.4f} = {ea / eg:.2f}x sparsegpt's")
+    for scheme, s in (("irregular", 0.7), ("irregular", 0.5), ("nm", 0.5)):
+        g = _value(rows, "sparsegpt", scheme, s)
+        others = {m: _value(rows, m, scheme, s) for m in ("wanda", "magnitude")}
+        if g is not None and all(v is not None for v in others.values()):
+            ok = "yes" if all(g < v for v in others.values()) else "NO"
+            out.append(f"- {scheme} {s:.0%}: sparsegpt {g:.2f} beats wanda "
+                       f"{others['wanda']:.2f} and magnitude {others['magnitude']:.2f}: {ok}")
+    out += ["", "seconds: the compression alone (calibration passes and solvers), not loading "
+            "or evaluation; peak MB: the row's process peak resident memory (evaluation "
+            "included)."]
     return out
+
+
+def _field(rows: list[dict], method: str, scheme: str, sparsity: float,
+           name: str) -> float | None:
+    vals = [r[name] for r in rows if r["method"] == method and r["scheme"] == scheme
+            and abs(r["sparsity"] - sparsity) < 1e-6 and r.get(name) is not None]
+    return statistics.mean(vals) if vals else None
 
 
 def plot(rows: list[dict]) -> None:
