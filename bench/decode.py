@@ -441,6 +441,10 @@ def write_md(payload: dict) -> None:
                 f"| {r['same_tokens']} | {r.get('compile_s', '')} "
                 f"| {r.get('layouts', '')} |"
             )
+    lines += ["", "## Runs", "", "The rows come from these runs (a later run re-measured what it "
+              "names and kept the rest):", ""]
+    lines += [f"- `{c['command']}` ({c['date']}, load average {c['load_average']})"
+              for c in payload.get("commands", [])]
     lines += ["", *payload.get("notes", [])]
     (RESULTS / "decode.md").write_text("\n".join(lines) + "\n")
 
