@@ -17,9 +17,10 @@ from torch import nn
 
 import prunekit
 from prunekit import artifacts, constraints, models
-from prunekit.artifacts.onnx_export import MISSING_EXTRA, export_onnx
+from prunekit.artifacts.onnx_export import export_onnx
 from prunekit.cli import main
 from prunekit.errors import ConfigError
+from prunekit.runtime.torch_onnx import MISSING_EXTRA
 
 #: small inputs keep every export to a second or two
 ZOO = {

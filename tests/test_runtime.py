@@ -224,7 +224,7 @@ def test_the_onnxruntime_graph_is_the_optimized_export_with_batchnorm_folded():
     onnx = pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
-    from prunekit.artifacts.onnx_export import optimized_graph
+    from prunekit.runtime.torch_onnx import optimized_graph
 
     model = models.get("resnet20").eval()
     x = torch.randn(1, 3, 32, 32)

@@ -11,6 +11,7 @@ from torch import nn
 
 import prunekit
 from prunekit import models
+from prunekit.commands import bench
 from prunekit.runtime import choose, latency
 
 
@@ -78,8 +79,7 @@ def _saved_lenet(tmp_path):
 def test_bench_shows_dense_eager_dense_compiled_and_pruned_compiled(tmp_path):
     path = _saved_lenet(tmp_path)
     lines: list[str] = []
-    result = latency.bench_saved_model(path, repeats=5, echo=lines.append,
-                                       plan_cache=tmp_path / "plans")
+    result = bench(path, repeats=5, echo=lines.append, plan_cache=tmp_path / "plans")
     out = "\n".join(lines)
     for label in ("dense (eager)", "dense compiled (no zeros)", "pruned compiled",
                   "of which compiling alone", "of which the sparsity"):
@@ -90,7 +90,7 @@ def test_bench_shows_dense_eager_dense_compiled_and_pruned_compiled(tmp_path):
     assert all(bool((p != 0).all()) for n, p in twin.named_parameters() if n.endswith("weight"))
     # a second bench reads both plans from the cache
     lines.clear()
-    latency.bench_saved_model(path, repeats=5, echo=lines.append, plan_cache=tmp_path / "plans")
+    bench(path, repeats=5, echo=lines.append, plan_cache=tmp_path / "plans")
     assert "plan read from" in "\n".join(lines)
 
 
@@ -100,7 +100,7 @@ def test_bench_refuses_a_speedup_whose_rounds_disagree(tmp_path, monkeypatch):
              "compiled": [0.5, 0.1, 0.5, 0.5, 0.5]}  # one round 5x faster: noise
     monkeypatch.setattr(latency, "rounds_ms", lambda fns, rounds: fixed)
     lines: list[str] = []
-    result = latency.bench_saved_model(path, repeats=5, echo=lines.append)
+    result = bench(path, repeats=5, echo=lines.append)
     out = "\n".join(lines)
     assert result["speedup"] is None and result["sparsity_speedup"] is None
     assert "speedup: not printed, the rounds disagree (2.00x to 10.00x)" in out

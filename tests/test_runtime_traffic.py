@@ -10,7 +10,8 @@ import torch
 
 import prunekit
 from prunekit import models
-from prunekit.runtime import bench_saved_model, kernels, row_kernels, simd
+from prunekit.commands import bench
+from prunekit.runtime import kernels, row_kernels, simd
 from prunekit.runtime.decode_linear import RowSparseLinear
 from prunekit.runtime.row_layouts import RowCSR
 
@@ -23,8 +24,7 @@ def test_bench_prints_bytes_per_row_next_to_dense_and_the_traffic_limit(tmp_path
     path = prunekit.save(model, tmp_path / "m.pkz", frozen,
                          spec={"name": "lenet5", "input_shape": [1, 28, 28]})
     lines: list[str] = []
-    result = bench_saved_model(path, repeats=3, echo=lines.append,
-                               model=models.get("lenet5"))
+    result = bench(path, repeats=3, echo=lines.append, model=models.get("lenet5"))
     out = "\n".join(lines)
     assert "bytes read per activation row" in out
     fc1 = next(line for line in result["traffic"] if line.startswith("fc1:"))

@@ -214,14 +214,17 @@ def export(target: str | os.PathLike, out: str | os.PathLike, *, opset: int | No
 
 def bench(target: str | os.PathLike, *, batch: int = 1, repeats: int = 20,
           model: nn.Module | None = None, model_spec: str | None = None,
-          model_kwargs: Mapping[str, Any] | None = None, echo: Echo = print
+          model_kwargs: Mapping[str, Any] | None = None,
+          plan_cache: str | os.PathLike | None = None, echo: Echo = print
           ) -> dict[str, Any]:
-    """``prunekit bench``: the latency figures of :func:`prunekit.runtime.bench_saved_model`
-    for the saved model (printed and returned)."""
+    """``prunekit bench``: the latency figures of :func:`prunekit.runtime.bench_model` for
+    the saved model (printed and returned), on inputs of the shape the file records."""
     from . import runtime  # noqa: PLC0415  (compiling imports numba and ONNX Runtime)
 
-    path, run_dir = model_file(target)
-    if model is None:
-        model = architecture(path, run_dir, model_spec=model_spec, model_kwargs=model_kwargs)
-    return runtime.bench_saved_model(path, batch=batch, repeats=repeats, model=model,
-                                     echo=echo)
+    path, _ = model_file(target)
+    loaded = load_model_file(target, model=model, model_spec=model_spec,
+                             model_kwargs=model_kwargs)
+    result = runtime.bench_model(loaded.model, input_shape(loaded, path), name=path.name,
+                                 batch=batch, repeats=repeats, plan_cache=plan_cache,
+                                 echo=echo)
+    return {"file": str(path), **result}

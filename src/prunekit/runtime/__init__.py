@@ -12,10 +12,10 @@
 
 from .compile import DEFAULT_ENGINES, Choice, CompileError, Plan, compile
 from .kernels import has_numba
-from .latency import bench_saved_model
+from .latency import bench_model
 from .modules import ENGINES, Im2colConv2d, SparseLinear, SparseRNN
 from .shrink import dead_units, shrink
 
 __all__ = ["DEFAULT_ENGINES", "ENGINES", "Choice", "CompileError", "Im2colConv2d", "Plan",
-           "SparseLinear", "SparseRNN", "bench_saved_model", "compile", "dead_units",
+           "SparseLinear", "SparseRNN", "bench_model", "compile", "dead_units",
            "has_numba", "shrink"]

@@ -1,8 +1,8 @@
-"""``prunekit bench model.pkz``: what compiling, and what the sparsity, buy on this machine.
+"""What compiling, and what the sparsity, buy on this machine (``prunekit bench``).
 
-Three models run on random input of the file's recorded input shape, at torch's thread
+Three models run on random input of the model's input shape, at torch's thread
 count: the loaded model eager (its pruned weights held densely, zeros multiplied), the
-same architecture with *nothing pruned* compiled (every zero of the file replaced by a
+same architecture with *nothing pruned* compiled (every zero of the weights replaced by a
 small nonzero, so no kernel can skip anything and no channel can go: what the graph
 passes alone buy), and the pruned model compiled. Pruned compiled over dense compiled is
 the part of the speedup that is the sparsity's.
@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import copy
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError
 from .choose import rounds_ms
 from .compile import compile as compile_model
 
@@ -54,28 +54,19 @@ def densified(model: nn.Module, seed: int = 0) -> nn.Module:
     return dense
 
 
-def bench_saved_model(path: str | Path, *, batch: int = 1, repeats: int = 20,
-                      model: nn.Module | None = None, plan_cache: str | Path | None = None,
-                      echo: Callable[[str], Any] = print) -> dict[str, Any]:
-    """Time the model in ``path`` eager, compiled with nothing pruned and compiled; print
-    and return the figures. ``model``: the architecture to load the weights into, for a
-    file whose model was built by the user's own code (files never import code; see
-    :func:`prunekit.artifacts.load`). ``plan_cache``: where compile keeps its measured
-    plans (a second bench of the same file measures no layer again)."""
-    from ..artifacts import load  # noqa: PLC0415  (the file format is above this layer)
-
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"model file not found: {path}")
+def bench_model(model: nn.Module, input_shape: Sequence[int], *, name: str = "model",
+                batch: int = 1, repeats: int = 20, plan_cache: str | Path | None = None,
+                echo: Callable[[str], Any] = print) -> dict[str, Any]:
+    """Time ``model`` (inputs of ``input_shape`` per example) eager, compiled with nothing
+    pruned and compiled; print and return the figures. ``plan_cache``: where compile keeps
+    its measured plans (a second bench of the same model measures no layer again). A model
+    file is benched through :func:`prunekit.commands.bench`, which loads it."""
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise ConfigError(f"batch must be a positive integer, got {batch!r}")
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
         raise ConfigError(f"repeats must be a positive integer, got {repeats!r}")
-    loaded = load(path, model=model)
-    shape = loaded.spec.get("input_shape")
-    if not isinstance(shape, list) or not shape:
-        raise DataError(f"{path} does not record the model's input shape")
-    pruned = loaded.model.eval()
+    shape = list(input_shape)
+    pruned = model.eval()
     x = torch.randn(batch, *shape, generator=torch.Generator().manual_seed(0))
     compiled = compile_model(pruned, x, plan_cache=plan_cache)
     dense_compiled = compile_model(densified(pruned), x, plan_cache=plan_cache)
@@ -83,11 +74,11 @@ def bench_saved_model(path: str | Path, *, batch: int = 1, repeats: int = 20,
                         "compiled": lambda: compiled(x)}, rounds=max(MIN_ROUNDS, repeats))
     ms = {name: statistics.median(t) for name, t in rounds.items()}
     result: dict[str, Any] = {
-        "file": str(path), "batch": batch, "threads": torch.get_num_threads(),
+        "model": name, "batch": batch, "threads": torch.get_num_threads(),
         "dense_ms": ms["eager"], "dense_compiled_ms": ms["dense_compiled"],
         "compiled_ms": ms["compiled"], "rounds_ms": rounds,
         "plan": compiled.prunekit_plan.describe()}
-    lines = [f"{path.name}: batch {batch}, {result['threads']} threads, "
+    lines = [f"{name}: batch {batch}, {result['threads']} threads, "
              f"{len(rounds['eager'])} alternating rounds (median)",
              f"  dense (eager)              {ms['eager']:9.3f} ms",
              f"  dense compiled (no zeros)  {ms['dense_compiled']:9.3f} ms",

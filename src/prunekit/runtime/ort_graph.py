@@ -79,7 +79,7 @@ def ort_graphs(plain: nn.Module, example: Tensor) -> tuple[dict[str, OrtGraph], 
     thread per op than it gains from it."""
     if not onnxruntime_available():
         return {}, "onnxruntime not installed (pip install prunekit[onnx])"
-    from ..artifacts.onnx_export import optimized_graph  # noqa: PLC0415
+    from .torch_onnx import optimized_graph  # noqa: PLC0415  (onnx only when asked)
 
     threads = torch.get_num_threads()
     names = {"onnxruntime": threads, **({"onnxruntime_1thread": 1} if threads > 1 else {})}
