@@ -263,3 +263,17 @@ def test_compile_says_when_the_model_was_in_train_mode():
     with pytest.warns(UserWarning, match="train mode"):
         compiled = prunekit.compile(model, x, engines=(), freeze=False)
     assert any("train mode" in note for note in compiled.prunekit_plan.notes)
+
+
+def test_without_numba_compile_runs_the_pure_torch_kernels(monkeypatch):
+    monkeypatch.setattr(kernels, "has_numba", lambda: False)
+    model, x = _mlp(), torch.randn(1, 48)
+    choose.clear_cache()
+    compiled = prunekit.compile(model, x, freeze=False,
+                                timer=_FakeTimer({"dense": 1.0, "csr_f32": 0.5}))
+    assert [c.engine for c in compiled.prunekit_plan.layers] == ["csr_f32", "csr_f32"]
+    rows = [m for m in compiled.modules() if isinstance(m, RowSparseLinear)]
+    assert len(rows) == 2 and all(not m.use_numba and m._run is None for m in rows)
+    for batch in (1, 5, 20):
+        x = torch.randn(batch, 48)
+        assert _rel(compiled(x), model(x)) < 1e-5
