@@ -284,3 +284,12 @@ def test_a_start_checkpoint_of_another_model_is_a_plan_error(tmp_path):
                                           r"'lenet5': .*fc2\.weight is \(7, 500\) in the file"):
         run.run()
     assert not (tmp_path / "run" / "dense.pt").exists()
+
+
+def test_a_section_given_as_a_bare_name_shows_the_mapping_it_should_be(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("model: mymodels:cnn\ndata: {name: synthetic}\n")
+    with pytest.raises(ConfigError, match=r"r.yaml:1: model: must be a mapping, got the string "
+                                          r"'mymodels:cnn'; write it as 'model: \{name: "
+                                          r"mymodels:cnn\}'"):
+        load_recipe(path)

@@ -33,9 +33,9 @@ _EXPORTS = {
     "compile": "runtime",
 }
 
-_SUBMODULES = {"schemes", "targets", "constraints", "artifacts", "methods", "training", "data",
-               "models", "report", "recipe", "pipeline", "errors", "io",
-               "structure", "runtime"}
+_SUBMODULES = {"commands", "oneshot", "schemes", "targets", "constraints", "artifacts",
+               "methods", "training", "data", "models", "report", "recipe", "pipeline",
+               "errors", "files", "structure", "runtime", "integrations"}
 
 __all__ = ["__version__", *_EXPORTS]
 

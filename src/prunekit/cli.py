@@ -81,6 +81,9 @@ def _parser() -> argparse.ArgumentParser:
     _model_options(bench)
     bench.add_argument("--batch", type=int, default=1, help="input batch size (default 1)")
     bench.add_argument("--repeats", type=int, default=20, help="timed calls (median; default 20)")
+    bench.add_argument("--plan-cache", metavar="DIR",
+                       help="keep compile's measured plans here: a second bench of the same "
+                            "model and shape measures nothing again")
     return parser
 
 
@@ -118,7 +121,8 @@ def _saved_model_command(args: argparse.Namespace) -> None:
         commands.export(args.model, args.onnx, opset=args.opset,
                         dynamic_batch=not args.static_batch, shrink=args.shrink, **source)
     else:
-        commands.bench(args.model, batch=args.batch, repeats=args.repeats, **source)
+        commands.bench(args.model, batch=args.batch, repeats=args.repeats,
+                       plan_cache=args.plan_cache, **source)
 
 
 def main(argv: list[str] | None = None) -> int:

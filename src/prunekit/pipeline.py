@@ -569,6 +569,7 @@ class Run:
                        spec=self.model_spec(), recipe=self.recipe.to_yaml(),
                        meta={"accuracy_dense": state.meta.get("accuracy_dense"),
                              "accuracy_compressed": accuracy,
+                             "stage_accuracy": state.meta.get("stage_accuracy", []),
                              "methods": state.meta.get("methods", [])})
         distributed.barrier()
 

@@ -98,7 +98,13 @@ def _plain(value: Any) -> Any:
 
 
 def _build(cls: type, value: Any, section: str) -> Any:
-    """``cls(**value)`` for a section mapping whose keys are exactly ``cls``'s fields."""
+    """``cls(**value)`` for a section mapping whose keys are exactly ``cls``'s fields; a
+    bare name (``model: mymodels:cnn``) is refused with the mapping it should be."""
+    if isinstance(value, str) and "name" in {f.name for f in fields(cls)}:
+        keys = ", ".join(f.name for f in fields(cls))
+        raise ConfigError(f"must be a mapping, got the string {value!r}; write it as "
+                          f"'{section}: {{name: {value}}}' ({section} keys: {keys}; see "
+                          f"docs/own-model.md)")
     value = _mapping({} if value is None else value)
     _known_keys(value, [f.name for f in fields(cls)], section)
     return cls(**value)
