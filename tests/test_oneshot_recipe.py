@@ -64,6 +64,8 @@ def test_a_oneshot_stage_compresses_then_retrains_exports_and_reports(tmp_path, 
     assert [r["name"] for r in record["layers"]] == ["conv2.weight", "fc1.weight", "fc2.weight"]
     # the solver reconstructs each layer's outputs better than the plain projection
     assert all(r["error"] <= r["magnitude_error"] + 1e-9 for r in record["layers"])
+    assert (out / "oneshot_layers.png").stat().st_size > 0  # errors and seconds per layer
+    assert "oneshot_layers.png" in (out / "report.md").read_text()
     assert report["method"].startswith(f"oneshot:{method}")
     assert any(line.startswith(f"oneshot: {method} on 64 calibration examples")
                for line in lines)

@@ -165,6 +165,9 @@ def _plots(report: Mapping[str, Any], history: Sequence[Mapping[str, Any]] | Non
         out["training.png"] = plots.training_png(
             history, dense_accuracy=(report.get("accuracy") or {}).get("dense"),
             stage_accuracy=report.get("stage_accuracy"))
+    oneshot = (report.get("extra") or {}).get("oneshot") or {}
+    if oneshot.get("layers"):
+        out["oneshot_layers.png"] = plots.oneshot_png(oneshot["layers"])
     if plots.layer_updates(report.get("prune_updates")):
         out["admm_convergence.png"] = plots.convergence_png(report["prune_updates"])
     if weights_before or weights_after:
@@ -185,7 +188,8 @@ def write_report(
 
     Always: ``sparsity.png``. With a history (``history``, else ``report["history"]``):
     ``training.png`` (with the dense accuracy and ``stage_accuracy`` when the report has
-    them); with ADMM's per-update records (``prune_updates``): ``admm_convergence.png``.
+    them); with ADMM's per-update records (``prune_updates``): ``admm_convergence.png``;
+    after post-training compression (``extra.oneshot``): ``oneshot_layers.png``.
     With weights (``{name: tensor}`` before and/or after):
     ``weights.png``.
     """

@@ -75,6 +75,33 @@ def sparsity_png(layers: Sequence[Mapping[str, Any]]) -> bytes:
 
 
 # ------------------------------------------------------------------------- training
+def oneshot_png(layers: Sequence[Mapping[str, Any]]) -> bytes:
+    """Post-training compression per layer: the relative reconstruction error of the
+    solver's weights next to the scheme's plain projection (magnitude), on a log scale,
+    and the seconds each layer took."""
+    fig = Figure(figsize=(9, max(3.0, 0.3 * len(layers) + 1.5)), layout="constrained")
+    if not layers:
+        _empty(fig, "no layers")
+        return to_png(fig)
+    errors, seconds = fig.subplots(1, 2, sharey=True, width_ratios=(3, 1))
+    y = list(range(len(layers)))
+    method = str(layers[0].get("method", "solver"))
+    floor = 1e-12  # an exact reconstruction still shows on a log axis
+    errors.plot([max(_number(r["magnitude_error"]), floor) for r in layers], y, "o",
+                color="0.6", label="magnitude (the scheme's projection)")
+    errors.plot([max(_number(r["error"]), floor) for r in layers], y, "o", color="C0",
+                label=method)
+    errors.set_xscale("log")
+    errors.set_yticks(y, [str(r["name"]) for r in layers], fontsize=7)
+    errors.invert_yaxis()
+    errors.set_xlabel("relative reconstruction error ||X(W - W0)^T||^2 / ||X W0^T||^2")
+    errors.set_title("Post-training compression, per layer (calibration inputs)")
+    fig.legend(loc="outside lower center", ncols=2, fontsize=8)
+    seconds.barh(y, [_number(r.get("seconds", 0.0)) for r in layers], color="C1")
+    seconds.set_xlabel("seconds")
+    return to_png(fig)
+
+
 def _stage_runs(history: Sequence[Mapping[str, Any]]) -> list[tuple[str, list[int]]]:
     """Consecutive runs of records of the same stage: ``[(stage, [positions])]``."""
     runs: list[tuple[str, list[int]]] = []
