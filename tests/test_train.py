@@ -469,7 +469,7 @@ def _resume_setup(model_seed: int, loader_seed: int):
     return model, cfg, loader(blobs(48, 0), seed=loader_seed), Anchor(model)
 
 
-def test_resume_is_bit_identical(tmp_path):
+def test_resume_is_bit_identical(tmp_path, capsys):
     model, cfg, train_loader, anchor = _resume_setup(0, 0)
     full = Trainer(model, cfg, train_loader, loader(blobs(24, 1), shuffle=False),
                    plugins=[anchor], checkpoint_path=tmp_path / "full.pt").fit()
@@ -488,8 +488,10 @@ def test_resume_is_bit_identical(tmp_path):
 
     # A new process would start from other weights and generator states: all must be restored.
     model_c, cfg_c, loader_c, anchor_c = _resume_setup(123, 999)
+    capsys.readouterr()
     resumed = Trainer(model_c, cfg_c, loader_c, loader(blobs(24, 1), shuffle=False),
                       plugins=[anchor_c], checkpoint_path=path).fit(resume=True)
+    assert f"resume: train continues after epoch 2 of {cfg_c.epochs}" in capsys.readouterr().err
     assert without_seconds(resumed) == without_seconds(full)
     for k, v in model.state_dict().items():
         assert torch.equal(model_c.state_dict()[k], v), k

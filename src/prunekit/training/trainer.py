@@ -324,6 +324,9 @@ class Trainer:
             distributed.barrier()
             return
         self._check_ranks_agree("the resumed checkpoint")
+        if distributed.is_main():
+            print(f"resume: {self.stage} continues after epoch {self.epoch} of "
+                  f"{self.config.epochs}", file=sys.stderr)
 
     def _run_epoch(self, epoch: int) -> dict[str, Any]:
         start = time.perf_counter()
