@@ -153,9 +153,16 @@ def common_peak_mb() -> float:
 
 
 # --------------------------------------------------------------------------- runner
-def run_all(only: int | None) -> None:
+def parse_row(text: str) -> tuple[str, str, float, int]:
+    """``method:scheme:sparsity:seed`` -> a plan row."""
+    method, scheme, sparsity, seed = text.split(":")
+    return method, scheme, float(sparsity), int(seed)
+
+
+def run_all(only: int | None, rows: list[str] | None = None) -> None:
     done = {key(r) for r in load_json(RESULTS, {"rows": []})["rows"]}
-    todo = [r for r in plan() if (MODEL, r[0], r[1], round(r[2], 4), r[3]) not in done]
+    chosen = [parse_row(r) for r in rows] if rows else plan()
+    todo = [r for r in chosen if (MODEL, r[0], r[1], round(r[2], 4), r[3]) not in done]
     for method, scheme, sparsity, seed in todo[:only]:
         cmd = ["flock", LOCK, sys.executable, __file__, "row", method, scheme, str(sparsity),
                str(seed)]
@@ -303,6 +310,8 @@ def main() -> None:
     sub.add_parser("prepare")
     run = sub.add_parser("run")
     run.add_argument("--only", type=int, default=None, help="run at most this many rows")
+    run.add_argument("--rows", nargs="*", help="rows to run instead of the plan, each "
+                     "method:scheme:sparsity:seed (e.g. wanda:irregular:0.7:0)")
     sub.add_parser("report")
     row = sub.add_parser("row")
     row.add_argument("method")
@@ -313,7 +322,7 @@ def main() -> None:
     if args.cmd == "prepare":
         prepare()
     elif args.cmd == "run":
-        run_all(args.only)
+        run_all(args.only, args.rows)
     elif args.cmd == "report":
         report()
     else:
