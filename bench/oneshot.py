@@ -43,6 +43,9 @@ MODEL = "smollm2-135m"
 LAYER_RULE = {"layers": "model.layers.*", "types": ["Linear"]}
 
 METHODS = ("sparsegpt", "admm", "wanda", "magnitude")
+#: rows whose method name is a variant: (solver, its options)
+VARIANTS = {"admm-dense": ("admm", {"dense_target": True}),
+            "admm-compressed": ("admm", {"dense_target": False})}
 SCHEMES = {  # row scheme name -> (rule options, sparsity in the row)
     "irregular": lambda s: ({"scheme": "irregular", "sparsity": s}, s),
     "nm": lambda s: ({"scheme": "nm", "n": 2, "m": 4}, 0.5),
@@ -125,8 +128,9 @@ def run_row(method: str, scheme: str, sparsity: float, seed: int) -> dict[str, A
         rule, sparsity = SCHEMES[scheme](sparsity)
         batches = text.as_batches(text.calibration_windows(cal, SAMPLES, SEQ_LEN, seed), 4)
         start = time.perf_counter()
-        result = compress(model, batches, [{**LAYER_RULE, **rule}], method=method,
-                          progress=False)
+        solver, options = VARIANTS.get(method, (method, {}))
+        result = compress(model, batches, [{**LAYER_RULE, **rule}], method=solver,
+                          progress=False, **options)
         seconds = time.perf_counter() - start
         summary = result.summary()
         layers = [r.as_dict() for r in result.layers]

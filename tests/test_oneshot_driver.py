@@ -11,6 +11,7 @@ from torch import nn
 
 import prunekit
 from prunekit.oneshot import LayerProblem, compress, find_blocks
+from prunekit.oneshot.admm import admm
 from prunekit.oneshot.constraint import LayerConstraint
 from prunekit.oneshot.sparsegpt import sparsegpt
 
@@ -112,3 +113,37 @@ def test_a_stack_whose_blocks_are_not_chained_falls_back_to_forward_order():
     result = compress(model, [torch.randn(10, 4)], {"sparsity": 0.5}, method="sparsegpt",
                       progress=False)
     assert len(result.layers) == 3
+
+
+def test_dense_target_pairs_each_layer_with_the_dense_models_inputs():
+    """With ``dense_target``, a layer's problem carries ``X_d^T X``: its inputs in the
+    uncompressed model against its inputs after the compressed layers upstream. Rebuilt by
+    hand: block 0 sees identical inputs on both sides (cross = H); block 1 sees the dense
+    chain's and the compressed chain's outputs of block 0."""
+    torch.manual_seed(0)
+    model = _Stack()
+    reference = copy.deepcopy(model)
+    dense = copy.deepcopy(model)
+    batches = [torch.randn(16, 4) for _ in range(3)]
+    rule = {"sparsity": 0.5}
+    options = {"dense_target": True, "refit_iterations": 50}
+    compress(model, batches, [{"layers": "blocks.*", **rule}], method="admm", progress=False,
+             **options)
+
+    def solve(layer, x, xd):
+        rows, drows = x.reshape(-1, x.shape[-1]).double(), xd.reshape(-1, xd.shape[-1]).double()
+        (target,) = prunekit.resolve(nn.Sequential(layer), [rule])
+        problem = LayerProblem(layer.weight.detach(), rows.T @ rows, drows.T @ rows)
+        layer.weight.data.copy_(admm(problem, LayerConstraint(target), **options)[0])
+
+    with torch.no_grad():
+        x = xd = torch.cat([reference.embed(b) for b in batches])
+        for block, dense_block in zip(reference.blocks, dense.blocks, strict=True):
+            hidden, dense_hidden = torch.tanh(block.up(x)), torch.tanh(block.up(xd))
+            solve(block.up, x, xd)
+            solve(block.down, hidden, dense_hidden)
+            x, xd = block(x), dense_block(xd)
+        assert not torch.allclose(x, xd)  # the chains did part
+    for (name, p), (_, q) in zip(model.named_parameters(), reference.named_parameters(),
+                                 strict=True):
+        assert torch.allclose(p, q, atol=1e-5), name

@@ -197,3 +197,29 @@ def test_check_refuses_an_uncapturable_layer_without_a_forward_pass():
     targets, options = oneshot.check(nn.Sequential(nn.Linear(4, 4)), {"sparsity": 0.5},
                                      "sparsegpt", block=64)
     assert [t.name for t in targets] == ["0.weight"] and options["block"] == 64
+
+
+def test_admm_toward_a_dense_target_refits_to_its_least_squares():
+    """With inputs ``X`` that differ from the dense model's ``X_d``, admm minimises
+    ``||X_d W0^T - X W^T||``: on the support it keeps, every row equals that least-squares
+    solution (``lstsq`` on the kept columns), and it reaches the dense output more closely
+    than the solution aimed at ``X W0^T``."""
+    g = torch.Generator().manual_seed(0)
+    x_dense = torch.randn(200, 10, generator=g, dtype=torch.float64)
+    x = x_dense + 0.3 * torch.randn(200, 10, generator=g, dtype=torch.float64)
+    w0 = torch.randn(4, 10, generator=g)
+    constraint = _constraint(4, 10, {"scheme": "irregular", "sparsity": 0.5})
+    aimed = LayerProblem(w0, x.T @ x, x_dense.T @ x)
+    options = {"damp": 0.0, "refit_iterations": 100}
+    w, _ = admm(aimed, constraint, **options)
+    target = x_dense @ w0.double().T
+    for i in range(4):
+        keep = torch.nonzero(w[i]).flatten()
+        direct = torch.linalg.lstsq(x[:, keep], target[:, i:i + 1]).solution.flatten()
+        assert torch.allclose(w[i, keep].double(), direct, atol=1e-4), i
+    plain, _ = admm(LayerProblem(w0, x.T @ x), constraint, **options)
+
+    def miss(v):
+        return float(((target - x @ v.double().T) ** 2).sum())
+
+    assert miss(w) < miss(plain)

@@ -19,6 +19,8 @@ Problem, in the space scaled by ``d = sqrt(diag H_damped)`` per input column (``
   stable; before that rho keeps growing by x1.1, so a small layer is not stopped early).
   If the support never moved before rho grew, rho was too large to explore: it is divided
   by 5 and the iterates restart (ALPS's rule).
+- **Target**: with ``problem.cross`` (the driver's ``dense_target``), the linear term aims
+  at the dense model's output rather than the compressed inputs' (:mod:`.problem`).
 - **Refit**: on the final support, the kept weights are refitted by conjugate gradients
   (:func:`.refit.refit_cg`); for quantisation levels only the step is refitted
   (:func:`.refit.refit_scale`); unified blocks keep the projection.
@@ -35,8 +37,9 @@ from .constraint import LayerConstraint
 from .problem import DEFAULT_DAMP, LayerProblem
 from .refit import refit_cg, refit_scale
 
-DEFAULTS = {"rho0": 0.1, "max_iterations": 300, "update_every": 3, "min_iterations": 30,
-            "refit_iterations": 20, "damp": DEFAULT_DAMP, "settle": 3e-4, "rho_max": 1e6}
+DEFAULTS = {"dense_target": False, "rho0": 0.1, "max_iterations": 300, "update_every": 3,
+            "min_iterations": 30, "refit_iterations": 20, "damp": DEFAULT_DAMP,
+            "settle": 3e-4, "rho_max": 1e6}
 
 
 def admm(problem: LayerProblem, constraint: LayerConstraint, *, rho0: float = 0.1,
@@ -47,9 +50,9 @@ def admm(problem: LayerProblem, constraint: LayerConstraint, *, rho0: float = 0.
     d = torch.diagonal(h).sqrt()
     hs = h / d[:, None] / d[None, :]
     evals, evecs = torch.linalg.eigh(hs)
-    hs32, evecs32 = hs.float(), evecs.float()
+    evecs32 = evecs.float()
     w0s = (problem.w0.double() * d).float()
-    g = w0s @ hs32  # W0~ H~
+    g = (problem.rhs(damp) / d).float()  # W0~ H~, or the dense-target term, scaled
 
     def inverse(rho: float) -> Tensor:
         return (evecs32 * (1.0 / (evals + rho)).float()) @ evecs32.T
@@ -102,11 +105,11 @@ def admm(problem: LayerProblem, constraint: LayerConstraint, *, rho0: float = 0.
         out = zs / d32
         groups = constraint.level_groups(out.shape[0])
         if groups is not None:
-            out = refit_scale(problem.h, problem.w0, out, groups)
+            out = refit_scale(problem.h, problem.w0, out, groups, rhs=problem.rhs())
         out = constraint.project(out)
     else:
         mask = zs != 0
-        refit = refit_cg(hs, w0s, mask, zs, iterations=refit_iterations)
+        refit = refit_cg(hs, w0s, mask, zs, iterations=refit_iterations, rhs=g.to(hs.dtype))
         out = refit / d32
         out = torch.where(mask, out, 0.0)
     return out, {"iterations": iterations, "rho": rho}

@@ -9,6 +9,10 @@ relative, the ridge is relative to its diagonal).
 Layers that read the same input tensor (q/k/v projections of one attention, gate and up
 projections of a gated MLP) share one accumulator: the hook recognises the tensor it saw
 last and adds its Gram matrix once.
+
+For a solver aiming at the dense model's output (:mod:`.problem`), :class:`DenseRows`
+records each layer's inputs in an uncompressed copy of the block on the same batch, and the
+accumulator adds the cross term ``X_d^T X`` beside ``H``.
 """
 
 from __future__ import annotations
@@ -61,15 +65,47 @@ class Gram:
 
     def __init__(self, size: int) -> None:
         self.h = torch.zeros(size, size, dtype=torch.float64)
+        self.cross: Tensor | None = None
         self.rows = 0
 
-    def add(self, rows: Tensor) -> None:
+    def add(self, rows: Tensor, dense: Tensor | None = None) -> None:
         r = rows.detach().float()
         self.h += (r.T @ r).double()
+        if dense is not None:
+            if dense.shape != r.shape:
+                raise ValueError(f"dense inputs {tuple(dense.shape)} do not match the "
+                                 f"compressed ones {tuple(r.shape)}")
+            if self.cross is None:
+                self.cross = torch.zeros_like(self.h)
+            self.cross += (dense.float().T @ r).double()
         self.rows += r.shape[0]
 
 
-class GramHooks:
+class _PreHooks:
+    """Forward pre-hooks ``self._hook(name)`` on ``self.modules`` while in a ``with``."""
+
+    modules: dict[str, nn.Module]
+    _handles: list
+
+    def _hook(self, name: str):
+        raise NotImplementedError
+
+    def _reset(self) -> None:
+        """What to forget when the hooks are removed."""
+
+    def __enter__(self):
+        for name, module in self.modules.items():
+            self._handles.append(module.register_forward_pre_hook(self._hook(name)))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self._reset()
+
+
+class GramHooks(_PreHooks):
     """Forward pre-hooks on ``modules`` (``{name: module}``) accumulating their Gram
     matrices; ``grams[name]`` after the forward passes. Use as a context manager.
 
@@ -77,8 +113,9 @@ class GramHooks:
     reused by another tensor) and a layer given that very tensor, unmodified, shares its
     accumulator."""
 
-    def __init__(self, modules: dict[str, nn.Module]) -> None:
+    def __init__(self, modules: dict[str, nn.Module], dense: DenseRows | None = None) -> None:
         self.modules = modules
+        self.dense = dense
         self.grams: dict[str, Gram] = {}
         self._last: tuple[Tensor, int, Gram] | None = None
         self._handles: list = []
@@ -93,19 +130,11 @@ class GramHooks:
             gram = self.grams[name]
             if same and last[2] is gram:
                 return  # another reader of this input already added it
-            gram.add(gemm_rows(module, x))
+            gram.add(gemm_rows(module, x), None if self.dense is None else self.dense.rows[name])
             self._last = (x, x._version, gram)
         return hook
 
-    def __enter__(self) -> GramHooks:
-        for name, module in self.modules.items():
-            self._handles.append(module.register_forward_pre_hook(self._hook(name)))
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
+    def _reset(self) -> None:
         self._last = None
 
     def shared(self) -> list[list[str]]:
@@ -114,3 +143,23 @@ class GramHooks:
         for name, gram in self.grams.items():
             groups.setdefault(id(gram), []).append(name)
         return list(groups.values())
+
+
+class DenseRows(_PreHooks):
+    """Pre-hooks on the uncompressed copies of layers (``{name: module}``, named as the
+    compressed ones) keeping the GEMM rows of their latest inputs in ``rows[name]``: run the
+    copy on a batch, then the compressed block on the same batch under a
+    :class:`GramHooks` given this object. Use as a context manager."""
+
+    def __init__(self, modules: dict[str, nn.Module]) -> None:
+        self.modules = modules
+        self.rows: dict[str, Tensor] = {}
+        self._handles: list = []
+
+    def _hook(self, name: str):
+        def hook(module: nn.Module, args: tuple) -> None:
+            self.rows[name] = gemm_rows(module, args[0]).detach()
+        return hook
+
+    def _reset(self) -> None:
+        self.rows.clear()

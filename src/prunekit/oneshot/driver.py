@@ -20,6 +20,7 @@ compensates for the error upstream.
 from __future__ import annotations
 
 import contextlib
+import copy
 import resource
 import sys
 import time
@@ -30,7 +31,7 @@ import torch
 from torch import nn
 
 from ..errors import DataError
-from .capture import GramHooks, check_capturable
+from .capture import DenseRows, GramHooks, check_capturable
 from .constraint import LayerConstraint
 from .problem import LayerProblem
 from .record import LayerRecord, OneShotResult
@@ -102,7 +103,7 @@ class _Solver:
 
     def solve(self, target: Any, constraint: LayerConstraint, gram: Any) -> None:
         param = target.param
-        problem = LayerProblem(param.detach().reshape(param.shape[0], -1), gram.h)
+        problem = LayerProblem(param.detach().reshape(param.shape[0], -1), gram.h, gram.cross)
         start = time.perf_counter()
         w, info = SOLVERS[self.method](problem, constraint, **self.options)
         seconds = time.perf_counter() - start
@@ -186,8 +187,11 @@ def chained(model: nn.Module, blocks: nn.ModuleList, batch: Any) -> bool:
 
 def _block_pass(model: nn.Module, blocks: nn.ModuleList, batches: Sequence[Any],
                 pairs: list[tuple[Any, LayerConstraint]], solver: _Solver,
-                need_outputs: bool) -> None:
-    """Compress the targets inside ``blocks``, one block at a time (module docstring)."""
+                need_outputs: bool, dense_target: bool = False) -> None:
+    """Compress the targets inside ``blocks``, one block at a time (module docstring).
+    With ``dense_target``, the uncompressed model's block inputs are carried beside the
+    compressed ones (a second cache, and an uncompressed copy of the block being solved),
+    so each layer's problem gets the cross term toward the dense output (:mod:`.problem`)."""
     cached: list[tuple[tuple, dict]] = []
 
     def catch(module: nn.Module, args: tuple, kwargs: dict) -> None:
@@ -205,22 +209,46 @@ def _block_pass(model: nn.Module, blocks: nn.ModuleList, batches: Sequence[Any],
         owner = _owner(modules, target.module_name, blocks, block_names)
         by_block.setdefault(owner, []).append((target, constraint))
     last = max(by_block) if by_block else -1
+    dense_cached = list(cached) if dense_target else None
+    prefix = {i: _name_of(modules, b) for i, b in enumerate(blocks)}
     for i, block in enumerate(blocks):
         members = by_block.get(i, [])
+        reference = block
         if members:
             hooked = {t.module_name: modules[t.module_name] for t, _ in members}
-            with GramHooks(hooked) as hooks:
-                for args, kwargs in cached:
-                    block(*args, **kwargs)
+            if dense_cached is None:
+                with GramHooks(hooked) as hooks:
+                    for args, kwargs in cached:
+                        block(*args, **kwargs)
+            else:
+                reference = copy.deepcopy(block)
+                copies = {name: reference.get_submodule(name[len(prefix[i]) + 1:])
+                          for name in hooked}
+                with DenseRows(copies) as dense, GramHooks(hooked, dense) as hooks:
+                    for (args, kwargs), (dargs, dkwargs) in zip(cached, dense_cached,
+                                                                strict=True):
+                        reference(*dargs, **dkwargs)
+                        block(*args, **kwargs)
             for target, constraint in members:
                 solver.solve(target, constraint, hooks.grams[target.module_name])
             del hooks
         if i == last and not need_outputs:
             break
-        for j, (args, kwargs) in enumerate(cached):
-            out = block(*args, **kwargs)
-            hidden = out[0] if isinstance(out, (tuple, list)) else out
-            cached[j] = _replace_hidden(args, kwargs, hidden)
+        _advance(block, cached)
+        if dense_cached is not None:
+            _advance(reference, dense_cached)
+
+
+def _advance(block: nn.Module, cached: list[tuple[tuple, dict]]) -> None:
+    """Replace each cached input of ``block`` by its output (the next block's input)."""
+    for j, (args, kwargs) in enumerate(cached):
+        out = block(*args, **kwargs)
+        hidden = out[0] if isinstance(out, (tuple, list)) else out
+        cached[j] = _replace_hidden(args, kwargs, hidden)
+
+
+def _name_of(modules: dict[str, nn.Module], module: nn.Module) -> str:
+    return next(name for name, m in modules.items() if m is module)
 
 
 def _owner(modules: dict[str, nn.Module], name: str, blocks: nn.ModuleList,
@@ -315,7 +343,8 @@ def compress(model: nn.Module, batches: Iterable[Any], rules: Any, method: str =
                 inside = [p for p in pairs if p[0].module_name.startswith(prefix)]
             outside = [p for p in pairs if p not in inside]
             if inside:
-                _block_pass(model, found[1], batches, inside, solver, need_outputs=False)
+                _block_pass(model, found[1], batches, inside, solver, need_outputs=False,
+                            dense_target=bool(opts.get("dense_target")))
             if outside:
                 _hooked_pass(model, batches, outside, solver)
     finally:

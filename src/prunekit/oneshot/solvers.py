@@ -30,6 +30,7 @@ OPTIONS: dict[str, dict[str, Any]] = {
 }
 
 _POSITIVE = {"damp", "rho0", "rho_max", "settle"}
+_FLAGS = {"dense_target"}
 _COUNTS = {"block", "max_iterations", "update_every", "min_iterations", "refit_iterations"}
 
 
@@ -45,6 +46,8 @@ def check_method(method: Any, options: Mapping[str, Any]) -> dict[str, Any]:
                           f"takes {sorted(allowed) or 'none'}")
     merged = {**allowed, **options}
     for key, value in options.items():
+        if key in _FLAGS and not isinstance(value, bool):
+            raise ConfigError(f"one-shot option {key!r} must be true or false, got {value!r}")
         if key in _COUNTS and (isinstance(value, bool) or not isinstance(value, int)
                                or value < (0 if key == "min_iterations" else 1)):
             raise ConfigError(f"one-shot option {key!r} must be a positive integer, "
