@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from ..errors import DataError
-from .capture import DenseRows, GramHooks, check_capturable
+from .capture import DenseRows, GramHooks, Probe, Site, check_capturable, site_of
 from .constraint import LayerConstraint
 from .problem import LayerProblem
 from .record import LayerRecord, OneShotResult
@@ -60,17 +60,22 @@ def peak_rss_mb() -> float:
 
 @contextlib.contextmanager
 def _inference(model: nn.Module) -> Iterator[None]:
-    """Eval mode, no autograd and (for Hugging Face models) no KV cache, restored after."""
+    """Eval mode, no autograd, no fused attention fast path and (for Hugging Face models)
+    no KV cache, restored after."""
     config = getattr(model, "config", None)
     cache = getattr(config, "use_cache", None)
     was_training = model.training
+    fastpath = torch.backends.mha.get_fastpath_enabled()
     try:
         if cache is not None:
             config.use_cache = False
         model.eval()
+        # torch's fused transformer-layer kernels skip the submodule calls the hooks see
+        torch.backends.mha.set_fastpath_enabled(False)
         with torch.no_grad():
             yield
     finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
         model.train(was_training)
         if cache is not None:
             config.use_cache = cache
@@ -215,22 +220,22 @@ def _block_pass(model: nn.Module, blocks: nn.ModuleList, batches: Sequence[Any],
         members = by_block.get(i, [])
         reference = block
         if members:
-            hooked = {t.module_name: modules[t.module_name] for t, _ in members}
+            hooked = {t.name: site_of(modules, t.module_name, t.name) for t, _ in members}
             if dense_cached is None:
                 with GramHooks(hooked) as hooks:
                     for args, kwargs in cached:
                         block(*args, **kwargs)
             else:
                 reference = copy.deepcopy(block)
-                copies = {name: reference.get_submodule(name[len(prefix[i]) + 1:])
-                          for name in hooked}
+                copies = {name: Site(reference.get_submodule(site.name[len(prefix[i]) + 1:]),
+                                     site.part) for name, site in hooked.items()}
                 with DenseRows(copies) as dense, GramHooks(hooked, dense) as hooks:
                     for (args, kwargs), (dargs, dkwargs) in zip(cached, dense_cached,
                                                                 strict=True):
                         reference(*dargs, **dkwargs)
                         block(*args, **kwargs)
             for target, constraint in members:
-                solver.solve(target, constraint, hooks.grams[target.module_name])
+                solver.solve(target, constraint, hooks.grams[target.name])
             del hooks
         if i == last and not need_outputs:
             break
@@ -277,23 +282,37 @@ def _forward_order(model: nn.Module, batch: Any, modules: dict[str, nn.Module]) 
 
 def _hooked_pass(model: nn.Module, batches: Sequence[Any],
                  pairs: list[tuple[Any, LayerConstraint]], solver: _Solver) -> None:
-    """Compress targets in forward order, each from a forward pass stopped at it."""
+    """Compress targets in forward order, each module's from a forward pass stopped at it
+    (a recurrent or attention module's weights from one pass: :mod:`.replay`)."""
     named = dict(model.named_modules())
-    modules = {t.module_name: named[t.module_name] for t, _ in pairs}
+    sites = {t.name: site_of(named, t.module_name, t.name) for t, _ in pairs}
+    modules = {site.name: site.module for site in sites.values()}
     order = _forward_order(model, batches[0], modules)
     by_module: dict[str, list[tuple[Any, LayerConstraint]]] = {}
     for target, constraint in pairs:
-        by_module.setdefault(target.module_name, []).append((target, constraint))
+        by_module.setdefault(sites[target.name].name, []).append((target, constraint))
 
     def stop(module: nn.Module, args: tuple) -> None:
         raise _Stop
 
     for name in order:
-        module = modules[name]
-        with GramHooks({name: module}) as hooks:
-            _run_stopped(model, batches, module.register_forward_pre_hook(stop))
-        for target, constraint in by_module[name]:
-            solver.solve(target, constraint, hooks.grams[name])
+        members = by_module[name]
+        with GramHooks({t.name: sites[t.name] for t, _ in members}) as hooks:
+            _run_stopped(model, batches, modules[name].register_forward_pre_hook(stop))
+        for target, constraint in members:
+            solver.solve(target, constraint, hooks.grams[target.name])
+
+
+def _probe_replays(model: nn.Module, batch: Any, targets: Sequence[Any]) -> None:
+    """One forward pass replaying every recurrent or attention site (:mod:`.replay`) before
+    any weight changes: what cannot be replayed is refused while the model is intact."""
+    named = dict(model.named_modules())
+    sites = {t.name: site_of(named, t.module_name, t.name) for t in targets}
+    replayed = {k: s for k, s in sites.items() if s.part != "weight"
+                or not isinstance(s.module, (nn.Linear, nn.Conv1d, nn.Conv2d))}
+    if replayed:
+        with Probe(replayed):
+            call(model, batch)
 
 
 def check(model: nn.Module, rules: Any, method: str = "admm", *, example: Any = None,
@@ -310,7 +329,7 @@ def check(model: nn.Module, rules: Any, method: str = "admm", *, example: Any = 
     named = dict(model.named_modules())
     for target in targets:
         if hasattr(target, "module_name"):
-            check_capturable(named[target.module_name], target.module_name)
+            check_capturable(site_of(named, target.module_name, target.name), target.name)
     check_targets(method, targets)
     return targets, opts
 
@@ -336,6 +355,7 @@ def compress(model: nn.Module, batches: Iterable[Any], rules: Any, method: str =
     solver = _Solver(method, opts, len(pairs), progress)
     try:
         with _inference(model):
+            _probe_replays(model, batches[0], targets)
             found = find_blocks(model, [t.module_name for t in targets])
             inside: list[tuple[Any, LayerConstraint]] = []
             if found is not None and chained(model, found[1], batches[0]):
