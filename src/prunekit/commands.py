@@ -15,7 +15,12 @@ is rebuilt only from what the user names themselves, one of
 - a run directory (``prunekit report runs/cnn``): a run the user made, whose
   ``recipe.yaml`` names the factory and its arguments; its ``model.pkz`` is the file.
 
-A zoo model needs none of them.
+A zoo model needs none of them, and neither does a pretrained Hugging Face model
+(``model: {hf: PATH}``): its file records the model's config, from which transformers
+builds the architecture (``AutoModelForCausalLM.from_config`` / ``AutoModel.from_config``)
+without the source weights. ``report`` reads such a file (MACs per token, perplexity or
+embedding similarity in place of accuracy); ``export`` and ``bench``, which run a model on
+one fixed input tensor, refuse it and name the run's ``model-hf/`` directory instead.
 """
 
 from __future__ import annotations
@@ -95,6 +100,8 @@ def architecture(path: Path, run_dir: Path | None = None, *, model_spec: str | N
     module docstring); None for a zoo model, which the file rebuilds itself."""
     manifest, _ = container.read_container(path)
     spec = dict(manifest.get("model") or {}) if isinstance(manifest, dict) else {}
+    if "huggingface" in spec and model_spec is None and model_kwargs is None:
+        return None  # rebuilt from the config the file records
     if model_spec is not None:
         if not isinstance(model_spec, str) or not model_spec:
             raise ConfigError(f"--model must be a zoo name or 'module:function', "
@@ -132,6 +139,31 @@ def load_model_file(target: str | os.PathLike, *, model: nn.Module | None = None
     return artifacts.load(path, model=model)
 
 
+def is_pretrained(loaded: artifacts.Loaded) -> bool:
+    """Whether the file holds a Hugging Face model (it records its config)."""
+    return "huggingface" in loaded.spec
+
+
+def refuse_pretrained(loaded: artifacts.Loaded, path: str | os.PathLike, command: str) -> None:
+    """``export`` and ``bench`` run a model on one input tensor of a fixed shape; a
+    Hugging Face model takes token ids and keyword arguments, so say where its usable copy
+    is instead of failing inside the exporter."""
+    if is_pretrained(loaded):
+        raise DataError(
+            f"{path} holds a Hugging Face model ({loaded.spec.get('name')}); prunekit {command} "
+            f"takes models with one fixed-shape input tensor. Its compressed weights are also "
+            f"in the run's model-hf/ directory (save_pretrained), which transformers and its "
+            f"exporters (optimum) load; prunekit report reads this file")
+
+
+def example_input(loaded: artifacts.Loaded, path: str | os.PathLike) -> Any:
+    """One input for the report's forward pass: a zero tensor of the recorded shape, or
+    one token for a Hugging Face model (its MACs are per token)."""
+    if is_pretrained(loaded):
+        return {"input_ids": torch.zeros(1, 1, dtype=torch.long)}
+    return torch.zeros(1, *input_shape(loaded, path))
+
+
 def input_shape(loaded: artifacts.Loaded, path: str | os.PathLike) -> list[int]:
     shape = loaded.spec.get("input_shape")
     if not isinstance(shape, list) or not shape:
@@ -160,8 +192,10 @@ def report(target: str | os.PathLike, out_dir: str | os.PathLike | None = None, 
     stages = run.get("stage_accuracy") or meta.get("stage_accuracy")
     if stages:
         extra["stage_accuracy"] = stages
+    if is_pretrained(loaded):
+        extra["macs_per"] = "token"
     result = build_report(
-        loaded.model, torch.zeros(1, *input_shape(loaded, path)),
+        loaded.model, example_input(loaded, path), quality=meta.get("quality"),
         constraints=loaded.constraints, storage=loaded.storage,
         accuracy_dense=meta.get("accuracy_dense"),
         accuracy_compressed=meta.get("accuracy_compressed"),
@@ -205,6 +239,7 @@ def export(target: str | os.PathLike, out: str | os.PathLike, *, opset: int | No
     path, _ = model_file(target)
     loaded = load_model_file(target, model=model, model_spec=model_spec,
                              model_kwargs=model_kwargs)
+    refuse_pretrained(loaded, path, "export")
     written = write_onnx(loaded.model, loaded.constraints,
                          torch.zeros(1, *input_shape(loaded, path)), out, opset=opset,
                          dynamic_batch=dynamic_batch, shrink=shrink)
@@ -224,6 +259,7 @@ def bench(target: str | os.PathLike, *, batch: int = 1, repeats: int = 20,
     path, _ = model_file(target)
     loaded = load_model_file(target, model=model, model_spec=model_spec,
                              model_kwargs=model_kwargs)
+    refuse_pretrained(loaded, path, "bench")
     result = runtime.bench_model(loaded.model, input_shape(loaded, path), name=path.name,
                                  batch=batch, repeats=repeats, plan_cache=plan_cache,
                                  echo=echo)

@@ -30,6 +30,7 @@ from torch import nn
 from . import artifacts, methods, models, oneshot
 from . import data as datasets
 from .constraints import Frozen, MaskEnforcer, Rounded
+from .data import text
 from .errors import ConfigError, DataError
 from .files import (
     CorruptFileError,
@@ -38,6 +39,7 @@ from .files import (
     remove_stale_temps,
     set_aside,
 )
+from .integrations import huggingface
 from .methods.quantize import ProgressiveFixing
 from .plan import Plan, check_fits_data, option_key
 from .recipe import QUANT_RETRAIN_DEFAULTS, Recipe, parse_yaml
@@ -126,6 +128,11 @@ class Run:
         self.train_loader = distributed.shard_loader(self.train_loader, train=True)
         self.test_loader = distributed.shard_loader(self.test_loader, train=False)
 
+    def prepare(self) -> None:
+        """What the plan check needs before the model is built: the data's shape and
+        classes (no data is read)."""
+        self.info = datasets.dataset_info(self.plan.data.name, **self.data_options())
+
     def model_spec(self) -> dict[str, Any]:
         """How to rebuild the model: zoo name or factory, its arguments, the data's shape."""
         m = self.plan.model
@@ -197,7 +204,7 @@ class Run:
         if note:
             self.say(note)
         set_seed(self.plan.seed)
-        self.info = datasets.dataset_info(self.plan.data.name, **self.data_options())
+        self.prepare()
         state = State(self.build_model())
         self.check_plan(state.model)
         if distributed.is_main():  # recorded once the plan holds: a refused plan writes nothing
@@ -237,8 +244,8 @@ class Run:
         try:
             if stage.checkpoint:
                 self.load_stage(path, stage.name, state)
-            else:  # the model file: its CRC and manifest are checked on reading
-                artifacts.load(path, model=self.build_model())
+            else:
+                self.check_artifact(stage, path)
         except CorruptFileError as exc:
             failed = exc
         except DataError as exc:
@@ -256,6 +263,11 @@ class Run:
             self.check_ranks(state, f"the resumed {stage.name} artifact")
         self.say(f"resume: stage {stage.name} is finished ({path.name})")
         return True
+
+    def check_artifact(self, stage: Stage, path: Path) -> None:
+        """Raise a DataError unless the finished artifact of a stage without a checkpoint
+        is whole: the model file, whose CRC and manifest are checked on reading."""
+        artifacts.load(path, model=self.build_model())
 
     def check_ranks(self, state: State, when: str) -> None:
         """Every rank must hold the same weights and frozen constraints (masks, levels):
@@ -305,7 +317,7 @@ class Run:
         m = self.plan.model
         if not m.checkpoint:
             return None
-        loaded = load_checkpoint(m.checkpoint)
+        loaded = load_checkpoint(Path(m.checkpoint).expanduser())
         loaded = loaded.get("state_dict", loaded) if isinstance(loaded, dict) else loaded
         try:
             artifacts.check_fits(loaded, model, m.checkpoint)
@@ -367,12 +379,19 @@ class Run:
         inputs, in forward order (:func:`prunekit.oneshot.compress`), into the same frozen
         constraints training-time hardening gives, so retraining, export and the report
         follow unchanged."""
+        o = self.plan.oneshot
+        batches = self.calibration_batches(o.calibration["samples"])
+        self.say(f"oneshot: {o.method} on {sum(len(b) for b in batches)} calibration examples")
+        self.compress(state, batches)
+        self.record_accuracy(state, "oneshot", "after compression")
+
+    def compress(self, state: State, batches: list[Any]) -> None:
+        """The oneshot section's compression of ``state.model`` on ``batches``, its frozen
+        constraints and per-layer records into ``state``."""
         if distributed.active():
             raise ConfigError("oneshot runs in one process: each torchrun rank would see other "
                               "calibration data; run it without torchrun")
         o = self.plan.oneshot
-        batches = self.calibration_batches(o.calibration["samples"])
-        self.say(f"oneshot: {o.method} on {sum(len(b) for b in batches)} calibration examples")
         try:
             result = oneshot.compress(state.model, batches, o.targets, o.method,
                                       progress=self.progress, example=self.example(),
@@ -383,7 +402,6 @@ class Run:
         state.meta["oneshot"] = {**result.summary(),
                                  "layers": [r.as_dict() for r in result.layers]}
         state.meta.setdefault("methods", []).append(f"oneshot:{o.method}")
-        self.record_accuracy(state, "oneshot", "after compression")
 
     def prune_method(self, model: nn.Module, targets: Targets, *, dry_run: bool = False):
         prune = self.plan.prune
@@ -618,6 +636,160 @@ class Run:
         return report
 
 
+class PretrainedRun(Run):
+    """A recipe whose model is a pretrained Hugging Face model (``model.hf``) on text data
+    (``data.name: text``). Nothing is trained: the model is loaded (float32, never from
+    the network), measured, compressed by the oneshot section on text calibration windows
+    and measured again, then written twice, as ``model.pkz`` (which records the model's
+    config, so prunekit rebuilds it without the source weights) and as ``model-hf/``, a
+    ``save_pretrained`` directory transformers loads. A causal LM is measured by its
+    perplexity on the evaluation windows (lower is better); an encoder by the mean cosine
+    similarity of its mean-pooled sentence embeddings to the dense model's."""
+
+    #: the save_pretrained directory of the compressed model in the run directory
+    HF_DIR = "model-hf"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.loaded: huggingface.Pretrained | None = None
+        self.text: dict[str, Any] = {}
+
+    def prepare(self) -> None:
+        self.info = None  # text has no fixed input shape or classes
+
+    def build_model(self) -> nn.Module:
+        """The pretrained model; loaded once per run, with its tokenizer (a model file is
+        read back into the architecture it records, not into this)."""
+        if self.loaded is None:
+            m = self.plan.model
+            self.loaded = huggingface.load(Path(m.hf).expanduser(), causal_lm=m.causal_lm)
+        return self.loaded.model
+
+    @property
+    def metric(self) -> str:
+        """What measures the model: ``perplexity`` (causal LM) or ``similarity``."""
+        return "perplexity" if self.loaded.causal_lm else "similarity"
+
+    def model_spec(self) -> dict[str, Any]:
+        """How a model file rebuilds the model: its config (no weights), see
+        :func:`prunekit.integrations.huggingface.architecture`."""
+        arch = huggingface.architecture(self.loaded.model, self.loaded.causal_lm)
+        kinds = arch["config"].get("architectures") or [arch["config"]["model_type"]]
+        return {"name": str(kinds[0]), "huggingface": arch, "seq_len": self.plan.data.seq_len}
+
+    def check_plan(self, model: nn.Module) -> None:
+        """The targets against the loaded model (rules, capturable layers, schemes the
+        method solves), before any text is read."""
+        try:
+            self.oneshot_targets(model)
+        except ConfigError as exc:
+            raise self.recipe.locate(exc) from None
+
+    def example(self) -> None:
+        return None  # a transformer is not traced: group_filter rules do not apply
+
+    def build_data(self) -> None:
+        """Tokenize the calibration and evaluation files and cut their windows (the text
+        shorter than one window is an error here, before any stage runs)."""
+        d, cal = self.plan.data, self.plan.oneshot.calibration
+        tokenizer = self.loaded.tokenizer
+        calibration = text.tokenize_files(tokenizer, d.files["calibration"])
+        evaluation = text.tokenize_files(tokenizer, d.files["evaluation"])
+        self.text = {
+            "files": {"calibration": calibration.files, "evaluation": evaluation.files},
+            "calibration": text.calibration_windows(calibration, cal["samples"],
+                                                    cal["seq_len"], cal["seed"]),
+            "evaluation": text.evaluation_windows(evaluation, d.seq_len, d.eval_tokens),
+        }
+        self.say(f"text: {calibration.ids.numel()} calibration tokens from "
+                 f"{len(calibration.files)} files, {evaluation.ids.numel()} evaluation "
+                 f"tokens from {len(evaluation.files)} files "
+                 f"({self.text['evaluation'].numel()} evaluated)")
+
+    def stages(self) -> list[Stage]:
+        return [Stage("oneshot", "oneshot.pt", self.oneshot_stage),
+                Stage("export", "model.pkz", self.export_stage, checkpoint=False),
+                Stage("hf", self.HF_DIR, self.hf_stage, checkpoint=False),
+                Stage("report", "report.json", self.report_stage, checkpoint=False)]
+
+    def check_artifact(self, stage: Stage, path: Path) -> None:
+        if stage.name == "hf":  # moved into place whole, or not at all
+            if not (path / "config.json").is_file():
+                raise DataError(f"{path} has no config.json")
+            return
+        artifacts.load(path)  # rebuilt from the architecture the file records
+
+    def measure(self, model: nn.Module, reference: torch.Tensor | None = None) -> float:
+        """Perplexity on the evaluation windows, or (encoder) the embeddings' similarity to
+        ``reference``, the dense model's."""
+        windows, batch = self.text["evaluation"], self.plan.data.batch_size
+        if self.loaded.causal_lm:
+            return text.perplexity(model, windows, batch_size=batch)
+        return text.embedding_similarity(reference, text.mean_pooled(model, windows,
+                                                                     batch_size=batch))
+
+    def record_quality(self, state: State, stage: str, when: str, value: float) -> None:
+        """Record (``meta["quality"]``: the model file, report.json, report.md) and log the
+        metric at a named moment; the first moment is the dense model's."""
+        quality = state.meta.setdefault("quality", {"metric": self.metric, "stages": []})
+        quality["stages"].append({"stage": stage, "when": when, self.metric: value})
+        quality["dense" if stage == "dense" else "compressed"] = value
+        label = ("perplexity (lower is better)" if self.metric == "perplexity"
+                 else "embedding similarity to the dense model")
+        self.say(f"{stage} {label} {when}: {value:.4f}")
+
+    def oneshot_stage(self, state: State, resume: bool) -> None:
+        o, windows = self.plan.oneshot, self.text["calibration"]
+        reference = None
+        if self.loaded.causal_lm:
+            self.record_quality(state, "dense", "before compression", self.measure(state.model))
+        else:
+            reference = text.mean_pooled(state.model, self.text["evaluation"],
+                                         batch_size=self.plan.data.batch_size)
+            self.record_quality(state, "dense", "before compression", 1.0)
+        self.say(f"oneshot: {o.method} on {windows.shape[0]} calibration windows of "
+                 f"{windows.shape[1]} tokens")
+        self.compress(state, text.as_batches(windows, self.plan.data.batch_size))
+        self.record_quality(state, "oneshot", "after compression",
+                            self.measure(state.model, reference))
+
+    def export_stage(self, state: State, resume: bool) -> None:
+        artifacts.save(state.model, self.out / "model.pkz", state.constraints,
+                       spec=self.model_spec(), recipe=self.recipe.to_yaml(),
+                       meta={"quality": state.meta.get("quality"),
+                             "methods": state.meta.get("methods", []),
+                             "text": self.text["files"]})
+
+    def hf_stage(self, state: State, resume: bool) -> None:
+        """The compressed model as a ``save_pretrained`` directory (dense tensors holding
+        their zeros), with the tokenizer: what transformers and its tools load."""
+        written = huggingface.save(state.model, self.loaded.tokenizer, self.out / self.HF_DIR)
+        self.say(f"Hugging Face directory: {written}")
+
+    def _report(self, state: State) -> dict[str, Any]:
+        """The report of ``model.pkz`` read back into the architecture it records; MACs are
+        per token (the example is one token)."""
+        loaded = artifacts.load(self.out / "model.pkz")
+        summary = (state.meta.get("oneshot") or {})
+        report = build_report(
+            loaded.model, {"input_ids": torch.zeros(1, 1, dtype=torch.long)},
+            constraints=loaded.constraints, storage=loaded.storage,
+            quality=loaded.meta.get("quality") or state.meta.get("quality"),
+            method=" -> ".join(state.meta.get("methods", [])) or None, epochs=0,
+            seconds=summary.get("seconds"),
+            extra={"recipe": self.plan.name, "dataset": "text",
+                   "text": loaded.meta.get("text") or self.text.get("files"),
+                   **({"oneshot": summary} if summary else {}),
+                   "model": self.plan.model.hf, "macs_per": "token", "file": "model.pkz",
+                   "hf_directory": self.HF_DIR,
+                   "wall_seconds_this_invocation": time.perf_counter() - self.started})
+        params = dict(loaded.model.named_parameters())
+        write_report(self.out, report,
+                     weights_after={n: params[n].detach() for n in loaded.constraints})
+        self.report = report
+        return report
+
+
 def describe_settings(config: TrainConfig) -> str:
     """A stage's resolved training settings in one line (printed when the stage starts, so
     what a stage inherited and what it defaulted to is never a guess)."""
@@ -637,7 +809,8 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, *, resume: bool = False,
                force: bool = False) -> dict[str, Any]:
     """Execute ``recipe`` into ``out_dir`` and return its report. A directory holding
     another run is refused unless ``resume`` (with the same plan) or ``force``."""
-    report = Run(recipe, out_dir, progress=progress, echo=echo, force=force).run(resume=resume)
+    kind = PretrainedRun if recipe.plan.pretrained else Run
+    report = kind(recipe, out_dir, progress=progress, echo=echo, force=force).run(resume=resume)
     if distributed.is_main():
         echo(format_report(report))
         echo(f"results: {Path(out_dir).resolve()}")

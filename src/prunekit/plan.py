@@ -30,8 +30,10 @@ from torch import nn
 
 from . import data as datasets
 from . import methods, oneshot, schemes
+from .data import text as text_data
 from .errors import ConfigError, within
 from .factories import check_kwargs, import_factory, is_factory_spec
+from .integrations import huggingface
 from .targets import check_rule
 from .training import TrainConfig
 
@@ -253,23 +255,59 @@ def _with_options(cls: type, d: Any) -> Any:
 @dataclass
 class ModelConfig:
     """``model``: a zoo name or a ``module:function`` factory, its arguments, and optionally
-    a dense checkpoint to start from and the per-sample input shape."""
+    a dense checkpoint to start from and the per-sample input shape; or a pretrained
+    Hugging Face model, ``hf``: a ``save_pretrained`` directory or a ``.gguf`` file (with
+    ``causal_lm`` to force the head choice), which is named by its path alone."""
 
     name: str | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
     checkpoint: str | None = None
     input_shape: list[int] | None = None
+    hf: str | None = None
+    causal_lm: bool | None = None
 
     def __post_init__(self) -> None:
-        if not self.name:
-            raise ConfigError("is required (a zoo name or 'module:function')", key=("name",))
-        _expect(self.name, "name", (str,), "a string")
         self.kwargs = {} if self.kwargs is None else self.kwargs  # ``kwargs:`` left empty
+        if self.hf is not None:
+            self._check_hf()
+            return
+        if self.causal_lm is not None:
+            raise ConfigError("applies only to a Hugging Face model (model.hf)",
+                              key=("causal_lm",))
+        if not self.name:
+            raise ConfigError("is required (a zoo name or 'module:function', or hf: a "
+                              "Hugging Face model directory)", key=("name",))
+        _expect(self.name, "name", (str,), "a string")
         _expect(self.kwargs, "kwargs", (dict,), "a mapping")
         _expect(self.checkpoint, "checkpoint", (str,), "a path")
         if self.input_shape is not None:
             with within("input_shape"):
                 self.input_shape = list(datasets.info.parse_shape(self.input_shape))
+
+    def _check_hf(self) -> None:
+        """The path names a model transformers can load (nothing is loaded yet) and the
+        keys of a zoo or factory model are absent: a pretrained model brings its
+        architecture and weights."""
+        _expect(self.hf, "hf", (str,), "a path (a save_pretrained directory or a .gguf file)")
+        for key, given in (("name", self.name is not None), ("kwargs", bool(self.kwargs)),
+                           ("checkpoint", self.checkpoint is not None),
+                           ("input_shape", self.input_shape is not None)):
+            if given:
+                raise ConfigError("cannot be given with model.hf: a Hugging Face model brings "
+                                  "its own architecture and weights (remove one of the two)",
+                                  key=(key,))
+        _expect(self.causal_lm, "causal_lm", (bool,), "true or false")
+        with within("hf"):
+            huggingface.require()
+            huggingface.check_path(self.hf)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The section's keys; a Hugging Face model's alone, and only those of the other
+        kinds otherwise, so a recorded plan reads like the recipe."""
+        hf_keys = ("hf", "causal_lm")
+        keys = [f.name for f in fields(self)
+                if (f.name in hf_keys) == (self.hf is not None)]
+        return _plain({k: getattr(self, k) for k in keys})
 
 
 @dataclass
@@ -291,7 +329,7 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         if not self.name:
-            raise ConfigError("is required (e.g. fashion_mnist, mnist, cifar10, synthetic, "
+            raise ConfigError("is required (e.g. fashion_mnist, mnist, cifar10, synthetic, text, "
                               "or module:function)", key=("name",))
         _expect(self.name, "name", (str,), "a string")
         _expect(self.root, "root", (str,), "a directory path")
@@ -327,6 +365,62 @@ class DataConfig:
             function = import_factory(self.name, "data function")
         with within("options"):
             check_kwargs(f"data function {self.name!r}", function, self.options)
+
+
+@dataclass
+class TextDataConfig:
+    """``data: {name: text}``: local text for a Hugging Face model, ``calibration`` and
+    ``evaluation`` (each a list of ``.txt`` / ``.jsonl`` files or globs, disjoint), cut into
+    windows of ``seq_len`` tokens (evaluation: consecutive windows of at most
+    ``eval_tokens`` tokens, all by default), run ``batch_size`` windows at a time. The files
+    are found and compared now; they are tokenized when the run starts
+    (:mod:`prunekit.data.text`)."""
+
+    NAME: ClassVar[str] = "text"
+
+    name: str = NAME
+    calibration: list[str] | None = None
+    evaluation: list[str] | None = None
+    seq_len: int = 512
+    eval_tokens: int | None = None
+    batch_size: int = 4
+
+    def __post_init__(self) -> None:
+        for key in ("calibration", "evaluation"):
+            value = getattr(self, key)
+            if isinstance(value, str):
+                value = [value]
+            if not isinstance(value, list) or not value:
+                raise ConfigError("must be a non-empty list of .txt / .jsonl files or globs",
+                                  key=(key,))
+            setattr(self, key, value)
+        for key in ("seq_len", "eval_tokens", "batch_size"):
+            _positive(getattr(self, key), key)
+        if self.eval_tokens is not None and self.eval_tokens < self.seq_len:
+            raise ConfigError(f"is {self.eval_tokens}, less than one window (seq_len "
+                              f"{self.seq_len})", key=("eval_tokens",))
+        with within("calibration"):
+            calibration = text_data.expand_files(self.calibration)
+        with within("evaluation"):
+            evaluation = text_data.expand_files(self.evaluation)
+            text_data.check_disjoint(calibration, evaluation)
+        #: the files the globs found, in order (not part of the plan: the globs are)
+        self.files = {"calibration": calibration, "evaluation": evaluation}
+
+
+def _data_class(value: Any) -> type:
+    """The data section's class: text data has keys of its own, which another data set
+    refuses by saying whose they are."""
+    if not isinstance(value, Mapping):
+        return DataConfig
+    if value.get("name") == TextDataConfig.NAME:
+        return TextDataConfig
+    own = {f.name for f in fields(DataConfig)}
+    for key in value:
+        if key not in own and key in {f.name for f in fields(TextDataConfig)}:
+            raise ConfigError(f"is a key of text data (data.name: text, for a Hugging Face "
+                              f"model), not of data {value.get('name')!r}", key=(str(key),))
+    return DataConfig
 
 
 @dataclass
@@ -368,11 +462,15 @@ class OneshotConfig:
     or the dense stage's result) layer by layer from calibration inputs, in place of a
     training-time ``prune`` section: the method (``admm``, ``sparsegpt``, ``wanda``,
     ``magnitude``; :mod:`prunekit.oneshot`), its options (every other key), the target
-    rules, and ``calibration: {samples: N}``, the first N training examples. ``retrain``
-    after it is the optional refinement inside the frozen constraints."""
+    rules, and ``calibration: {samples: N}``, the first N training examples (with text data:
+    N windows of ``seq_len`` tokens, default ``data.seq_len``, drawn at random starts with
+    ``seed``, default the recipe's). ``retrain`` after it is the optional refinement inside
+    the frozen constraints."""
 
     SECTION_KEYS: ClassVar[tuple[str, ...]] = ("method", "targets", "calibration")
     CALIBRATION_DEFAULTS: ClassVar[dict[str, Any]] = {"samples": 128}
+    #: calibration keys that only text data reads
+    TEXT_CALIBRATION_KEYS: ClassVar[tuple[str, ...]] = ("seq_len", "seed")
 
     method: str = "admm"
     targets: list[dict[str, Any]] | None = None
@@ -399,8 +497,14 @@ class OneshotConfig:
                 check_rule(rule, index)
         given = {} if self.calibration is None else _mapping(self.calibration, "calibration")
         with within("calibration"):
-            _known_keys(given, list(self.CALIBRATION_DEFAULTS), "oneshot.calibration")
+            _known_keys(given, [*self.CALIBRATION_DEFAULTS, *self.TEXT_CALIBRATION_KEYS],
+                        "oneshot.calibration")
             _positive(given.get("samples"), "samples")
+            _positive(given.get("seq_len"), "seq_len")
+            _expect(given.get("seed"), "seed", (int,), "an integer")
+            if given.get("seed") is not None and given["seed"] < 0:
+                raise ConfigError(f"must be a non-negative integer, got {given['seed']}",
+                                  key=("seed",))
         self.calibration = {**self.CALIBRATION_DEFAULTS, **given}
 
     @classmethod
@@ -499,7 +603,7 @@ class Plan:
         "quantize")
 
     model: ModelConfig
-    data: DataConfig
+    data: DataConfig | TextDataConfig
     train: dict[str, Any] = field(default_factory=lambda: {"epochs": 0})
     prune: PruneConfig | None = None
     oneshot: OneshotConfig | None = None
@@ -520,6 +624,7 @@ class Plan:
             raise ConfigError(f"must be a non-negative integer, got {self.seed!r}", key=("seed",))
         _mapping(self.train, "train")
         _expect(self.retrain, "retrain", (dict,), "a mapping")
+        self._check_pretrained()
         if self.prune is not None and self.oneshot is not None:
             raise ConfigError("a recipe compresses by training (prune) or after training "
                               "(oneshot), not both: remove one of the two sections",
@@ -534,6 +639,53 @@ class Plan:
                               "a later stage (prune.train, retrain, quantize.train or "
                               "quantize.retrain), whose teacher is the dense model",
                               key=("train", "distill"))
+
+    @property
+    def pretrained(self) -> bool:
+        """Whether the model is a pretrained Hugging Face model (``model.hf``)."""
+        return self.model.hf is not None
+
+    def _check_pretrained(self) -> None:
+        """A Hugging Face model goes with text data and text data with it; such a model is
+        compressed after training only (``oneshot``): the training stages' trainer is
+        a classifier's (inputs and class labels), which a pretrained transformer on running
+        text does not fit. Text calibration's window length and seed default to the data's
+        and the recipe's."""
+        text = isinstance(self.data, TextDataConfig)
+        if text and not self.pretrained:
+            raise ConfigError("text data calibrates and evaluates a Hugging Face model: set "
+                              "model: {hf: PATH} (a save_pretrained directory or a .gguf "
+                              "file), or use image data for this model", key=("data", "name"))
+        if self.pretrained and not text:
+            raise ConfigError(f"a Hugging Face model (model.hf) is calibrated and evaluated on "
+                              f"text, not {self.data.name!r}: set data: {{name: text, "
+                              f"calibration: [FILES], evaluation: [FILES]}}",
+                              key=("data", "name"))
+        calibration = self.oneshot.calibration if self.oneshot is not None else {}
+        if not self.pretrained:
+            for key in OneshotConfig.TEXT_CALIBRATION_KEYS:
+                if key in calibration:
+                    raise ConfigError("applies to text calibration only (data.name: text); "
+                                      "image calibration takes the first `samples` training "
+                                      "examples", key=("oneshot", "calibration", key))
+            return
+        for key in ("prune", "retrain", "quantize"):
+            if getattr(self, key):
+                raise ConfigError(
+                    "is not supported with a Hugging Face model: a pretrained model is "
+                    "compressed after training, by the oneshot section (any scheme, "
+                    "quantization levels included: scheme irregular+quant); prune, retrain "
+                    "and quantize train with the classification trainer", key=(key,))
+        if self.oneshot is None:
+            raise ConfigError("is required with a Hugging Face model (model.hf): it says how "
+                              "the pretrained model is compressed", key=("oneshot",))
+        for key, value in self.train.items():
+            if key == "epochs" and value != 0 or key not in ("epochs", "progress"):
+                raise ConfigError("does not apply to a Hugging Face model: it is pretrained, "
+                                  "there is no dense training (remove the train section)",
+                                  key=("train", str(key)))
+        calibration.setdefault("seq_len", self.data.seq_len)
+        calibration.setdefault("seed", self.seed)
 
     def training_stages(self) -> list[tuple[str, ...]]:
         """Where each training stage's settings live, in the order the stages run."""
@@ -589,7 +741,7 @@ class Plan:
         with within("model"):
             model = _build(ModelConfig, d.get("model"), "model")
         with within("data"):
-            data = _build(DataConfig, d.get("data"), "data")
+            data = _build(_data_class(d.get("data")), d.get("data"), "data")
         sections: dict[str, Any] = {}
         for key, build in (("prune", PruneConfig.from_dict),
                            ("oneshot", OneshotConfig.from_dict),
@@ -608,7 +760,7 @@ class Plan:
             "version": self.version,
             "name": self.name,
             "seed": self.seed,
-            "model": _plain({f.name: getattr(self.model, f.name) for f in fields(self.model)}),
+            "model": self.model.to_dict(),
             "data": _plain({f.name: getattr(self.data, f.name) for f in fields(self.data)}),
             "train": _plain(self.train),
             "prune": self.prune.to_dict() if self.prune else None,
@@ -631,6 +783,7 @@ __all__ = [
     "Plan",
     "PruneConfig",
     "QuantizeConfig",
+    "TextDataConfig",
     "check_fits_data",
     "check_method_options",
     "meta_twin",

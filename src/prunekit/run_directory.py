@@ -28,8 +28,8 @@ from .training.trainer import RESUME_FREE_KEYS
 PLAN_FILE = "recipe.yaml"
 #: every file and folder a run writes, so a forced fresh run removes exactly those
 RUN_FILES = ("recipe.yaml", "dense.pt", "oneshot.pt", "pruned.pt", "retrained.pt",
-             "quantized.pt", "qretrained.pt", "model.pkz", "report.json", "report.md",
-             "ckpt")
+             "quantized.pt", "qretrained.pt", "model.pkz", "model-hf", "report.json",
+             "report.md", "ckpt")
 #: a run's plots: ``*.png`` written by the report
 PLOTS = "*.png"
 

@@ -87,7 +87,9 @@ def save(model: nn.Module, path: str | os.PathLike,
     """Write ``model`` (its weights inside ``constraints``) to ``path`` atomically.
 
     ``spec`` says how to rebuild the model (``{"name": zoo name or "module:function",
-    "kwargs", "input_shape", "num_classes"}``; without it :func:`load` needs the model);
+    "kwargs", "input_shape", "num_classes"}``, or for a Hugging Face model ``{"name",
+    "huggingface": {"config", "causal_lm"}}``, its config, from which transformers builds
+    the architecture; without it :func:`load` needs the model);
     ``recipe`` (YAML text) and ``meta`` (small JSON values) travel with it."""
     from ..files import atomic_write_bytes  # noqa: PLC0415
 
@@ -133,6 +135,13 @@ def _build(spec: Any, model: nn.Module | None, source: str) -> nn.Module:
         if not isinstance(model, nn.Module):
             raise DataError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         return model
+    if isinstance(spec, dict) and "huggingface" in spec:
+        from ..integrations import huggingface  # noqa: PLC0415  (transformers: only here)
+
+        try:
+            return huggingface.from_architecture(spec["huggingface"])
+        except PrunekitError as exc:
+            raise DataError(f"{source}: cannot rebuild its Hugging Face model: {exc}") from None
     name = spec.get("name") if isinstance(spec, dict) else None
     if not isinstance(name, str):
         raise DataError(f"{source} does not say which model it holds; pass model=")

@@ -12,6 +12,7 @@ refused by path and by content hash.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import math
@@ -43,6 +44,37 @@ def sha256(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def expand_files(patterns: Sequence[str | os.PathLike]) -> list[Path]:
+    """The files a recipe names: each entry a path or a glob (``~`` expanded, relative to
+    the current directory), globs sorted, the same file once. Every entry must name at
+    least one existing ``.txt`` / ``.jsonl`` file; a mistake is one ConfigError whose key
+    is the entry's index, checked before anything is read."""
+    if isinstance(patterns, str | os.PathLike):
+        patterns = [patterns]
+    found: dict[Path, Path] = {}
+    for index, pattern in enumerate(patterns):
+        if not isinstance(pattern, str | os.PathLike) or not str(pattern):
+            raise ConfigError(f"expected a file path or glob, got {pattern!r}", key=(str(index),))
+        text = os.path.expanduser(os.fspath(pattern))
+        if glob.has_magic(text):
+            paths = [Path(p) for p in sorted(glob.glob(text)) if Path(p).is_file()]
+            if not paths:
+                raise ConfigError(f"{str(pattern)!r} matches no file", key=(str(index),))
+        else:
+            paths = [Path(text)]
+            if not paths[0].is_file():
+                raise ConfigError(f"text data file {str(pattern)!r} does not exist",
+                                  key=(str(index),))
+        for path in paths:
+            if path.suffix not in SUFFIXES:
+                raise ConfigError(f"text data files must end in {' or '.join(SUFFIXES)}: "
+                                  f"{str(path)!r}", key=(str(index),))
+            found.setdefault(path.resolve(), path)
+    if not found:
+        raise ConfigError("needs at least one file")
+    return list(found.values())
 
 
 def read_text(path: str | os.PathLike) -> str:
@@ -142,6 +174,42 @@ def perplexity(model: Any, windows: Tensor, batch_size: int = 4) -> float:
     finally:
         model.train(was_training)
     return math.exp(total / count)
+
+
+def mean_pooled(model: Any, windows: Tensor, attention_mask: Tensor | None = None,
+                batch_size: int = 4) -> Tensor:
+    """``[k, hidden]`` sentence embeddings of an encoder: the mean of its last hidden states
+    over each window's tokens, weighted by ``attention_mask`` (all ones by default: the
+    windows are cut from running text and hold no padding), as sentence-embedding models
+    such as MiniLM pool them."""
+    mask = torch.ones_like(windows) if attention_mask is None else attention_mask
+    if mask.shape != windows.shape:
+        raise ConfigError(f"attention_mask is {tuple(mask.shape)}, the windows are "
+                          f"{tuple(windows.shape)}")
+    out = []
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for i in range(0, windows.shape[0], batch_size):
+                x, m = windows[i:i + batch_size], mask[i:i + batch_size]
+                hidden = model(input_ids=x, attention_mask=m).last_hidden_state.float()
+                weight = m.unsqueeze(-1).to(hidden.dtype)
+                out.append((hidden * weight).sum(1) / weight.sum(1).clamp_min(1.0))
+    finally:
+        model.train(was_training)
+    return torch.cat(out)
+
+
+def embedding_similarity(reference: Tensor, embeddings: Tensor) -> float:
+    """Mean cosine similarity of each row of ``embeddings`` to the same row of
+    ``reference`` (a compressed encoder's sentence embeddings against the dense model's):
+    1.0 means the compressed model embeds every window in the same direction."""
+    if reference.shape != embeddings.shape:
+        raise ConfigError(f"embeddings of shape {tuple(embeddings.shape)} cannot be compared "
+                          f"with reference embeddings of shape {tuple(reference.shape)}")
+    cos = torch.nn.functional.cosine_similarity(reference.double(), embeddings.double(), dim=-1)
+    return float(cos.mean())
 
 
 def as_batches(windows: Tensor, batch_size: int = 1) -> list[dict[str, Tensor]]:

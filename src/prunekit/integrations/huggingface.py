@@ -113,3 +113,61 @@ def save(model: Any, tokenizer: Any, directory: str | os.PathLike) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
+
+
+# ------------------------------------------------------------------ recipes and model files
+def require() -> None:
+    """Refuse (``ConfigError`` naming the ``hf`` extra) when transformers is not installed,
+    without importing it: a recipe is checked before any work, and importing transformers
+    takes seconds."""
+    import importlib.util  # noqa: PLC0415
+
+    if importlib.util.find_spec("transformers") is None:
+        raise ConfigError("Hugging Face models need the hf extra: pip install "
+                          "'prunekit[hf]' (transformers, gguf, accelerate, safetensors)")
+
+
+def check_path(path: str | os.PathLike) -> Path:
+    """``path`` (``~`` expanded) if it is a ``save_pretrained`` directory (with a
+    config.json) or a ``.gguf`` file, else one ConfigError saying which it is not; nothing
+    is loaded."""
+    p = Path(path).expanduser()
+    try:
+        _locate(p)
+    except (ConfigError, DataError) as exc:
+        raise ConfigError(str(exc)) from None
+    return p
+
+
+def architecture(model: Any, causal_lm: bool) -> dict[str, Any]:
+    """What rebuilds ``model``'s architecture without its weights: its config as plain JSON
+    values (``config.json``'s content, less the private ``_*`` entries such as the local
+    path it was loaded from) and whether it has a language-model head. A model file
+    records this, so its weights can be loaded back with no access to the source model."""
+    import json  # noqa: PLC0415
+
+    config = json.loads(model.config.to_json_string(use_diff=False))
+    return {"config": {k: v for k, v in config.items() if not k.startswith("_")},
+            "causal_lm": bool(causal_lm)}
+
+
+def from_architecture(spec: Any) -> Any:
+    """A freshly initialised model (float32, eval mode) of the architecture
+    :func:`architecture` recorded: ``AutoModelForCausalLM.from_config`` for a causal LM,
+    ``AutoModel.from_config`` otherwise. Its weights are meant to be replaced."""
+    import torch  # noqa: PLC0415
+
+    if not (isinstance(spec, dict) and isinstance(spec.get("config"), dict)
+            and isinstance(spec["config"].get("model_type"), str)):
+        raise DataError("the Hugging Face architecture record is malformed (it needs a "
+                        "config with a model_type)")
+    tf = _transformers()
+    config_dict = dict(spec["config"])
+    kind = config_dict["model_type"]
+    if kind not in tf.CONFIG_MAPPING:
+        raise DataError(f"this transformers ({tf.__version__}) does not know the model type "
+                        f"{kind!r}")
+    config = tf.CONFIG_MAPPING[kind].from_dict(config_dict)
+    cls = tf.AutoModelForCausalLM if spec.get("causal_lm") else tf.AutoModel
+    model = cls.from_config(config, dtype=torch.float32)
+    return model.eval()

@@ -25,6 +25,10 @@ from .counting import summarize
 from .tables import render_markdown
 
 REPORT_FORMAT = 1
+#: what a model other than a classifier is measured by (``quality`` of build_report): the
+#: range of each, and whether lower is better
+QUALITY_METRICS = {"perplexity": (1.0, math.inf, "lower"),
+                   "similarity": (-1.0, 1.0, "higher")}
 
 
 # ------------------------------------------------------------------------ JSON values
@@ -89,6 +93,7 @@ def build_report(
     history: Sequence[Mapping[str, Any]] | None = None,
     updates: Sequence[Mapping[str, Any]] | None = None,
     extra: Mapping[str, Any] | None = None,
+    quality: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The JSON-ready report of ``model``.
 
@@ -103,7 +108,10 @@ def build_report(
     ``prune_updates``) and ``extra`` (stored under ``"extra"``, except its
     ``stage_accuracy``: the accuracy measured at named moments, e.g. right after hardening,
     ``[{"stage", "when", "accuracy"}]``, which the report carries at its top level, tables
-    in report.md and marks in training.png).
+    in report.md and marks in training.png). ``quality``: a model measured otherwise than
+    by accuracy, ``{"metric": "perplexity" | "similarity", "dense", "compressed", "stages":
+    [{"stage", "when", <metric>}]}`` (:data:`QUALITY_METRICS`), stored as
+    ``report[metric] = {"dense", "compressed"}`` and ``report["stage_" + metric]``.
     """
     if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int)
                                or epochs < 0):
@@ -123,6 +131,8 @@ def build_report(
         },
         **summary,
     }
+    if quality is not None:
+        report.update(_quality(quality))
     hist = _history(history)
     if hist is not None:
         report["history"] = hist
@@ -136,20 +146,51 @@ def build_report(
     return report
 
 
+def _metric_value(value: Any, metric: str, where: str) -> float | None:
+    low, high, _ = QUALITY_METRICS[metric]
+    value = jsonable(value, where)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not low <= value <= high:
+        raise ConfigError(f"{where} must be a {metric} in [{low}, {high}], got {value!r}")
+    return float(value)
+
+
+def _quality(quality: Any) -> dict[str, Any]:
+    """The report entries of ``build_report``'s ``quality`` (checked)."""
+    metric = quality.get("metric") if isinstance(quality, Mapping) else None
+    if metric not in QUALITY_METRICS:
+        raise ConfigError(f"quality must be a dict whose metric is one of "
+                          f"{', '.join(QUALITY_METRICS)}, got {quality!r}")
+    return {metric: {which: _metric_value(quality.get(which), metric, f"{metric}.{which}")
+                     for which in ("dense", "compressed")},
+            f"stage_{metric}": _stage_points(
+                quality.get("stages") or [], metric,
+                lambda value, where: _metric_value(value, metric, where))}
+
+
 def _stage_accuracy(points: Any) -> list[dict[str, Any]]:
     """``extra["stage_accuracy"]``: the accuracy measured at named moments of the run, each
     ``{"stage": "prune", "when": "after hardening", "accuracy": 0.83}`` (a fraction, or
     None where it was not measured), in the order they happened."""
+    return _stage_points(points, "accuracy", _accuracy)
+
+
+def _stage_points(points: Any, key: str, check: Any) -> list[dict[str, Any]]:
+    """Values measured at named moments, ``[{"stage", "when", key: value}]``, each value
+    checked by ``check(value, where)``."""
+    name = f"stage_{key}"
     if isinstance(points, Mapping) or not isinstance(points, Sequence):
-        raise ConfigError(f"stage_accuracy must be a list of dicts, got {type(points).__name__}")
+        raise ConfigError(f"{name} must be a list of dicts, got {type(points).__name__}")
     out = []
     for i, point in enumerate(points):
         if not (isinstance(point, Mapping) and isinstance(point.get("stage"), str)
                 and isinstance(point.get("when"), str)):
-            raise ConfigError(f"stage_accuracy[{i}] must be a dict with 'stage' and 'when' "
-                              f"strings and an 'accuracy', got {point!r}")
-        out.append({**jsonable(dict(point), f"stage_accuracy[{i}]"),
-                    "accuracy": _accuracy(point.get("accuracy"), f"stage_accuracy[{i}]")})
+            raise ConfigError(f"{name}[{i}] must be a dict with 'stage' and 'when' strings "
+                              f"and {'an' if key[0] in 'aeiou' else 'a'} {key!r}, got {point!r}")
+        out.append({**jsonable(dict(point), f"{name}[{i}]"),
+                    key: check(point.get(key), f"{name}[{i}]")})
     return out
 
 

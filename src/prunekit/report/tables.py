@@ -114,10 +114,46 @@ def layer_table(layers: Sequence[Mapping[str, Any]], markdown: bool = True) -> s
     return (markdown_table if markdown else text_table)(headers, rows, right)
 
 
+#: a model measured otherwise than by accuracy: metric -> (label, number format)
+QUALITY_LABELS = {
+    "perplexity": ("Perplexity (dense -> compressed; lower is better)", "{:.2f}"),
+    "similarity": ("Embedding similarity to the dense model (cosine; dense -> compressed)",
+                   "{:.4f}"),
+}
+
+
+def quality_metric(report: Mapping[str, Any]) -> str | None:
+    """The metric a report measures its model by instead of accuracy, if any."""
+    return next((m for m in QUALITY_LABELS if isinstance(report.get(m), Mapping)), None)
+
+
+def _number(value: Any, fmt: str) -> str:
+    return "-" if value is None else fmt.format(value)
+
+
+def quality_line(report: Mapping[str, Any], metric: str) -> str:
+    values = report[metric]
+    fmt = QUALITY_LABELS[metric][1]
+    dense, comp = values.get("dense"), values.get("compressed")
+    text = f"{_number(dense, fmt)} -> {_number(comp, fmt)}"
+    if metric == "perplexity" and dense and comp is not None:
+        text += f" ({comp / dense:.2f}x)"
+    return text
+
+
+def _measure_rows(report: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """How good the model is: accuracy, or the metric that stands in for it (a report of
+    a language model says perplexity and never accuracy)."""
+    metric = quality_metric(report)
+    if metric is None:
+        return [("Accuracy (dense -> compressed)", accuracy_line(report.get("accuracy", {})))]
+    return [(QUALITY_LABELS[metric][0], quality_line(report, metric))]
+
+
 def _totals(report: Mapping[str, Any]) -> list[tuple[str, str]]:
     p, m, b = report["params"], report["macs"], report["bytes"]
     return [
-        ("Accuracy (dense -> compressed)", accuracy_line(report.get("accuracy", {}))),
+        *_measure_rows(report),
         ("Parameters (nonzero / total)", f"{p['nonzero']:,} / {p['total']:,}"),
         ("Compression ratio (all parameters)", times(report.get("compression_ratio"))),
         ("Compression ratio (compressed weights)",
@@ -139,6 +175,7 @@ def _totals(report: Mapping[str, Any]) -> list[tuple[str, str]]:
 def render_markdown(report: Mapping[str, Any], plots: Sequence[str] = ()) -> str:
     """``report.md``: totals, the per-layer table, and links to the ``plots`` (file names
     relative to the report)."""
+    per = (report.get("extra") or {}).get("macs_per") or "sample"  # a language model: token
     parts = [
         "# prunekit report",
         "",
@@ -146,7 +183,7 @@ def render_markdown(report: Mapping[str, Any], plots: Sequence[str] = ()) -> str
         "",
         "Compression ratio = parameters / nonzero parameters. \"All parameters\" includes "
         "biases and normalisation parameters; \"compressed weights\" counts only the weights "
-        "that were compressed. MACs count weight multiplications per sample. Bytes are those of "
+        f"that were compressed. MACs count weight multiplications per {per}. Bytes are those of "
         "the model file (`.pkz`) on disk: each compressed layer's values at its bit width, its "
         "sparsity index (encoding in the `index` column) and quantization scales; the file "
         "breakdown sums to the file size. Dense: 4 bytes per parameter.",
@@ -161,6 +198,10 @@ def render_markdown(report: Mapping[str, Any], plots: Sequence[str] = ()) -> str
         parts += ["## Accuracy by stage", "",
                   markdown_table(["stage", "when", "accuracy"], stages, [False, False, True]),
                   ""]
+    metric, rows = stage_quality_rows(report)
+    if rows:
+        parts += [f"## {metric.capitalize()} by stage", "",
+                  markdown_table(["stage", "when", metric], rows, [False, False, True]), ""]
     convergence = convergence_line(report.get("prune_updates"))
     if convergence:
         parts += ["## Convergence", "", convergence, ""]
@@ -193,6 +234,18 @@ def stage_accuracy_rows(report: Mapping[str, Any]) -> list[list[str]]:
     return rows
 
 
+def stage_quality_rows(report: Mapping[str, Any]) -> tuple[str, list[list[str]]]:
+    """``(metric, [stage, when, value] rows)`` of a model measured otherwise than by
+    accuracy (``report["stage_perplexity"]``...); no rows for any other report."""
+    metric = quality_metric(report)
+    if metric is None:
+        return "", []
+    fmt = QUALITY_LABELS[metric][1]
+    return metric, [[str(p.get("stage", "")), str(p.get("when", "")),
+                     _number(p.get(metric), fmt)]
+                    for p in report.get(f"stage_{metric}") or []]
+
+
 def convergence_line(updates: Sequence[Mapping[str, Any]] | None) -> str | None:
     """Whether ADMM converged before it was hardened, in one sentence (None: no ADMM)."""
     done = [r for r in updates or () if r.get("event") == "update"]
@@ -218,6 +271,9 @@ def format_report(report: Mapping[str, Any]) -> str:
     stages = stage_accuracy_rows(report)
     if stages:
         lines += ["", text_table(["stage", "when", "accuracy"], stages, [False, False, True])]
+    metric, rows = stage_quality_rows(report)
+    if rows:
+        lines += ["", text_table(["stage", "when", metric], rows, [False, False, True])]
     convergence = convergence_line(report.get("prune_updates"))
     if convergence:
         lines += ["", convergence]
