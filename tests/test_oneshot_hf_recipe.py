@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -25,6 +26,7 @@ from prunekit.recipe import load_recipe  # noqa: E402
 from test_oneshot_hf import _prose, _tokenizer  # noqa: E402  (the tiny offline tokenizer)
 
 SEQ = 32
+ROOT = Path(__file__).resolve().parents[1]
 
 RECIPE = """\
 name: tiny-hf
@@ -182,6 +184,25 @@ def test_a_run_resumes_and_refuses_another_plan(llama_run):
     with pytest.raises(ConfigError, match="another plan: oneshot.targets.0.sparsity was 0.5"):
         run_recipe(load_recipe(recipe, ["oneshot.targets.0.sparsity=0.6"]), out,
                    resume=True, progress=False, echo=lambda _: None)
+
+
+#: recipes of pretrained models: they name files that bench/prepare_oneshot.sh installs, so
+#: they live apart from recipes/*.yaml, which run anywhere on synthetic data
+SHIPPED = sorted((ROOT / "recipes" / "pretrained").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("recipe", SHIPPED, ids=lambda p: p.stem)
+def test_every_shipped_hf_recipe_runs_on_a_tiny_model(recipe, tmp_path, models):
+    """The recipe as shipped, with the tiny Llama and its text in place of the real model
+    and files (windows shortened to the tiny model's)."""
+    sets = [f"model.hf={models['llama']}", f"data.calibration=[{models['text']}/cal_a.txt]",
+            f"data.evaluation=[{models['text']}/ev.jsonl]", f"data.seq_len={SEQ}",
+            "data.eval_tokens=null", f"oneshot.calibration.seq_len={SEQ}",
+            "oneshot.calibration.samples=4"]
+    report = run_recipe(load_recipe(recipe, sets), tmp_path / "run", progress=False,
+                        echo=lambda _: None)
+    assert report["perplexity"]["compressed"] > 1
+    assert (tmp_path / "run" / "model-hf" / "config.json").is_file()
 
 
 def test_calibration_defaults_come_from_the_data_and_the_seed(tmp_path, models, monkeypatch):

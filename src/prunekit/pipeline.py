@@ -2,11 +2,16 @@
 
     dense     -> dense.pt        dense training (or a given checkpoint)
     prune     -> pruned.pt       pruning method, then hardening into frozen constraints
+    oneshot   -> oneshot.pt      post-training compression layer by layer (calibration data)
     retrain   -> retrained.pt    retraining inside the constraints
     quantize  -> quantized.pt    quantization method (ADMM / ptq / ste), then hardening
     qretrain  -> qretrained.pt   quantized retraining (progressive fixing, STE or snap)
     export    -> model.pkz       the compact model file (dead channels zeroed first: exact)
     report    -> report.json     report.json / report.md / plots, measured on model.pkz
+
+A pretrained Hugging Face model (``model.hf``, text data) is run by :class:`PretrainedRun`:
+oneshot, export, ``hf -> model-hf/`` (a ``save_pretrained`` directory) and report, measured
+by perplexity (or an encoder's embedding similarity) instead of accuracy.
 
 A stage runs only when the recipe asks for it. A checkpoint artifact holds the weights, the
 frozen constraints and the history so far, so ``resume=True`` skips every finished stage by
