@@ -252,6 +252,17 @@ def test_bad_inputs_are_one_clear_error_before_any_work(tmp_path, models, case):
     assert not (tmp_path / "run").exists()
 
 
+def test_a_missing_hf_extra_is_named_before_any_work(tmp_path, models, monkeypatch):
+    import importlib.util  # noqa: PLC0415
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args: None if name == "transformers" else real(name, *args))
+    with pytest.raises(ConfigError, match=r"hf\.yaml:3: model\.hf: .*the hf extra: pip install "
+                                          r"'prunekit\[hf\]'"):
+        load_recipe(write(tmp_path, models))
+
+
 def test_text_calibration_keys_are_refused_for_image_data(tmp_path):
     path = tmp_path / "r.yaml"
     path.write_text("model: {name: lenet5}\ndata: {name: synthetic}\noneshot:\n"
