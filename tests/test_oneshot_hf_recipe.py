@@ -5,6 +5,7 @@ tiny random Llama and a tiny random BERT-like encoder saved offline (no download
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -203,6 +204,11 @@ def test_every_shipped_hf_recipe_runs_on_a_tiny_model(recipe, tmp_path, models):
                         echo=lambda _: None)
     assert report["perplexity"]["compressed"] > 1
     assert (tmp_path / "run" / "model-hf" / "config.json").is_file()
+    mask = os.umask(0)
+    os.umask(mask)
+    for path in [tmp_path / "run" / "model-hf", *(tmp_path / "run" / "model-hf").iterdir()]:
+        usual = (0o777 if path.is_dir() else 0o666) & ~mask
+        assert path.stat().st_mode & 0o777 == usual, path  # not mkdtemp's 0700 / 0600
 
 
 def test_calibration_defaults_come_from_the_data_and_the_seed(tmp_path, models, monkeypatch):

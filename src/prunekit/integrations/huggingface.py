@@ -106,6 +106,7 @@ def save(model: Any, tokenizer: Any, directory: str | os.PathLike) -> Path:
         model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
+        _usual_modes(tmp)
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)
@@ -113,6 +114,17 @@ def save(model: Any, tokenizer: Any, directory: str | os.PathLike) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
+
+
+def _usual_modes(directory: Path) -> None:
+    """The modes a plain ``mkdir`` / ``open`` would give (the umask's): ``mkdtemp`` makes
+    the directory 0700 and some writers make their files 0600, which would hide a saved
+    model from the other users of a shared machine."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(directory, 0o777 & ~mask)
+    for path in directory.rglob("*"):
+        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
 
 
 # ------------------------------------------------------------------ recipes and model files
