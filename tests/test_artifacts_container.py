@@ -16,6 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from prunekit.artifacts.container import _deflate as container_deflate
 from prunekit.artifacts.container import (
     pack_container,
     read_container,
@@ -96,6 +97,29 @@ def test_sections_take_the_smallest_codec():
     assert sizes["raw"] == 64
     assert sizes["text"] < min(len(_deflate(text)), len(text))  # LZMA beats deflate here
     assert unpack_container(data)[1]["text"] == text
+
+
+def test_large_sections_try_lzma_only_where_deflate_finds_much():
+    """Above 1 MiB, float-like bytes (deflate saves a few percent) skip LZMA and are stored
+    deflated, while zero-heavy bytes (deflate saves most) still get LZMA's smaller stream."""
+    import lzma
+
+    import numpy as np
+
+    floats = (np.random.default_rng(0).standard_normal(400_000) * 0.02).astype(np.float32)
+    values = floats.tobytes()  # 1.6 MB
+    zeros = floats.copy()
+    zeros[np.random.default_rng(1).random(zeros.size) < 0.97] = 0
+    sparse = zeros.tobytes()
+    data = pack_container({}, [("values", values), ("sparse", sparse)])
+    sizes = section_sizes(data)
+    deflated = len(container_deflate(values))
+    assert deflated > 0.9 * len(values)  # the case the rule is for
+    assert sizes["values"] == deflated  # deflate, LZMA not tried
+    assert len(lzma.compress(values, preset=9)) < deflated  # it would have won, barely
+    assert sizes["sparse"] < len(_deflate(sparse))  # LZMA tried and smaller
+    _, sections = unpack_container(data)
+    assert sections["values"] == values and sections["sparse"] == sparse
 
 
 def test_write_is_atomic_and_leaves_no_temp_files(tmp_path):
