@@ -116,7 +116,7 @@ def test_later_stages_inherit_on_nan_unless_they_set_their_own():
     ("mode: progressive", "mode: sometimes", "quantize.retrain.mode", "must be one of"),
     ("  train: {epochs: 1}\n  retrain", "  train: {epochs: -1}\n  retrain",
      "quantize.train.epochs", "must be >= 0"),
-    ("  batch_size: 32", "  batch_size: 0", "data.batch_size", "must be positive"),
+    ("  batch_size: 32", "  batch_size: 0", "data.batch_size", "must be > 0"),
     ("  batch_size: 32", "  batch_size: 32\n  augment: true", "data.augment",
      "cifar10/cifar100 only"),
     ("  options: {n: 64, n_test: 32}", "  options: {n: 64, n_tset: 32}", "data.options",

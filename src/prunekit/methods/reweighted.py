@@ -16,36 +16,49 @@ while ``lr * 2 lam / eps < 2``, so a small ``eps`` needs a small ``lam`` or lear
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from .. import validate
 from ..errors import ConfigError
-from ..targets import Target
-from .base import PruningMethod, check_count, check_positive, per_target
+from ..targets import GroupTarget, Target
+from .base import MethodOptions, PruningMethod, per_layer, per_target
+
+
+@dataclass
+class ReweightedOptions(MethodOptions):
+    """:class:`Reweighted`'s options: ``lam`` is one number or ``{layer: number}``; ``eps``
+    keeps alpha finite for groups that reach zero."""
+
+    lam: float | Mapping[str, float] = 1e-4
+    eps: float = 1e-3
+    reweight_every: int = 1
+
+    def __post_init__(self) -> None:
+        self.lam = per_layer(self.lam, "lam", ">= 0")
+        self._check(validate.number, "eps", bounds="> 0")
+        self._check(validate.integer, "reweight_every", bounds=">= 1")
+
+    def check_targets(self, targets: Sequence[Target | GroupTarget]) -> None:
+        per_target(self.lam, targets, "lam", "lam")
 
 
 class Reweighted(PruningMethod):
-    """Reweighted regularization (module docstring). ``lam`` is one number or
-    ``{layer: number}``; ``eps`` keeps alpha finite for groups that reach zero."""
+    """Reweighted regularization (module docstring, options: :class:`ReweightedOptions`)."""
 
     name = "reweighted"
+    Options = ReweightedOptions
 
-    def __init__(
-        self,
-        model: nn.Module,
-        targets: Iterable[Target],
-        lam: float | Mapping[str, float] = 1e-4,
-        *,
-        eps: float = 1e-3,
-        reweight_every: int = 1,
-    ) -> None:
-        super().__init__(model, targets)
-        self.lam = per_target(lam, self.targets, "lam", allow_zero=True)
-        self.eps = check_positive(eps, "eps")
-        self.reweight_every = check_count(reweight_every, "reweight_every")
+    def __init__(self, model: nn.Module, targets: Iterable[Target],
+                 options: ReweightedOptions | None = None, **given: Any) -> None:
+        super().__init__(model, targets, options, **given)
+        self.lam = per_target(self.options.lam, self.targets, "lam", "lam")
+        self.eps = self.options.eps
+        self.reweight_every = self.options.reweight_every
         self.reweights = 0
         self.alphas: list[Tensor] = []
         for t in self.targets:
