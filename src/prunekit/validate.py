@@ -55,10 +55,6 @@ def _inside(x: float, bounds: str) -> bool:
     return {">": x > float(bound), ">=": x >= float(bound)}[op]
 
 
-def _described(bounds: str) -> str:
-    return f"a number in {bounds}" if bounds[0] in "[(" else bounds
-
-
 def number(value: Any, key: str | None = None, *, bounds: str | None = None,
            subject: str = "", text: bool = False, optional: bool = False,
            error: type[ConfigError] = ConfigError) -> Any:
@@ -67,7 +63,7 @@ def number(value: Any, key: str | None = None, *, bounds: str | None = None,
     if value is None and optional:
         return None
     two_sided = bounds is not None and bounds[0] in "[("
-    expected = _described(bounds) if two_sided else "a number"
+    expected = f"a number in {bounds}" if two_sided else "a number"
     result = value
     if text and isinstance(value, str):
         try:
@@ -79,7 +75,7 @@ def number(value: Any, key: str | None = None, *, bounds: str | None = None,
     if not math.isfinite(result):
         _wrong(value, expected if two_sided else "a finite number", key, subject, error)
     if bounds is not None and not _inside(result, bounds):
-        _wrong(value, _described(bounds), key, subject, error)
+        _wrong(value, expected if two_sided else bounds, key, subject, error)
     return float(result)
 
 
@@ -89,7 +85,7 @@ def integer(value: Any, key: str | None = None, *, bounds: str | None = None,
     """A whole number (never a bool) inside ``bounds``."""
     kind(value, int, "an integer", key, subject=subject, optional=optional, error=error)
     if value is not None and bounds is not None and not _inside(value, bounds):
-        _wrong(value, _described(bounds), key, subject, error)
+        _wrong(value, bounds, key, subject, error)
     return value
 
 

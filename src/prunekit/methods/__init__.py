@@ -5,13 +5,13 @@ Names: ``admm``, ``progressive_admm``, ``reweighted``, ``magnitude`` (one-shot),
 choice of weights), ``group_lasso``, and for quantization targets also ``ptq``
 (post-training rounding) and ``ste`` (straight-through quantization-aware training);
 ``admm`` quantizes too (see :mod:`.quantize`). Every method follows the plugin protocol of
-:class:`~prunekit.methods.base.PruningMethod`, so any of them drops into any training loop.
+:class:`~prunekit.methods.base.PruningMethod`, so any of them drops into any training loop;
+its options are a dataclass, ``METHODS[name].Options``, that checks them when built.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import fields
 from typing import Any
 
 from torch import nn
@@ -42,11 +42,6 @@ METHODS: dict[str, type[PruningMethod]] = {
 
 def available() -> list[str]:
     return sorted(METHODS)
-
-
-def options(name: str) -> list[str]:
-    """The options method ``name`` accepts (besides the model and the targets)."""
-    return [f.name for f in fields(lookup(name).Options)]
 
 
 def get(name: str, model: nn.Module, targets: Iterable[Target], **opts: Any) -> PruningMethod:
@@ -84,5 +79,4 @@ __all__ = [
     "cubic_sparsity",
     "get",
     "lookup",
-    "options",
 ]

@@ -202,8 +202,7 @@ class ADMM(PruningMethod):
         if self._boundaries is not None:
             if self.epoch_step in self._boundaries:
                 self.update()
-        elif self.options.update_unit == "step" and \
-                self.round_step % self.options.update_every == 0:
+        elif (o := self.options).update_unit == "step" and self.round_step % o.update_every == 0:
             self.update()
 
     def _end_epoch(self) -> None:
@@ -211,8 +210,7 @@ class ADMM(PruningMethod):
         self.epoch_step = 0
         if self._boundaries is not None:
             self.update()  # the epoch's last update, however many steps it had
-        elif self.options.update_unit == "epoch" and \
-                self.round_epoch % self.options.update_every == 0:
+        elif (o := self.options).update_unit == "epoch" and self.round_epoch % o.update_every == 0:
             self.update()
 
     def freeze_targets(self) -> list[Target]:

@@ -35,7 +35,6 @@ from .. import validate
 from ..constraints import Frozen, MaskEnforcer, from_state
 from ..errors import ConfigError, TargetError
 from ..targets import GroupTarget, Target, freeze
-from ..validate import known_keys
 
 UNITS = ("epoch", "step")
 
@@ -59,7 +58,7 @@ class MethodOptions:
               ) -> MethodOptions:
         """The options from a mapping; an unknown name is an error with its nearest
         spelling (``where``: what the options belong to, for the message)."""
-        known_keys(given, [f.name for f in fields(cls)], where=where, noun=noun)
+        validate.known_keys(given, [f.name for f in fields(cls)], where=where, noun=noun)
         return cls(**given)
 
     def check_targets(self, targets: Sequence[Target | GroupTarget]) -> None:
@@ -249,9 +248,8 @@ class PruningMethod:
         if options is None:
             return cls.Options.build(given, where=f"method {cls.name!r}")
         if given or not isinstance(options, cls.Options):
-            raise ConfigError(f"method {cls.name!r} takes its options as one "
-                              f"{cls.Options.__name__} or by name, got {type(options).__name__}"
-                              f"{' and ' + ', '.join(given) if given else ''}")
+            raise ConfigError(f"method {cls.name!r} takes one {cls.Options.__name__} or its "
+                              f"options by name")
         return options
 
     # ------------------------------------------------------------ the protocol

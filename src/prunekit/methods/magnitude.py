@@ -103,23 +103,17 @@ class GradualMagnitude(PruningMethod):
     def __init__(self, model: nn.Module, targets: Iterable[Target],
                  options: GradualOptions | None = None, **given: Any) -> None:
         super().__init__(model, targets, options, **given)
-        o = self.options
         self.final_rates = [explicit_rate(t, "gradual") for t in self.targets]
-        self.start_epoch, self.end_epoch_at = o.start_epoch, o.end_epoch
-        self.initial_sparsity, self.frequency = o.initial_sparsity, o.frequency
-        self.steps_per_epoch = o.steps_per_epoch
         self.started = False
         self.prunings = 0
 
     # ------------------------------------------------------------- the schedule
     def sparsity_at(self, t: float) -> dict[str, float]:
         """Every target's scheduled rate at time ``t`` (in epochs)."""
-        return {
-            target.name: cubic_sparsity(
-                t, min(self.initial_sparsity, rate), rate, self.start_epoch, self.end_epoch_at
-            )
-            for target, rate in zip(self.targets, self.final_rates, strict=True)
-        }
+        o = self.options
+        return {target.name: cubic_sparsity(t, min(o.initial_sparsity, rate), rate,
+                                            o.start_epoch, o.end_epoch)
+                for target, rate in zip(self.targets, self.final_rates, strict=True)}
 
     def start(self) -> None:
         """Take the pruning due at time 0 (when ``start_epoch`` is 0); called by the first
@@ -137,19 +131,19 @@ class GradualMagnitude(PruningMethod):
         super().end_epoch()
 
     def _after_step(self) -> None:
-        if self.steps_per_epoch is not None:
+        if self.options.steps_per_epoch is not None:
             self._maybe_prune(self.step)
 
     def _end_epoch(self) -> None:
-        if self.steps_per_epoch is None:
+        if self.options.steps_per_epoch is None:
             self._maybe_prune(self.epoch)
 
     def _maybe_prune(self, count: int) -> None:
-        scale = self.steps_per_epoch or 1
-        first, last = self.start_epoch * scale, self.end_epoch_at * scale
+        scale = self.options.steps_per_epoch or 1
+        first, last = self.options.start_epoch * scale, self.options.end_epoch * scale
         if not first <= count <= last:
             return
-        if (count - first) % self.frequency and count != last:
+        if (count - first) % self.options.frequency and count != last:
             return
         self.prune_to(self.sparsity_at(count / scale), time=count / scale)
 

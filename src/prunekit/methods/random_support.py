@@ -20,12 +20,12 @@ everything else is one-shot magnitude's: the masks are enforced while the model 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from .. import validate
 from ..targets import GroupTarget, Target
@@ -63,14 +63,9 @@ class RandomSupport(OneShotMagnitude):
     name = "random"
     Options = RandomOptions
 
-    def __init__(self, model: nn.Module, targets: Iterable[Target | GroupTarget],
-                 options: RandomOptions | None = None, **given: Any) -> None:
-        super().__init__(model, targets, options, **given)
-        self.seed = self.options.seed
-
     def random_masks(self) -> dict[str, Tensor]:
         """``{param name: bool mask}``: each target's random support at its rate."""
-        generator = torch.Generator().manual_seed(self.seed)
+        generator = torch.Generator().manual_seed(self.options.seed)
         masks = {}
         for t in self.targets:
             values = t.param.detach().flatten().cpu()

@@ -16,7 +16,7 @@ while ``lr * 2 lam / eps < 2``, so a small ``eps`` needs a small ``lam`` or lear
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,26 +25,23 @@ from torch import Tensor, nn
 
 from .. import validate
 from ..errors import ConfigError
-from ..targets import GroupTarget, Target
-from .base import MethodOptions, PruningMethod, per_layer, per_target
+from ..targets import Target
+from .base import PruningMethod, per_target
+from .group_lasso import GroupLassoOptions
 
 
 @dataclass
-class ReweightedOptions(MethodOptions):
+class ReweightedOptions(GroupLassoOptions):
     """:class:`Reweighted`'s options: ``lam`` is one number or ``{layer: number}``; ``eps``
     keeps alpha finite for groups that reach zero."""
 
-    lam: float | Mapping[str, float] = 1e-4
     eps: float = 1e-3
     reweight_every: int = 1
 
     def __post_init__(self) -> None:
-        self.lam = per_layer(self.lam, "lam", ">= 0")
+        super().__post_init__()
         self._check(validate.number, "eps", bounds="> 0")
         self._check(validate.integer, "reweight_every", bounds=">= 1")
-
-    def check_targets(self, targets: Sequence[Target | GroupTarget]) -> None:
-        per_target(self.lam, targets, "lam", "lam")
 
 
 class Reweighted(PruningMethod):
@@ -57,8 +54,6 @@ class Reweighted(PruningMethod):
                  options: ReweightedOptions | None = None, **given: Any) -> None:
         super().__init__(model, targets, options, **given)
         self.lam = per_target(self.options.lam, self.targets, "lam", "lam")
-        self.eps = self.options.eps
-        self.reweight_every = self.options.reweight_every
         self.reweights = 0
         self.alphas: list[Tensor] = []
         for t in self.targets:
@@ -77,7 +72,7 @@ class Reweighted(PruningMethod):
         return total
 
     def _end_epoch(self) -> None:
-        if self.epoch % self.reweight_every == 0:
+        if self.epoch % self.options.reweight_every == 0:
             self.reweight()
 
     @torch.no_grad()
@@ -87,7 +82,7 @@ class Reweighted(PruningMethod):
             norms = t.group_norms().detach()
             if self.alphas[i].device != norms.device:
                 self.alphas[i] = self.alphas[i].to(norms.device)
-            torch.reciprocal(norms.pow(2).add_(self.eps), out=self.alphas[i])
+            torch.reciprocal(norms.pow(2).add_(self.options.eps), out=self.alphas[i])
         self._residual = self._relative_residual()
         record = {
             "event": "reweight",

@@ -91,20 +91,12 @@ class TrainConfig:
             self.milestones = [validate.integer(m, "milestones", bounds=">= 0",
                                                 subject="train option 'milestones'")
                                for m in self.milestones]
-        _require(not self.nesterov or (self.optimizer == "sgd" and self.momentum != 0),
-                 "nesterov", "needs optimizer 'sgd' with momentum > 0")
-        self._check_step_options()
-        _check_device(self.device)
-
-    def _check(self, check: Callable[..., Any], key: str, **how: Any) -> None:
-        setattr(self, key, check(getattr(self, key), key, subject=f"train option {key!r}",
-                                 **how))
-
-    def _check_step_options(self) -> None:
-        if self.milestones is not None:
             _require(all(b > a for a, b in zip(self.milestones, self.milestones[1:],
                                                 strict=False)),
                      "milestones", f"must be strictly increasing, got {self.milestones}")
+        _require(not self.nesterov or (self.optimizer == "sgd" and self.momentum != 0),
+                 "nesterov", "needs optimizer 'sgd' with momentum > 0")
+        _check_device(self.device)
         if self.schedule == "step":
             if self.milestones is None and self.step_size is None:
                 raise ConfigError("schedule 'step' needs 'milestones' (a list of epochs) or "
@@ -112,6 +104,10 @@ class TrainConfig:
             if self.milestones is not None and self.step_size is not None:
                 raise ConfigError("schedule 'step' takes 'milestones' or 'step_size', not both",
                                   key=("schedule",))
+
+    def _check(self, check: Callable[..., Any], key: str, **how: Any) -> None:
+        setattr(self, key, check(getattr(self, key), key, subject=f"train option {key!r}",
+                                 **how))
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> TrainConfig:
