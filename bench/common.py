@@ -1,4 +1,5 @@
-"""Shared bits of the benchmark scripts: machine description and result writing."""
+"""Shared bits of the benchmark scripts: machine description, result writing, and the weight
+shapes of ResNet-50 (timed without building the model)."""
 
 from __future__ import annotations
 
@@ -74,3 +75,22 @@ def measured_by(rows: list[dict[str, Any]]) -> str:
     """The closing lines of a results table: every command that measured one of its rows."""
     commands = dict.fromkeys(r.get("command", "?") for r in rows)
     return "\n\nThe rows were measured by:\n\n" + "".join(f"- `{c}`\n" for c in commands)
+
+
+def resnet50_shapes() -> list[tuple[str, tuple[int, ...]]]:
+    """Names and shapes of every conv and linear weight of torchvision's ResNet-50."""
+    shapes = [("conv1", (64, 3, 7, 7))]
+    inplanes = 64
+    for stage, (planes, blocks) in enumerate([(64, 3), (128, 4), (256, 6), (512, 3)], 1):
+        for b in range(blocks):
+            prefix = f"layer{stage}.{b}"
+            shapes += [
+                (f"{prefix}.conv1", (planes, inplanes, 1, 1)),
+                (f"{prefix}.conv2", (planes, planes, 3, 3)),
+                (f"{prefix}.conv3", (planes * 4, planes, 1, 1)),
+            ]
+            if b == 0:
+                shapes.append((f"{prefix}.downsample.0", (planes * 4, inplanes, 1, 1)))
+            inplanes = planes * 4
+    shapes.append(("fc", (1000, 2048)))
+    return shapes

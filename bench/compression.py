@@ -35,13 +35,19 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from common import RESULTS, command, header, machine, measured_by, write_json  # noqa: E402
+from lenet_common import (  # noqa: E402
+    ADAM,
+    DENSE,
+    RECIPE,
+    ROOT,
+    branch_overrides,
+    rule,
+    seconds_per_epoch,
+)
 from prunekit.files import atomic_write_bytes, atomic_write_text  # noqa: E402
 from prunekit.pipeline import run_recipe  # noqa: E402
 from prunekit.recipe import load_recipe  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
-RECIPE = ROOT / "recipes/lenet5-fashion-admm.yaml"
-DENSE = ROOT / "runs/bench-dense/dense.pt"
 RUNS = ROOT / "runs/bench-compression"
 
 IRREGULAR_RATIOS = (10, 20, 40, 70)
@@ -49,9 +55,8 @@ COLORS = {"admm": "tab:blue", "reweighted": "tab:orange", "gradual": "tab:green"
           "magnitude": "tab:red"}
 STRUCTURED_RATIOS = (2, 4, 8)
 
-# Method settings shared by every ratio: (options, pruning epochs as a fraction of budget)
+# pruning epochs as a fraction of the budget
 PRUNE_FRACTION = 0.5
-ADAM = {"optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0, "schedule": "constant"}
 
 
 def method_overrides(method: str, prune_epochs: int) -> dict[str, Any]:
@@ -65,35 +70,6 @@ def method_overrides(method: str, prune_epochs: int) -> dict[str, Any]:
     if method == "magnitude":
         return {"method": "magnitude"}
     raise ValueError(method)
-
-
-def rule(scheme: str, ratio: float) -> dict[str, Any]:
-    sparsity = round(1.0 - 1.0 / ratio, 6)
-    if scheme == "irregular":
-        return {"layers": ["conv*", "fc*"], "scheme": "irregular", "sparsity": sparsity,
-                "allocation": "global"}
-    if scheme == "filter":  # the classifier's output layer keeps all its rows
-        return {"layers": ["conv*", "fc1"], "scheme": "filter", "sparsity": sparsity}
-    if scheme == "block":
-        return {"layers": ["conv2", "fc1"], "scheme": "block", "sparsity": sparsity}
-    raise ValueError(scheme)
-
-
-def branch_overrides(dense: Path, prune: dict[str, Any], retrain_epochs: int,
-                     seed: int | None = None, retrain: dict[str, Any] | None = None) -> list[str]:
-    """Recipe overrides for one run from the dense checkpoint: the prune section as given,
-    masked retraining with the shared Adam settings changed by ``retrain`` (and the seed
-    when given)."""
-    overrides = [
-        f"model.checkpoint={dense}",
-        "train.epochs=0",
-        "train.progress=false",
-        f"prune={json.dumps(prune)}",
-        "retrain=" + json.dumps({**ADAM, "lr": 5e-4, "schedule": "cosine",
-                                 "epochs": retrain_epochs, "progress": False,
-                                 **(retrain or {})}),
-    ]
-    return overrides if seed is None else [*overrides, f"seed={seed}"]
 
 
 def run_one(method: str, scheme: str, ratio: float, budget: int,
@@ -128,13 +104,6 @@ def run_one(method: str, scheme: str, ratio: float, budget: int,
         "seconds_per_epoch": seconds_per_epoch(report),
         "command": command(),
     }
-
-
-def seconds_per_epoch(report: dict[str, Any]) -> dict[str, float]:
-    by_stage: dict[str, list[float]] = {}
-    for record in report.get("history") or []:
-        by_stage.setdefault(record["stage"], []).append(record["seconds"])
-    return {stage: sum(s) / len(s) for stage, s in by_stage.items()}
 
 
 def plan(only: list[str] | None) -> list[tuple[str, str, int]]:

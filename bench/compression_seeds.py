@@ -26,7 +26,6 @@ completes before the next starts.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import io
 import json
 import os
@@ -44,14 +43,21 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 
 from common import RESULTS, command, header, machine, measured_by, write_json  # noqa: E402
-from compression import ADAM, RECIPE, branch_overrides, rule, seconds_per_epoch  # noqa: E402
-from prunekit.files import atomic_write_bytes, atomic_write_text, load_checkpoint  # noqa: E402
+from lenet_common import (  # noqa: E402
+    ADAM,
+    DENSE,
+    RECIPE,
+    SEED_RUNS,
+    branch_overrides,
+    dense_label,
+    rule,
+    seconds_per_epoch,
+)
+from prunekit.files import atomic_write_bytes, atomic_write_text  # noqa: E402
 from prunekit.pipeline import run_recipe  # noqa: E402
 from prunekit.recipe import load_recipe  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
-DENSE = ROOT / "runs/bench-dense/dense.pt"
-RUNS = ROOT / "runs/bench-seeds"
+RUNS = SEED_RUNS
 JSON = "compression_seeds.json"
 
 CASES = (("irregular", 40), ("irregular", 70), ("block", 8))
@@ -129,18 +135,6 @@ def case_rule(scheme: str, ratio: int) -> dict[str, Any]:
 
 #: the label of the rows measured before rows named their dense model (its file is gone)
 FIRST_DENSE = "d0"
-
-
-def dense_label(path: Path = DENSE) -> str:
-    """Which dense model a row starts from: rows compare only within one (dense trainings
-    of the same recipe on other CPUs differ by a few tenths of a point). The label digests
-    the weights, not the file (which also holds timings), so a retraining that gives the
-    same weights (same recipe, same kind of CPU) continues the same rows."""
-    digest = hashlib.sha256()
-    for name, value in load_checkpoint(path)["state_dict"].items():
-        digest.update(name.encode())
-        digest.update(value.contiguous().numpy().tobytes())
-    return "w-" + digest.hexdigest()[:10]
 
 
 #: labels of rows written before labels digested the weights, whose weights a later dense

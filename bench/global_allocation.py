@@ -4,7 +4,7 @@ A recipe rule with ``allocation: global`` ranks the groups of all its layers tog
 before any training starts, so its cost is paid once per run, but on ResNet-50 or ViT-B/16
 a slow ranking (a sort per step) makes the user wait before the first epoch. This times
 ``prunekit.targets.resolve`` of one global rule (irregular, and filter on ResNet-50) and
-the hardening that follows it (``prunekit.constraints.freeze``: one projection per weight)
+the hardening that follows it (``prunekit.targets.freeze``: one projection per weight)
 on models with the real layer shapes and random weights.
 
 Writes bench/results/global_allocation.{json,md}.
@@ -23,11 +23,9 @@ import time
 import torch
 from torch import nn
 
-from common import RESULTS, command, header, machine, write_json
-from projection_speed import resnet50_shapes
-from prunekit.constraints import freeze
+from common import RESULTS, command, header, machine, resnet50_shapes, write_json
 from prunekit.files import atomic_write_text
-from prunekit.targets import resolve
+from prunekit.targets import freeze, resolve
 
 
 def resnet50() -> nn.Module:

@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from common import RESULTS, header, write_json
-from compression_seeds import RUNS, dense_label
+from lenet_common import SEED_RUNS, dense_label
 from prunekit.files import atomic_write_text, load_checkpoint
 
 
@@ -66,7 +66,7 @@ def distinct_supports(case: str, dense: str) -> list[tuple[list[tuple[str, float
     """Per distinct support, in run-name order: the runs that keep it (name, test and
     training accuracy) and its masks."""
     found: dict[str, tuple[list[tuple[str, float, float]], dict[str, torch.Tensor]]] = {}
-    for run in sorted((RUNS / dense).glob(f"*-{case}-seed*")):
+    for run in sorted((SEED_RUNS / dense).glob(f"*-{case}-seed*")):
         if not (run / "retrained.pt").exists() or not (run / "report.json").exists():
             continue
         masks, accuracy, train_accuracy = supports(run)
@@ -85,7 +85,7 @@ def main() -> None:
     found = distinct_supports(args.case, dense)
     if len(found) < 2:
         raise SystemExit(f"fewer than two distinct supports for {args.case} under "
-                         f"{RUNS / dense}")
+                         f"{SEED_RUNS / dense}")
     labels = [f"S{i + 1}" for i in range(len(found))]
     pairs = []
     for (i, (_, a)), (j, (_, b)) in itertools.combinations(enumerate(found), 2):

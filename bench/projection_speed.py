@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from common import RESULTS, command, machine
+from common import RESULTS, command, machine, resnet50_shapes
 from prunekit import schemes
 from prunekit.errors import PrunekitError
 from prunekit.files import atomic_write_text
@@ -41,25 +41,6 @@ SETTINGS: dict[str, tuple[dict, float | None]] = {
     "unify": ({"unified": 0.3}, 0.5),
     "quant": ({"bits": 4}, None),
 }
-
-
-def resnet50_shapes() -> list[tuple[str, tuple[int, ...]]]:
-    """Names and shapes of every conv and linear weight of torchvision's ResNet-50."""
-    shapes = [("conv1", (64, 3, 7, 7))]
-    inplanes = 64
-    for stage, (planes, blocks) in enumerate([(64, 3), (128, 4), (256, 6), (512, 3)], 1):
-        for b in range(blocks):
-            prefix = f"layer{stage}.{b}"
-            shapes += [
-                (f"{prefix}.conv1", (planes, inplanes, 1, 1)),
-                (f"{prefix}.conv2", (planes, planes, 3, 3)),
-                (f"{prefix}.conv3", (planes * 4, planes, 1, 1)),
-            ]
-            if b == 0:
-                shapes.append((f"{prefix}.downsample.0", (planes * 4, inplanes, 1, 1)))
-            inplanes = planes * 4
-    shapes.append(("fc", (1000, 2048)))
-    return shapes
 
 
 def applies(name: str, shape: tuple[int, ...]) -> bool:

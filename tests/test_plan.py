@@ -116,7 +116,7 @@ def test_later_stages_inherit_on_nan_unless_they_set_their_own():
     ("mode: progressive", "mode: sometimes", "quantize.retrain.mode", "must be one of"),
     ("  train: {epochs: 1}\n  retrain", "  train: {epochs: -1}\n  retrain",
      "quantize.train.epochs", "must be >= 0"),
-    ("  batch_size: 32", "  batch_size: 0", "data.batch_size", "must be positive"),
+    ("  batch_size: 32", "  batch_size: 0", "data.batch_size", "must be > 0"),
     ("  batch_size: 32", "  batch_size: 32\n  augment: true", "data.augment",
      "cifar10/cifar100 only"),
     ("  options: {n: 64, n_test: 32}", "  options: {n: 64, n_tset: 32}", "data.options",
@@ -175,6 +175,7 @@ def test_check_plan_errors_name_the_rule_and_option_line(tmp_path, capsys):
         ("    - layers: conv1\n", "    - layers: conv1\n      scheme: block\n"
          "      block: [64, 8]\n", "prune.targets.1", "larger than the weight"),
         ("  rho: 0.001", "  rho: -1.0", "prune.rho", "rho must be > 0"),
+        ("  rho: 0.001", "  rho: {fc9: 0.1, default: 0.1}", "prune.rho", "fc9"),
         ("  bits: 4", "  bits: {fc9: 4}", "quantize.bits", "fc9"),
     ]
     for old, new, key, message in cases:
@@ -234,6 +235,21 @@ def test_check_plan_leaves_the_model_unchanged():
     before = {k: v.clone() for k, v in model.state_dict().items()}
     run.check_plan(model)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_check_plan_builds_no_method(monkeypatch):
+    """Method options are checked against the resolved targets without building a method
+    (on a copy of the model, as before): they were checked when the plan was read."""
+    from prunekit.methods import ADMM
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a method was built during the plan check")
+
+    recipe = load_recipe(text=BASE)
+    run = Run(recipe, "unused", progress=False)
+    run.info = run_info(run)
+    monkeypatch.setattr(ADMM, "__init__", refuse)
+    run.check_plan(run.build_model())
 
 
 def run_info(run: Run):

@@ -46,7 +46,7 @@ from .files import (
 )
 from .integrations import huggingface
 from .methods.quantize import ProgressiveFixing
-from .plan import Plan, check_fits_data, option_key
+from .plan import Plan, check_fits_data
 from .recipe import QUANT_RETRAIN_DEFAULTS, Recipe, parse_yaml
 from .report import build_report, format_report, write_report
 from .run_directory import PLAN_FILE, check_directory
@@ -288,9 +288,9 @@ class Run:
         so a mistake in a late section is one error with its file, line and key at once:
         the model takes the data's inputs and gives one score per class (a forward pass on
         a meta-device twin: shapes only, no memory, no arithmetic), ``model.checkpoint``
-        fits the model, every stage's targets resolve, and each method accepts its options
-        (built on a copy, because some methods act on the weights when they start). The
-        model is left as it was."""
+        fits the model, every stage's targets resolve, and each method's options (checked
+        when the plan was read) fit the resolved targets: no method is built, so the model
+        is left as it was."""
         try:
             check_fits_data(model, self.info, self.plan.model.name,
                             self.plan.model.input_shape)
@@ -298,11 +298,11 @@ class Run:
             if self.plan.prune is not None:
                 if self._checked_targets is None:  # resolved (and traced) once per run
                     self._checked_targets = self.prune_targets(model)
-                self.prune_method(model, self._checked_targets, dry_run=True)
+                self.check_options("prune", self._checked_targets)
             if self.plan.oneshot is not None:
                 self.oneshot_targets(model)
             if self.plan.quantize is not None:
-                self.quantize_method(copy.deepcopy(model))
+                self.check_options("quantize", self.quant_targets(model))
         except ConfigError as exc:
             raise self.recipe.locate(exc) from None
 
@@ -408,30 +408,33 @@ class Run:
                                  "layers": [r.as_dict() for r in result.layers]}
         state.meta.setdefault("methods", []).append(f"oneshot:{o.method}")
 
-    def prune_method(self, model: nn.Module, targets: Targets, *, dry_run: bool = False):
-        prune = self.plan.prune
-        options = self.with_epoch_length(prune.method, dict(prune.options))
-        try:
-            if dry_run:  # on a copy: some methods act on the weights when they start
-                model = copy.deepcopy(model)
-                targets = targets.bound_to(model)  # the same targets: no second resolve
-            return methods.get(prune.method, model, targets, **options)
-        except ConfigError as exc:
-            raise self.recipe.locate(exc, "prune", *option_key(exc, options)) from None
-
-    def with_epoch_length(self, method: Any, options: dict[str, Any]) -> dict[str, Any]:
-        """``options`` with ``steps_per_epoch`` filled in where ``updates_per_epoch`` needs
-        it: the optimizer steps of one epoch of this rank's data loader, so a recipe says
-        "n updates per epoch" on any data set. The plan check runs before the data is
-        loaded and takes the smallest length the option allows; the stage itself, still
-        before any training, takes the loader's."""
-        if (options.get("updates_per_epoch") is None or "steps_per_epoch" in options
-                or not isinstance(method, str) or method not in methods.METHODS
-                or "updates_per_epoch" not in methods.options(method)):
+    def method_options(self, section: str) -> methods.MethodOptions:
+        """The options of a section's method, with ``steps_per_epoch`` filled in where
+        ``updates_per_epoch`` needs it: the optimizer steps of one epoch of this rank's data
+        loader, so a recipe says "n updates per epoch" on any data set. The plan check runs
+        before the data is loaded and takes the smallest length the option allows; the stage
+        itself, still before any training, takes the loader's."""
+        options = getattr(self.plan, section).method_options
+        n = getattr(options, "updates_per_epoch", None)
+        if n is None or options.steps_per_epoch is not None:
             return options
-        loader = self.train_loader
-        steps = options["updates_per_epoch"] if loader is None else len(loader)
-        return {**options, "steps_per_epoch": steps}
+        try:
+            return replace(options, steps_per_epoch=n if self.train_loader is None
+                           else len(self.train_loader))
+        except ConfigError as exc:
+            raise self.recipe.locate(exc, section) from None
+
+    def check_options(self, section: str, targets: list[Any]) -> None:
+        """The section's method options against its resolved targets (a layer an option
+        names, a scheme the method cannot take), without building the method."""
+        try:
+            self.method_options(section).check_targets(targets)
+        except ConfigError as exc:
+            raise self.recipe.locate(exc, section, *(() if exc.key else ("method",))) from None
+
+    def prune_method(self, model: nn.Module, targets: Targets):
+        prune = self.plan.prune
+        return methods.METHODS[prune.method](model, targets, self.method_options("prune"))
 
     def prune_stage(self, state: State, resume: bool) -> None:
         targets = self.prune_targets(state.model)
@@ -516,23 +519,18 @@ class Run:
         rule = {"layers": layers or "*", "scheme": "quant", "bits": 8}
         try:
             found = resolve(model, [rule])
-            bits = methods.base.per_target(q.bits, found, "quantize.bits")
+            bits = methods.base.per_target(q.bits, found, "quantize.bits", "bits")
             return [replace(t, scheme=get_scheme("quant", bits=int(b), scale=q.scale,
                                                  levels=q.levels), sparsity=None)
                     for t, b in zip(found, bits, strict=True)]
         except ConfigError as exc:
-            raise self.recipe.locate(exc, "quantize",
-                                     *option_key(exc, [*q.SECTION_KEYS, *q.options])) from None
+            raise self.recipe.locate(exc, "quantize", *(() if exc.key else ("layers",))) \
+                from None
 
     def quantize_method(self, model: nn.Module):
-        q = self.plan.quantize
         targets = self.quant_targets(model)
-        name = q.method
-        options = self.with_epoch_length(name, dict(q.options))
-        try:
-            return methods.get(name, model, targets, **options)
-        except ConfigError as exc:
-            raise self.recipe.locate(exc, "quantize", *option_key(exc, options)) from None
+        return methods.METHODS[self.plan.quantize.method](model, targets,
+                                                          self.method_options("quantize"))
 
     def quantize_stage(self, state: State, resume: bool) -> None:
         q = self.plan.quantize

@@ -5,7 +5,7 @@ A recipe's sections become dataclasses (:class:`ModelConfig`, :class:`DataConfig
 per training stage) whose ``__post_init__`` checks what can be checked without a model:
 unknown keys, wrong types, rates outside [0, 1), schemes and their options, method options,
 a user's data function and its arguments. What needs the model (layer names, a scheme that
-does not fit a layer's shape, the method's own range checks) is checked by
+does not fit a layer's shape, a method option naming a layer) is checked by
 :meth:`prunekit.pipeline.Run.check_plan` before the first epoch.
 
 Each check raises a :class:`~prunekit.errors.ConfigError` carrying the key path it is about,
@@ -18,18 +18,15 @@ refused rather than half understood.
 from __future__ import annotations
 
 import copy
-import difflib
-import types
-import typing
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar, Literal, Union
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from . import data as datasets
-from . import methods, oneshot, schemes
+from . import methods, oneshot, schemes, validate
 from .data import text as text_data
 from .errors import ConfigError, within
 from .factories import check_kwargs, import_factory, is_factory_spec
@@ -60,34 +57,18 @@ REMOVED_SECTIONS = {
 # ------------------------------------------------------------------ value checks
 def _expect(value: Any, key: str, kinds: tuple[type, ...], what: str) -> None:
     """``value`` (unless None) is one of ``kinds``; booleans only where ``bool`` is listed."""
-    if value is None:
-        return
-    ok = isinstance(value, kinds) and (bool in kinds or not isinstance(value, bool))
-    if not ok:
-        raise ConfigError(f"expected {what}, got {value!r}", key=(key,))
+    validate.kind(value, kinds, what, key, optional=True)
 
 
 def _positive(value: Any, key: str) -> None:
-    _expect(value, key, (int,), "an integer")
-    if value is not None and value <= 0:
-        raise ConfigError(f"must be positive, got {value}", key=(key,))
-
-
-def _mapping(value: Any, key: str | None = None) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
-        raise ConfigError(f"must be a mapping, got {type(value).__name__}",
-                          key=(key,) if key else ())
-    return value
+    validate.integer(value, key, bounds="> 0", optional=True)
 
 
 def _known_keys(given: Iterable[Any], allowed: Sequence[str], section: str) -> None:
-    """An unknown key is an error naming it, its nearest valid spelling and the valid keys."""
-    for key in given:
-        if key not in allowed:
-            close = difflib.get_close_matches(str(key), allowed, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(f"unknown key{hint}; valid keys of {section}: "
-                              f"{', '.join(sorted(allowed))}", key=(str(key),))
+    validate.known_keys(given, allowed, where=section)
+
+
+_mapping = validate.mapping
 
 
 def _plain(value: Any) -> Any:
@@ -113,86 +94,19 @@ def _build(cls: type, value: Any, section: str) -> Any:
 
 
 # ------------------------------------------------------------------ method options
-def _option_hints(method: str) -> dict[str, Any]:
-    """Annotated types of a method's options, from its constructors (the one record)."""
-    hints: dict[str, Any] = {}
-    for klass in reversed(methods.METHODS[method].__mro__):
-        init = vars(klass).get("__init__")
-        if init is None:
-            continue
-        try:
-            hints.update(typing.get_type_hints(init))
-        except Exception:  # an annotation that does not evaluate: no type check for it
-            continue
-    return hints
-
-
-def _fits(value: Any, hint: Any) -> bool:
-    """Whether a recipe value can be ``hint``; unknown kinds of hints accept anything, the
-    method's own checks (run when the plan is checked against the model) still apply."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (Union, types.UnionType):
-        return any(_fits(value, a) for a in args)
-    if origin is Literal:
-        return value in args
-    if hint is type(None):
-        return value is None
-    if hint is bool:
-        return isinstance(value, bool)
-    if isinstance(value, bool):
-        return hint is Any or origin is None and hint not in (int, float, str)
-    simple = {int: (int,), float: (int, float), str: (str,)}
-    if hint in simple:
-        return isinstance(value, simple[hint])
-    if origin is not None and isinstance(origin, type):
-        if issubclass(origin, Mapping):
-            return isinstance(value, Mapping)
-        if issubclass(origin, Sequence) and not issubclass(origin, str):
-            return isinstance(value, list | tuple)
-    return True
-
-
-def _describe(hint: Any) -> str:
-    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
-             type(None): "null"}
-    if hint in names:
-        return names[hint]
-    if typing.get_origin(hint) in (Union, types.UnionType):
-        return " or ".join(_describe(a) for a in typing.get_args(hint))
-    return str(hint).replace("typing.", "").replace("collections.abc.", "")
-
-
-def check_method_options(method: Any, options: Mapping[str, Any], section: str) -> None:
-    """A known method, only options it takes, each of the type its constructor declares."""
+def method_options(method: Any, options: Mapping[str, Any], section: str
+                   ) -> methods.MethodOptions:
+    """A known method and its options, built and checked (the method's
+    :class:`~prunekit.methods.MethodOptions`); what only the targets can tell is checked
+    against the resolved targets when the plan is checked against the model."""
     if not method:
         raise ConfigError("is required (e.g. admm, reweighted, gradual)", key=("method",))
     with within("method"):
         if not isinstance(method, str) or method not in methods.METHODS:
             raise ConfigError(f"unknown method {method!r}; available: "
                               f"{', '.join(methods.available())}")
-    valid = methods.options(method)
-    _known_keys(options, valid, f"{section} with method {method!r}")
-    hints = _option_hints(method)
-    for key, value in options.items():
-        hint = hints.get(key)
-        if hint is not None and not _fits(value, hint):
-            raise ConfigError(f"option of method {method!r} must be {_describe(hint)}, got "
-                              f"{value!r}", key=(key,))
-
-
-def option_key(exc: ConfigError, options: Iterable[str]) -> tuple[str, ...]:
-    """The option a method's own check is about (its messages start with the option's name:
-    ``"rho must be > 0"``, ``"quantize.bits names unknown layers"``), else ``("method",)``:
-    the line of the option is where the user has to look."""
-    if exc.key:
-        return ()
-    text = exc.message.split(":", 1)[-1].strip() if exc.message.startswith("method ") else \
-        exc.message
-    for name in sorted(map(str, options), key=len, reverse=True):
-        for head in (text, text.split(".", 1)[-1]):
-            if head.startswith(name) and head[len(name):len(name) + 1] in (" ", "[", ""):
-                return (name,)
-    return ("method",)
+    return methods.METHODS[method].Options.build(
+        options, where=f"{section} with method {method!r}", noun="key")
 
 
 # ------------------------------------------------------------------ the model
@@ -434,9 +348,11 @@ class PruneConfig:
     targets: list[dict[str, Any]] | None = None
     train: dict[str, Any] | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    #: the options, built and checked
+    method_options: methods.MethodOptions = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        check_method_options(self.method, self.options, "prune")
+        self.method_options = method_options(self.method, self.options, "prune")
         if not isinstance(self.targets, list) or not self.targets:
             raise ConfigError("must be a non-empty list of target rules", key=("targets",))
         with within("targets"):
@@ -534,14 +450,14 @@ class QuantizeConfig:
     train: dict[str, Any] | None = None
     retrain: dict[str, Any] | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    #: the method's options, built and checked
+    method_options: methods.MethodOptions = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         from .constraints import QUANT_MODES  # noqa: PLC0415  (torch only when quantizing)
 
-        if self.method not in QUANT_METHODS:
-            raise ConfigError(f"must be one of {', '.join(QUANT_METHODS)}, got "
-                              f"{self.method!r}", key=("method",))
-        check_method_options(self.method, self.options, "quantize")
+        validate.choice(self.method, "method", choices=QUANT_METHODS)
+        self.method_options = method_options(self.method, self.options, "quantize")
         with within("bits"):
             bits = self.bits.values() if isinstance(self.bits, Mapping) else [self.bits]
             for b in bits:  # the level set of every bit width, without a model
@@ -551,33 +467,28 @@ class QuantizeConfig:
                 or isinstance(self.layers, list) and all(isinstance(x, str) for x in self.layers)):
             raise ConfigError(f"must be a layer glob or a list of them, got {self.layers!r}",
                               key=("layers",))
-        if self.rest not in QUANT_REST:
-            raise ConfigError(f"must be one of {', '.join(QUANT_REST)}, got {self.rest!r}",
-                              key=("rest",))
+        validate.choice(self.rest, "rest", choices=QUANT_REST)
         for key in ("train", "retrain"):
             _expect(getattr(self, key), key, (dict,), "a mapping")
         retrain = {**QUANT_RETRAIN_DEFAULTS, **(self.retrain or {})}
         with within("retrain"):
-            if retrain["mode"] not in QUANT_MODES:
-                raise ConfigError(f"must be one of {', '.join(QUANT_MODES)}, got "
-                                  f"{retrain['mode']!r}", key=("mode",))
+            validate.choice(retrain["mode"], "mode", choices=QUANT_MODES)
             fraction = retrain["fix_fraction"]
             if retrain["mode"] != "progressive":
                 if fraction is not None and "fix_fraction" in (self.retrain or {}):
                     raise ConfigError(f"applies only with mode: progressive, not "
                                       f"{retrain['mode']!r} (null to leave it unset)",
                                       key=("fix_fraction",))
-            elif isinstance(fraction, bool) or not isinstance(fraction, int | float) \
-                    or not 0 < fraction <= 1:
-                raise ConfigError(f"must be a fraction in (0, 1], got {fraction!r}",
-                                  key=("fix_fraction",))
+            else:
+                validate.number(fraction, "fix_fraction", bounds="(0, 1]")
 
     @classmethod
     def from_dict(cls, d: Any) -> QuantizeConfig:
         return _with_options(cls, d)
 
     def to_dict(self) -> dict[str, Any]:
-        out = {f.name: _plain(getattr(self, f.name)) for f in fields(self) if f.name != "options"}
+        out = {f.name: _plain(getattr(self, f.name)) for f in fields(self)
+               if f.init and f.name != "options"}
         out.update(_plain(self.options))
         return out
 
@@ -733,11 +644,7 @@ class Plan:
             if key in REMOVED_SECTIONS:
                 raise ConfigError(f"section {key!r} is gone: {REMOVED_SECTIONS[key]}",
                                   key=(str(key),))
-            if key not in cls.SECTIONS:
-                close = difflib.get_close_matches(str(key), cls.SECTIONS, n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                raise ConfigError(f"unknown section {key!r}{hint}; valid sections: "
-                                  f"{', '.join(cls.SECTIONS)}", key=(str(key),))
+        validate.known_keys(d, cls.SECTIONS, noun="section")
         with within("model"):
             model = _build(ModelConfig, d.get("model"), "model")
         with within("data"):
@@ -785,8 +692,7 @@ __all__ = [
     "QuantizeConfig",
     "TextDataConfig",
     "check_fits_data",
-    "check_method_options",
     "meta_twin",
-    "option_key",
+    "method_options",
     "stage_settings",
 ]

@@ -24,26 +24,82 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import replace
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
+from .. import validate
 from ..errors import ConfigError
 from ..schemes import check_sparsity
 from ..targets import GroupTarget, Target, allocate_global
-from .base import (
-    UNITS,
-    PruningMethod,
-    check_bool,
-    check_choice,
-    check_count,
-    check_positive,
-    existing_keeps,
-    per_target,
-)
+from .base import UNITS, MethodOptions, PruningMethod, existing_keeps, per_layer, per_target
 from .rho import DEFAULT_GROWTH, RHO_SCHEDULES, rho_factor
+
+
+@dataclass
+class ADMMOptions(MethodOptions):
+    """:class:`ADMM`'s options (described there), checked when built."""
+
+    rho: float | Mapping[str, float] = 1e-3
+    update_every: int = 1
+    update_unit: str = "epoch"
+    rho_schedule: str = "constant"
+    rho_growth: float | None = None
+    rho_max: float | None = None
+    stage_every: int = 5
+    rescale_dual: bool = True
+    reset_lr: bool = False
+    keep_zeros: bool = True
+    tol_primal: float | None = None
+    tol_support: float | None = None
+    reallocate: bool = False
+    updates_per_epoch: int | None = None
+    steps_per_epoch: int | None = None
+
+    #: whether the rates are the method's to re-split (not where rounds fix them)
+    can_reallocate: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        self.rho = per_layer(self.rho, "rho")
+        for name in ("update_every", "stage_every"):
+            self._check(validate.integer, name, bounds=">= 1")
+        self._check(validate.choice, "update_unit", choices=UNITS)
+        self._check(validate.choice, "rho_schedule", choices=RHO_SCHEDULES)
+        for name in ("rho_growth", "rho_max", "tol_primal"):
+            self._check(validate.number, name, bounds="> 0", optional=True)
+        self._check(validate.number, "tol_support", bounds=">= 0", optional=True)
+        for name in ("rescale_dual", "reset_lr", "keep_zeros", "reallocate"):
+            self._check(validate.boolean, name)
+        for name in ("updates_per_epoch", "steps_per_epoch"):
+            self._check(validate.integer, name, bounds=">= 1", optional=True)
+        n, steps = self.updates_per_epoch, self.steps_per_epoch
+        if n is None and steps is not None:
+            validate.fail("steps_per_epoch is read only with updates_per_epoch",
+                          "steps_per_epoch")
+        if n is not None and (self.update_every != 1 or self.update_unit != "epoch"):
+            validate.fail("updates_per_epoch replaces update_every/update_unit; give one",
+                          "updates_per_epoch")
+        if n is not None and steps is not None and n > steps:
+            validate.fail(f"updates_per_epoch ({n}) exceeds the {steps} steps of an epoch",
+                          "updates_per_epoch")
+        if self.reallocate and not self.can_reallocate:
+            validate.fail("reallocate is for one-round ADMM; progressive ADMM sets each "
+                          "round's rates itself", "reallocate")
+
+    def initial_rho(self, targets: Sequence[Target | GroupTarget]) -> list[float]:
+        """Every target's rho, at most ``rho_max``."""
+        rho = per_target(self.rho, targets, "rho", "rho")
+        if self.rho_max is not None and self.rho_max < max(rho):
+            validate.fail(f"rho_max ({self.rho_max}) is below the initial rho ({max(rho)})",
+                          "rho_max")
+        return rho
+
+    def check_targets(self, targets: Sequence[Target | GroupTarget]) -> None:
+        self.initial_rho(targets)
+        if self.reallocate:
+            reallocation_budget(targets)
 
 
 class ADMM(PruningMethod):
@@ -87,56 +143,20 @@ class ADMM(PruningMethod):
     """
 
     name = "admm"
-    #: whether the rates are this method's to re-split (not where rounds fix them)
-    can_reallocate = True
+    Options = ADMMOptions
 
-    def __init__(
-        self,
-        model: nn.Module,
-        targets: Iterable[Target],
-        rho: float | Mapping[str, float] = 1e-3,
-        *,
-        update_every: int = 1,
-        update_unit: str = "epoch",
-        rho_schedule: str = "constant",
-        rho_growth: float | None = None,
-        rho_max: float | None = None,
-        stage_every: int = 5,
-        rescale_dual: bool = True,
-        reset_lr: bool = False,
-        keep_zeros: bool = True,
-        tol_primal: float | None = None,
-        tol_support: float | None = None,
-        reallocate: bool = False,
-        updates_per_epoch: int | None = None,
-        steps_per_epoch: int | None = None,
-    ) -> None:
-        super().__init__(model, targets)
-        self.rho_init = per_target(rho, self.targets, "rho")
+    def __init__(self, model: nn.Module, targets: Iterable[Target],
+                 options: ADMMOptions | None = None, **given: Any) -> None:
+        super().__init__(model, targets, options, **given)
+        o = self.options
+        self.rho_init = o.initial_rho(self.targets)
         self.rho = list(self.rho_init)
-        self.update_every = check_count(update_every, "update_every")
-        self.update_unit = check_choice(update_unit, "update_unit", UNITS)
-        self._boundaries = _epoch_boundaries(updates_per_epoch, steps_per_epoch, update_every,
-                                             update_unit)
+        self._boundaries = _epoch_boundaries(o)
         self.epoch_step = 0  # optimizer steps since the last end_epoch
-        self.rho_schedule = check_choice(rho_schedule, "rho_schedule", RHO_SCHEDULES)
-        growth = DEFAULT_GROWTH[rho_schedule] if rho_growth is None else rho_growth
-        self.rho_growth = check_positive(growth, "rho_growth")
-        self.rho_max = None if rho_max is None else check_positive(rho_max, "rho_max")
-        if self.rho_max is not None and self.rho_max < max(self.rho_init):
-            raise ConfigError(
-                f"rho_max ({rho_max}) is below the initial rho ({max(self.rho_init)})"
-            )
-        self.stage_every = check_count(stage_every, "stage_every")
-        self.rescale_dual = check_bool(rescale_dual, "rescale_dual")
-        self.reset_lr = check_bool(reset_lr, "reset_lr")
-        self.keep_zeros = check_bool(keep_zeros, "keep_zeros")
-        self.tol_primal = None if tol_primal is None else check_positive(tol_primal, "tol_primal")
-        self.tol_support = (None if tol_support is None
-                            else check_positive(tol_support, "tol_support", allow_zero=True))
+        self.rho_growth = DEFAULT_GROWTH[o.rho_schedule] if o.rho_growth is None else \
+            o.rho_growth
         self.stop_requested = False
-        self.reallocate = check_bool(reallocate, "reallocate")
-        self._budget = self._reallocation_budget() if self.reallocate else None
+        self._budget = reallocation_budget(self.targets) if o.reallocate else None
 
         self.updates = 0  # Z/U updates in all rounds
         self.round = 0
@@ -148,7 +168,7 @@ class ADMM(PruningMethod):
         self._stage_callbacks: list[Callable[[int], Any]] = []
         self._active: list[Target] = self._round_targets(0)
 
-        if self.keep_zeros:
+        if self.options.keep_zeros:
             keep = {n: m for t in self.targets for n, m in existing_keeps(model, t).items()}
             if keep:
                 self.set_masks(keep)
@@ -182,7 +202,7 @@ class ADMM(PruningMethod):
         if self._boundaries is not None:
             if self.epoch_step in self._boundaries:
                 self.update()
-        elif self.update_unit == "step" and self.round_step % self.update_every == 0:
+        elif (o := self.options).update_unit == "step" and self.round_step % o.update_every == 0:
             self.update()
 
     def _end_epoch(self) -> None:
@@ -190,7 +210,7 @@ class ADMM(PruningMethod):
         self.epoch_step = 0
         if self._boundaries is not None:
             self.update()  # the epoch's last update, however many steps it had
-        elif self.update_unit == "epoch" and self.round_epoch % self.update_every == 0:
+        elif (o := self.options).update_unit == "epoch" and self.round_epoch % o.update_every == 0:
             self.update()
 
     def freeze_targets(self) -> list[Target]:
@@ -209,9 +229,9 @@ class ADMM(PruningMethod):
     def lr_cycle_epochs(self) -> int | None:
         """Epochs between two learning-rate restarts (one stage); None when updates are
         counted in steps, where the trainer anneals to the end of training instead."""
-        if self.update_unit != "epoch" or self._boundaries:  # none at one update per epoch
+        if self.options.update_unit != "epoch" or self._boundaries:  # none at one update per epoch
             return None
-        return self.update_every * self.stage_every
+        return self.options.update_every * self.options.stage_every
 
     def progress(self) -> dict[str, float]:
         """The last update's residuals; its sparsity is Z's (the projection the weights are
@@ -232,7 +252,7 @@ class ADMM(PruningMethod):
         zeros = total = changed = kept = 0
         weight_norm = 0.0
         points = None
-        if self.reallocate:
+        if self.options.reallocate:
             points = [[p.detach() + u for (_, p), u in zip(t.members, us, strict=True)]
                       for t, (_, us) in zip(self._active, self._state(), strict=True)]
             self._reallocate(points)
@@ -255,7 +275,7 @@ class ADMM(PruningMethod):
             layers[t.name] = {"rho": rho, "primal": primal, "dual": dual,
                               "relative_primal": primal / norm if norm > 0 else 0.0,
                               "support_change": flips / max(nonzero, 1)}
-            if self.reallocate:
+            if self.options.reallocate:
                 layers[t.name]["target_sparsity"] = float(t.sparsity)
             numel = sum(z.numel() for z in zs)
             zeros += numel - nonzero
@@ -284,7 +304,7 @@ class ADMM(PruningMethod):
         self._last = {k: record[k] for k in ("sparsity", "primal", "dual", "relative_primal",
                                              "support_change")}
         self._advance_rho(list(layers.values()))
-        if self.round_updates % self.stage_every == 0:
+        if self.round_updates % self.options.stage_every == 0:
             self._end_stage()
         self._check_converged(record)
         return record
@@ -301,8 +321,8 @@ class ADMM(PruningMethod):
         return list(zip(keys, tensors, strict=True))
 
     def _check_converged(self, record: Mapping[str, Any]) -> None:
-        tolerances = [(k, tol) for k, tol in (("relative_primal", self.tol_primal),
-                                              ("support_change", self.tol_support))
+        tolerances = [(k, tol) for k, tol in (("relative_primal", self.options.tol_primal),
+                                              ("support_change", self.options.tol_support))
                       if tol is not None]
         if not tolerances or not self._in_last_round():
             return
@@ -326,7 +346,7 @@ class ADMM(PruningMethod):
         """Begin a run (or round): Z = projection of the current weights, U = 0."""
         zeros = total = 0
         primal = weight_norm = 0.0
-        if self.reallocate:
+        if self.options.reallocate:
             self._reallocate([[p.detach() for _, p in t.members] for t in self._active])
         for t, (zs, us) in zip(self._active, self._state(), strict=True):
             ws = [p.detach() for _, p in t.members]
@@ -340,18 +360,6 @@ class ADMM(PruningMethod):
         self._last = {"sparsity": zeros / total, "primal": primal, "dual": 0.0,
                       "relative_primal": primal / weight_norm if weight_norm > 0 else 0.0,
                       "support_change": 0.0}
-
-    def _reallocation_budget(self) -> float:
-        """The targets' pruned fraction, all weights together, as the plan set it."""
-        if not self.can_reallocate:
-            raise ConfigError("reallocate is for one-round ADMM; progressive ADMM sets "
-                              "each round's rates itself")
-        for t in self.targets:
-            if not isinstance(t, Target) or t.sparsity is None:
-                raise ConfigError(f"reallocate needs plain targets with an explicit "
-                                  f"sparsity; {t.name!r} is not one")
-        numel = sum(t.numel for t in self.targets)
-        return math.fsum(float(t.sparsity) * t.numel for t in self.targets) / numel
 
     def _reallocate(self, points: list[list[Tensor]]) -> None:
         """Set every target's rate from one global allocation over ``points`` (one tensor
@@ -368,22 +376,22 @@ class ADMM(PruningMethod):
 
     @torch.no_grad()
     def _advance_rho(self, layers: Sequence[Mapping[str, float]]) -> None:
-        if self.rho_schedule == "constant":
+        if self.options.rho_schedule == "constant":
             return
-        if self.rho_schedule == "stages" and self.round_updates % self.stage_every:
+        if self.options.rho_schedule == "stages" and self.round_updates % self.options.stage_every:
             return
         for i, (old, stats) in enumerate(zip(self.rho, layers, strict=True)):
-            new = old * rho_factor(self.rho_schedule, stats, self.rho_growth)
-            if self.rho_max is not None:
-                new = min(new, self.rho_max)
-            if new != old and self.rescale_dual:
+            new = old * rho_factor(self.options.rho_schedule, stats, self.rho_growth)
+            if self.options.rho_max is not None:
+                new = min(new, self.options.rho_max)
+            if new != old and self.options.rescale_dual:
                 for u in self.U[self._spans[i]]:
                     u.mul_(old / new)
             self.rho[i] = new
 
     def _end_stage(self) -> None:
         self.stage += 1
-        if self.reset_lr:
+        if self.options.reset_lr:
             self.lr_reset_pending = True
         for fn in self._stage_callbacks:
             fn(self.stage)
@@ -442,7 +450,7 @@ class ADMM(PruningMethod):
         self.lr_reset_pending = bool(state["lr_reset_pending"])
         self.stop_requested = bool(state["stop_requested"])
         self._last = {k: float(v) for k, v in state["last"].items()}
-        if self.reallocate:  # the saved allocation; older states have none to restore
+        if self.options.reallocate:  # the saved allocation; older states have none to restore
             rates = state.get("rates")
             if not isinstance(rates, list) or len(rates) != len(self.targets):
                 raise ConfigError("state has no allocation for reallocate to resume from")
@@ -450,12 +458,14 @@ class ADMM(PruningMethod):
                 t.sparsity = check_sparsity(float(rate), f"saved rate of {t.name!r}")
 
 
-def admm_option_names() -> list[str]:
-    """The keyword options of :class:`ADMM` (besides model and targets)."""
-    import inspect  # noqa: PLC0415
-
-    params = inspect.signature(ADMM.__init__).parameters
-    return [n for n in params if n not in ("self", "model", "targets")]
+def reallocation_budget(targets: Sequence[Target | GroupTarget]) -> float:
+    """The targets' pruned fraction, all weights together, as the plan set it."""
+    for t in targets:
+        if not isinstance(t, Target) or t.sparsity is None:
+            validate.fail(f"reallocate needs plain targets with an explicit sparsity; "
+                          f"{t.name!r} is not one", "reallocate")
+    numel = sum(t.numel for t in targets)
+    return math.fsum(float(t.sparsity) * t.numel for t in targets) / numel
 
 
 def _norm(tensors: Sequence[Tensor]) -> float:
@@ -464,24 +474,16 @@ def _norm(tensors: Sequence[Tensor]) -> float:
     return norms[0] if len(norms) == 1 else math.sqrt(math.fsum(n * n for n in norms))
 
 
-def _epoch_boundaries(updates_per_epoch: int | None, steps_per_epoch: int | None,
-                      update_every: int, update_unit: str) -> frozenset[int] | None:
+def _epoch_boundaries(options: ADMMOptions) -> frozenset[int] | None:
     """The steps within an epoch after which ``updates_per_epoch`` puts a Z/U update (the
     last one is the epoch's end, so it is not among them); None where the cadence is
     ``update_every`` in ``update_unit``."""
-    if updates_per_epoch is None:
-        if steps_per_epoch is not None:
-            raise ConfigError("steps_per_epoch is read only with updates_per_epoch")
+    n, steps = options.updates_per_epoch, options.steps_per_epoch
+    if n is None:
         return None
-    n = check_count(updates_per_epoch, "updates_per_epoch")
-    if update_every != 1 or update_unit != "epoch":
-        raise ConfigError("updates_per_epoch replaces update_every/update_unit; give one")
     if n == 1:
         return frozenset()
-    if steps_per_epoch is None:
-        raise ConfigError(f"updates_per_epoch ({n}) needs steps_per_epoch (the optimizer steps "
-                          f"in one epoch, e.g. len(train_loader))")
-    steps = check_count(steps_per_epoch, "steps_per_epoch")
-    if n > steps:
-        raise ConfigError(f"updates_per_epoch ({n}) exceeds the {steps} steps of an epoch")
+    if steps is None:
+        validate.fail(f"updates_per_epoch ({n}) needs steps_per_epoch (the optimizer steps "
+                      f"in one epoch, e.g. len(train_loader))", "steps_per_epoch")
     return frozenset(round(k * steps / n) for k in range(1, n))

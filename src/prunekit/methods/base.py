@@ -24,14 +24,14 @@ during masked retraining.
 from __future__ import annotations
 
 import copy
-import math
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import replace
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, fields, replace
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
+from .. import validate
 from ..constraints import Frozen, MaskEnforcer, from_state
 from ..errors import ConfigError, TargetError
 from ..targets import GroupTarget, Target, freeze
@@ -39,61 +39,75 @@ from ..targets import GroupTarget, Target, freeze
 UNITS = ("epoch", "step")
 
 
-# ------------------------------------------------------------------ option checks
-def check_positive(value: Any, what: str, *, allow_zero: bool = False) -> float:
-    """A finite number > 0 (or >= 0 with ``allow_zero``)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigError(f"{what} must be a finite number, got {value!r}")
-    if value < 0 or (value == 0 and not allow_zero):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ConfigError(f"{what} must be {bound}, got {value}")
-    return float(value)
+# ------------------------------------------------------------------ options
+@dataclass
+class MethodOptions:
+    """A method's options: one dataclass per method holds their defaults and checks their
+    values in ``__post_init__``, so the Python API (``ADMM(model, targets, rho=0.01)``) and a
+    recipe (whose plan builds the options when the file is read, before any model exists)
+    check them once, in one place. What only the resolved targets can tell (a layer named
+    in a per-layer value, a scheme the method cannot take) is :meth:`check_targets`, which
+    the method's constructor and the pipeline's plan check both run, without building a
+    method. Every error carries the option as its key, so a recipe reports its line.
+
+    Dataclasses and not pydantic: prunekit's core depends on torch, numpy and PyYAML only,
+    and the checks are a few lines each with :mod:`prunekit.validate`'s primitives."""
+
+    @classmethod
+    def build(cls, given: Mapping[str, Any], *, where: str, noun: str = "option"
+              ) -> MethodOptions:
+        """The options from a mapping; an unknown name is an error with its nearest
+        spelling (``where``: what the options belong to, for the message)."""
+        validate.known_keys(given, [f.name for f in fields(cls)], where=where, noun=noun)
+        return cls(**given)
+
+    def check_targets(self, targets: Sequence[Target | GroupTarget]) -> None:
+        """Checks that need the resolved targets (none by default)."""
+
+    def _check(self, check: Callable[..., Any], name: str, **how: Any) -> None:
+        """Check the field ``name`` with a :mod:`prunekit.validate` function and keep what
+        it returns (numbers as floats)."""
+        setattr(self, name, check(getattr(self, name), name, subject=name, **how))
 
 
-def check_count(value: Any, what: str, *, minimum: int = 1) -> int:
-    """A whole number >= ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{what} must be a whole number >= {minimum}, got {value!r}")
-    return int(value)
+def per_layer(value: Any, what: str, bounds: str = "> 0", key: str | None = None
+              ) -> float | dict[str, float]:
+    """A number, or ``{layer: number}``, each inside ``bounds`` (floats); errors name
+    ``what`` and carry ``key`` (default: ``what``)."""
+    key = key or what
+    if not isinstance(value, Mapping):
+        return validate.number(value, key, bounds=bounds, subject=what)
+    out = {}
+    for layer, number in value.items():
+        validate.kind(layer, str, "a layer name", key, subject=f"a key of {what}")
+        out[layer] = validate.number(number, key, bounds=bounds, subject=f"{what}[{layer!r}]")
+    return out
 
 
-def check_bool(value: Any, what: str) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(f"{what} must be true or false, got {value!r}")
-    return value
-
-
-def check_choice(value: Any, what: str, choices: Sequence[str]) -> str:
-    if value not in choices:
-        raise ConfigError(f"{what} must be one of {', '.join(map(repr, choices))}, got {value!r}")
-    return value
-
-
-def per_target(
-    value: Any, targets: Sequence[Target], what: str, *, allow_zero: bool = False
-) -> list[float]:
-    """One number per target from a single number or ``{layer: number}``.
+def per_target(value: Any, targets: Sequence[Target | GroupTarget], what: str,
+               key: str | None = None) -> list[Any]:
+    """One value per target from a single value or ``{layer: value}`` (values checked by
+    :func:`per_layer`).
 
     A layer is named by its parameter name (``"fc1.weight"``) or its module name (``"fc1"``);
     a ``"default"`` entry covers the layers not named. An unknown name is an error, because
     a typo would otherwise silently leave a layer at the default.
     """
     if not isinstance(value, Mapping):
-        number = check_positive(value, what, allow_zero=allow_zero)
-        return [number] * len(targets)
+        return [value] * len(targets)
     known = {t.name for t in targets} | {t.module_name for t in targets}
     unknown = sorted(str(k) for k in value if k != "default" and k not in known)
     if unknown:
-        raise ConfigError(
-            f"{what} names unknown layers {unknown}; the targets are "
-            f"{sorted(t.name for t in targets)}"
-        )
+        validate.fail(f"{what} names unknown layers {unknown}; the targets are "
+                      f"{sorted(t.name for t in targets)}", key)
     out = []
     for t in targets:
-        key = t.name if t.name in value else t.module_name if t.module_name in value else "default"
-        if key not in value:
-            raise ConfigError(f"{what} has no value for layer {t.name!r} and no 'default' entry")
-        out.append(check_positive(value[key], f"{what}[{key!r}]", allow_zero=allow_zero))
+        name = t.name if t.name in value else t.module_name if t.module_name in value else \
+            "default"
+        if name not in value:
+            validate.fail(f"{what} has no value for layer {t.name!r} and no 'default' entry",
+                          key)
+        out.append(value[name])
     return out
 
 
@@ -207,10 +221,16 @@ class PruningMethod:
     """Shared base: counters, history, live masks, hardening and state (module docstring)."""
 
     name = "method"
+    #: the method's options (:class:`MethodOptions`: this one has none)
+    Options: ClassVar[type[MethodOptions]] = MethodOptions
 
-    def __init__(self, model: nn.Module, targets: Iterable[Target | GroupTarget]) -> None:
+    def __init__(self, model: nn.Module, targets: Iterable[Target | GroupTarget],
+                 options: MethodOptions | None = None, **given: Any) -> None:
+        """``options`` built already (a recipe's plan builds them), or given by name."""
         self.model = model
+        self.options = self.configure(options, given)
         self.targets: list[Target | GroupTarget] = check_targets(model, targets)
+        self.options.check_targets(self.targets)
         self.epoch = 0  # completed epochs (end_epoch calls)
         self.step = 0  # completed optimizer steps (after_step calls)
         self.history: list[dict[str, Any]] = []
@@ -220,6 +240,17 @@ class PruningMethod:
         self.constraints: dict[str, Any] | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self._enforcer: Any = None
+
+    @classmethod
+    def configure(cls, options: MethodOptions | None, given: Mapping[str, Any]
+                  ) -> MethodOptions:
+        """``options``, or the options ``given`` by name (not both)."""
+        if options is None:
+            return cls.Options.build(given, where=f"method {cls.name!r}")
+        if given or not isinstance(options, cls.Options):
+            raise ConfigError(f"method {cls.name!r} takes one {cls.Options.__name__} or its "
+                              f"options by name")
+        return options
 
     # ------------------------------------------------------------ the protocol
     def penalty(self) -> Tensor:

@@ -11,15 +11,15 @@ weights there would invalidate the graph that the backward pass still needs.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from torch import Tensor, nn
 
-from ..errors import ConfigError
-from ..schemes import check_sparsity
-from ..targets import Target
-from .base import PruningMethod, at_rate, check_count, explicit_rate, zero_fraction
+from .. import validate
+from ..targets import GroupTarget, Target
+from .base import MethodOptions, PruningMethod, at_rate, explicit_rate, zero_fraction
 
 
 class OneShotMagnitude(PruningMethod):
@@ -57,6 +57,34 @@ def cubic_sparsity(t: float, initial: float, final: float, start: float, end: fl
     return final + (initial - final) * (1.0 - (t - start) / (end - start)) ** 3
 
 
+@dataclass
+class GradualOptions(MethodOptions):
+    """:class:`GradualMagnitude`'s options (described there); ``end_epoch`` is required."""
+
+    start_epoch: int = 0
+    end_epoch: int | None = None
+    initial_sparsity: float = 0.0
+    frequency: int = 1
+    steps_per_epoch: int | None = None
+
+    def __post_init__(self) -> None:
+        self._check(validate.integer, "start_epoch", bounds=">= 0")
+        if self.end_epoch is None:
+            validate.fail("gradual needs end_epoch (the epoch the final rate is reached)",
+                          "end_epoch")
+        self._check(validate.integer, "end_epoch", bounds=f">= {self.start_epoch}")
+        self._check(validate.number, "initial_sparsity", bounds="[0, 1)")
+        self._check(validate.integer, "frequency", bounds=">= 1")
+        self._check(validate.integer, "steps_per_epoch", bounds=">= 1", optional=True)
+
+    def check_targets(self, targets: Sequence[Target | GroupTarget]) -> None:
+        for t in targets:
+            rate = explicit_rate(t, "gradual")
+            if self.initial_sparsity > rate:
+                validate.fail(f"initial_sparsity {self.initial_sparsity} exceeds the rate "
+                              f"{rate} of target {t.name!r}", "initial_sparsity")
+
+
 class GradualMagnitude(PruningMethod):
     """Prune gradually from ``initial_sparsity`` at ``start_epoch`` to each target's rate
     at ``end_epoch`` on the cubic schedule (:func:`cubic_sparsity`).
@@ -70,47 +98,22 @@ class GradualMagnitude(PruningMethod):
     """
 
     name = "gradual"
+    Options = GradualOptions
 
-    def __init__(
-        self,
-        model: nn.Module,
-        targets: Iterable[Target],
-        start_epoch: int = 0,
-        end_epoch: int | None = None,
-        *,
-        initial_sparsity: float = 0.0,
-        frequency: int = 1,
-        steps_per_epoch: int | None = None,
-    ) -> None:
-        super().__init__(model, targets)
+    def __init__(self, model: nn.Module, targets: Iterable[Target],
+                 options: GradualOptions | None = None, **given: Any) -> None:
+        super().__init__(model, targets, options, **given)
         self.final_rates = [explicit_rate(t, "gradual") for t in self.targets]
-        self.start_epoch = check_count(start_epoch, "start_epoch", minimum=0)
-        if end_epoch is None:
-            raise ConfigError("gradual needs end_epoch (the epoch the final rate is reached)")
-        self.end_epoch_at = check_count(end_epoch, "end_epoch", minimum=self.start_epoch)
-        self.initial_sparsity = check_sparsity(initial_sparsity, "initial_sparsity")
-        for t, rate in zip(self.targets, self.final_rates, strict=True):
-            if self.initial_sparsity > rate:
-                raise ConfigError(
-                    f"initial_sparsity {self.initial_sparsity} exceeds the rate {rate} of "
-                    f"target {t.name!r}"
-                )
-        self.frequency = check_count(frequency, "frequency")
-        self.steps_per_epoch = (
-            None if steps_per_epoch is None else check_count(steps_per_epoch, "steps_per_epoch")
-        )
         self.started = False
         self.prunings = 0
 
     # ------------------------------------------------------------- the schedule
     def sparsity_at(self, t: float) -> dict[str, float]:
         """Every target's scheduled rate at time ``t`` (in epochs)."""
-        return {
-            target.name: cubic_sparsity(
-                t, min(self.initial_sparsity, rate), rate, self.start_epoch, self.end_epoch_at
-            )
-            for target, rate in zip(self.targets, self.final_rates, strict=True)
-        }
+        o = self.options
+        return {target.name: cubic_sparsity(t, min(o.initial_sparsity, rate), rate,
+                                            o.start_epoch, o.end_epoch)
+                for target, rate in zip(self.targets, self.final_rates, strict=True)}
 
     def start(self) -> None:
         """Take the pruning due at time 0 (when ``start_epoch`` is 0); called by the first
@@ -128,19 +131,19 @@ class GradualMagnitude(PruningMethod):
         super().end_epoch()
 
     def _after_step(self) -> None:
-        if self.steps_per_epoch is not None:
+        if self.options.steps_per_epoch is not None:
             self._maybe_prune(self.step)
 
     def _end_epoch(self) -> None:
-        if self.steps_per_epoch is None:
+        if self.options.steps_per_epoch is None:
             self._maybe_prune(self.epoch)
 
     def _maybe_prune(self, count: int) -> None:
-        scale = self.steps_per_epoch or 1
-        first, last = self.start_epoch * scale, self.end_epoch_at * scale
+        scale = self.options.steps_per_epoch or 1
+        first, last = self.options.start_epoch * scale, self.options.end_epoch * scale
         if not first <= count <= last:
             return
-        if (count - first) % self.frequency and count != last:
+        if (count - first) % self.options.frequency and count != last:
             return
         self.prune_to(self.sparsity_at(count / scale), time=count / scale)
 

@@ -3,19 +3,100 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from torch import nn
 
-from ..errors import ConfigError
-from ..schemes import check_sparsity
-from ..targets import Target
-from .admm import ADMM, admm_option_names
-from .base import at_rate, check_count, check_targets, explicit_rate, per_target
+from .. import validate
+from ..errors import ConfigError, within
+from ..targets import GroupTarget, Target
+from .admm import ADMM, ADMMOptions
+from .base import at_rate, check_targets, explicit_rate, per_layer, per_target
 
-_PROGRESSIVE_OPTIONS = {"rates", "stages", "rounds", "epochs_per_round"}
 _STAGE_KEYS = ("sparsity", "epochs", "rho")
 
+
+@dataclass
+class ProgressiveADMMOptions(ADMMOptions):
+    """:class:`ProgressiveADMM`'s schedule options (described there) and ADMM's."""
+
+    rates: list[Any] | None = None
+    stages: list[Any] | None = None
+    rounds: int | None = None
+    epochs_per_round: int = 1
+
+    can_reallocate: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._check(validate.integer, "epochs_per_round", bounds=">= 1")
+        given = [n for n in ("rates", "stages", "rounds") if getattr(self, n) is not None]
+        if len(given) > 1:
+            validate.fail(f"progressive_admm takes one of rates, stages or rounds, got {given}",
+                          given[1])
+        self._check(validate.integer, "rounds", bounds=">= 1", optional=True)
+        if self.rates is not None:
+            if not isinstance(self.rates, list | tuple) or not self.rates:
+                validate.fail(f"rates must be a non-empty list of rates, got {self.rates!r}",
+                              "rates")
+            self.rates = [per_layer(r, f"rates[{i}]", "[0, 1)", "rates")
+                          for i, r in enumerate(self.rates)]
+        if self.stages is not None:
+            if not isinstance(self.stages, list | tuple) or not self.stages:
+                validate.fail("stages must be a non-empty list of {sparsity, epochs, rho} "
+                              "dicts", "stages")
+            self.stages = [self._stage(i, s) for i, s in enumerate(self.stages)]
+
+    def _stage(self, i: int, stage: Any) -> dict[str, Any]:
+        """One entry of ``stages``, checked (errors keyed ``stages.i.key``)."""
+        with within("stages", str(i)):
+            if not isinstance(stage, Mapping) or "sparsity" not in stage:
+                validate.fail(f"stages[{i}] must be a dict with a 'sparsity' key, got "
+                              f"{stage!r}")
+            validate.known_keys(stage, _STAGE_KEYS, where=f"stages[{i}]")
+            rho = stage.get("rho")
+            return {"sparsity": per_layer(stage["sparsity"], f"stages[{i}].sparsity",
+                                          "[0, 1)", "sparsity"),
+                    "epochs": validate.integer(stage.get("epochs", self.epochs_per_round),
+                                               "epochs", bounds=">= 1",
+                                               subject=f"stages[{i}].epochs"),
+                    "rho": None if rho is None else per_layer(rho, f"stages[{i}].rho",
+                                                              key="rho")}
+
+    def schedule(self, targets: Sequence[Target | GroupTarget]
+                 ) -> tuple[list[list[float]], list[int], list[list[float] | None]]:
+        """Per round: the rate of every target, the epochs, and the rho (None: the
+        initial), and no round lowers a rate."""
+        if self.stages is not None:
+            table = [per_target(s["sparsity"], targets, f"stages[{i}].sparsity", "stages")
+                     for i, s in enumerate(self.stages)]
+            epochs = [s["epochs"] for s in self.stages]
+            rhos = [None if s["rho"] is None else
+                    per_target(s["rho"], targets, f"stages[{i}].rho", "stages")
+                    for i, s in enumerate(self.stages)]
+        else:
+            if self.rates is None:
+                n = 3 if self.rounds is None else self.rounds
+                finals = [explicit_rate(t, "progressive_admm") for t in targets]
+                table = [[1.0 - (1.0 - s) ** ((r + 1) / n) for s in finals] for r in range(n)]
+                table[-1] = finals
+            else:
+                table = [per_target(r, targets, f"rates[{i}]", "rates")
+                         for i, r in enumerate(self.rates)]
+            epochs = [self.epochs_per_round] * len(table)
+            rhos = [None] * len(table)
+        for r in range(1, len(table)):
+            for t, before, now in zip(targets, table[r - 1], table[r], strict=True):
+                if now < before:
+                    validate.fail(f"round {r} lowers the rate of {t.name!r} from {before} to "
+                                  f"{now}; progressive rates must not decrease",
+                                  "stages" if self.stages is not None else "rates")
+        return table, epochs, rhos
+
+    def check_targets(self, targets: Sequence[Target | GroupTarget]) -> None:
+        super().check_targets(targets)
+        self.schedule(targets)
 
 
 class ProgressiveADMM(ADMM):
@@ -35,31 +116,15 @@ class ProgressiveADMM(ADMM):
     """
 
     name = "progressive_admm"
-    can_reallocate = False
+    Options = ProgressiveADMMOptions
 
-    def __init__(
-        self,
-        model: nn.Module,
-        targets: Iterable[Target],
-        rates: Sequence[float | Mapping[str, float]] | None = None,
-        *,
-        stages: Sequence[Mapping[str, Any]] | None = None,
-        rounds: int | None = None,
-        epochs_per_round: int = 1,
-        **admm_options: Any,
-    ) -> None:
+    def __init__(self, model: nn.Module, targets: Iterable[Target],
+                 options: ProgressiveADMMOptions | None = None, **given: Any) -> None:
+        # the schedule first: ADMM's constructor starts the first round
+        options = self.configure(options, given)
         checked = check_targets(model, targets)
-        unknown = sorted(set(admm_options) - set(admm_option_names()))
-        if unknown:
-            raise ConfigError(
-                f"progressive_admm got unknown options {unknown}; valid: "
-                f"{', '.join(sorted(set(admm_option_names()) | _PROGRESSIVE_OPTIONS))}"
-            )
-        self.epochs_per_round = check_count(epochs_per_round, "epochs_per_round")
-        self.rates, self.round_epochs, round_rho = _schedule(
-            checked, rates, stages, rounds, self.epochs_per_round
-        )
-        super().__init__(model, checked, **admm_options)
+        self.rates, self.round_epochs, round_rho = options.schedule(checked)
+        super().__init__(model, checked, options)
         self.round_rho = [self.rho_init if r is None else r for r in round_rho]
         self.rho = list(self.round_rho[0])
 
@@ -107,60 +172,3 @@ class ProgressiveADMM(ADMM):
         if saved != self.rates:
             raise ConfigError(f"state was saved with round rates {saved}, not {self.rates}")
         super()._load_extra_state(state)
-
-
-
-def _round_rates(targets: list[Target], entry: Any, what: str) -> list[float]:
-    rates = per_target(entry, targets, what, allow_zero=True)
-    return [check_sparsity(r, f"{what} for {t.name!r}") for t, r in zip(targets, rates,
-                                                                         strict=True)]
-
-
-def _schedule(
-    targets: list[Target],
-    rates: Sequence[Any] | None,
-    stages: Sequence[Mapping[str, Any]] | None,
-    rounds: int | None,
-    epochs_per_round: int,
-) -> tuple[list[list[float]], list[int], list[list[float] | None]]:
-    """Per round: the rate of every target, the epochs, and the rho (None: the initial)."""
-    given = [n for n, v in (("rates", rates), ("stages", stages), ("rounds", rounds))
-             if v is not None]
-    if len(given) > 1:
-        raise ConfigError(f"progressive_admm takes one of rates, stages or rounds, got {given}")
-    if stages is not None:
-        if isinstance(stages, (str, Mapping)) or not isinstance(stages, Sequence) or not stages:
-            raise ConfigError("stages must be a non-empty list of {sparsity, epochs, rho} dicts")
-        table, epochs, rhos = [], [], []
-        for i, stage in enumerate(stages):
-            if not isinstance(stage, Mapping) or "sparsity" not in stage:
-                raise ConfigError(
-                    f"stages[{i}] must be a dict with a 'sparsity' key, got {stage!r}"
-                )
-            extra = sorted(set(stage) - set(_STAGE_KEYS))
-            if extra:
-                raise ConfigError(f"stages[{i}] has unknown keys {extra}; valid: {_STAGE_KEYS}")
-            table.append(_round_rates(targets, stage["sparsity"], f"stages[{i}].sparsity"))
-            epochs.append(check_count(stage.get("epochs", epochs_per_round), f"stages[{i}].epochs"))
-            rho = stage.get("rho")
-            rhos.append(None if rho is None else per_target(rho, targets, f"stages[{i}].rho"))
-    else:
-        if rates is None:
-            n = check_count(3 if rounds is None else rounds, "rounds")
-            finals = [explicit_rate(t, "progressive_admm") for t in targets]
-            table = [[1.0 - (1.0 - s) ** ((r + 1) / n) for s in finals] for r in range(n)]
-            table[-1] = finals
-        else:
-            if isinstance(rates, (str, Mapping)) or not isinstance(rates, Sequence) or not rates:
-                raise ConfigError(f"rates must be a non-empty list of rates, got {rates!r}")
-            table = [_round_rates(targets, r, f"rates[{i}]") for i, r in enumerate(rates)]
-        epochs = [epochs_per_round] * len(table)
-        rhos = [None] * len(table)
-    for r in range(1, len(table)):
-        for t, before, now in zip(targets, table[r - 1], table[r], strict=True):
-            if now < before:
-                raise ConfigError(
-                    f"round {r} lowers the rate of {t.name!r} from {before} to {now}; "
-                    f"progressive rates must not decrease"
-                )
-    return table, epochs, rhos

@@ -21,9 +21,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from .. import validate
 from ..constraints import Levels, MaskEnforcer
-from ..errors import ConfigError
-from .base import check_count, check_positive
 from .magnitude import OneShotMagnitude
 
 
@@ -56,10 +55,9 @@ class ProgressiveFixing:
 
     def __init__(self, enforcer: MaskEnforcer, epochs: int, fraction: float = 0.3) -> None:
         self.enforcer = enforcer
-        self.epochs = check_count(epochs, "epochs")
-        self.fraction = check_positive(fraction, "fix_fraction")
-        if self.fraction > 1:
-            raise ConfigError(f"fix_fraction must be at most 1, got {fraction}")
+        self.epochs = validate.integer(epochs, "epochs", bounds=">= 1", subject="epochs")
+        self.fraction = validate.number(fraction, "fix_fraction", bounds="(0, 1]",
+                                        subject="fix_fraction")
         self.epoch = 0
 
     def end_epoch(self) -> None:

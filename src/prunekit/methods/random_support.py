@@ -20,16 +20,39 @@ everything else is one-shot magnitude's: the masks are enforced while the model 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from ..errors import ConfigError
+from .. import validate
 from ..targets import GroupTarget, Target
-from .base import check_count
+from .base import MethodOptions
 from .magnitude import OneShotMagnitude
+
+
+@dataclass
+class RandomOptions(MethodOptions):
+    """``seed`` of the draw; the targets must be plain weights whose scheme sets only a
+    support."""
+
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self._check(validate.integer, "seed", bounds=">= 0")
+
+    def check_targets(self, targets: Sequence[Target | GroupTarget]) -> None:
+        for t in targets:
+            if isinstance(t, GroupTarget):
+                validate.fail(f"random: target {t.name!r} is a coupled channel group; random "
+                              f"supports are drawn per weight (use a plain filter or channel "
+                              f"rule)", "method")
+            if t.scheme.frozen_kind != "support":
+                validate.fail(f"random: target {t.name!r} uses scheme {t.scheme_name!r}, which "
+                              f"sets values, not only a support; random draws supports only",
+                              "method")
 
 
 class RandomSupport(OneShotMagnitude):
@@ -38,24 +61,11 @@ class RandomSupport(OneShotMagnitude):
     generator (which the training loop's shuffling also draws from)."""
 
     name = "random"
-
-    def __init__(self, model: nn.Module, targets: Iterable[Target | GroupTarget], *,
-                 seed: int = 0) -> None:
-        super().__init__(model, targets)
-        for t in self.targets:
-            if isinstance(t, GroupTarget):
-                raise ConfigError(f"random: target {t.name!r} is a coupled channel group; "
-                                  f"random supports are drawn per weight (use a plain "
-                                  f"filter or channel rule)")
-            if t.scheme.frozen_kind != "support":
-                raise ConfigError(f"random: target {t.name!r} uses scheme {t.scheme_name!r}, "
-                                  f"which sets values, not only a support; random draws "
-                                  f"supports only")
-        self.seed = check_count(seed, "seed", minimum=0)
+    Options = RandomOptions
 
     def random_masks(self) -> dict[str, Tensor]:
         """``{param name: bool mask}``: each target's random support at its rate."""
-        generator = torch.Generator().manual_seed(self.seed)
+        generator = torch.Generator().manual_seed(self.options.seed)
         masks = {}
         for t in self.targets:
             values = t.param.detach().flatten().cpu()

@@ -17,35 +17,43 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from .. import validate
 from ..errors import ConfigError
 from ..targets import Target
-from .base import PruningMethod, check_count, check_positive, per_target
+from .base import PruningMethod, per_target
+from .group_lasso import GroupLassoOptions
+
+
+@dataclass
+class ReweightedOptions(GroupLassoOptions):
+    """:class:`Reweighted`'s options: ``lam`` is one number or ``{layer: number}``; ``eps``
+    keeps alpha finite for groups that reach zero."""
+
+    eps: float = 1e-3
+    reweight_every: int = 1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._check(validate.number, "eps", bounds="> 0")
+        self._check(validate.integer, "reweight_every", bounds=">= 1")
 
 
 class Reweighted(PruningMethod):
-    """Reweighted regularization (module docstring). ``lam`` is one number or
-    ``{layer: number}``; ``eps`` keeps alpha finite for groups that reach zero."""
+    """Reweighted regularization (module docstring, options: :class:`ReweightedOptions`)."""
 
     name = "reweighted"
+    Options = ReweightedOptions
 
-    def __init__(
-        self,
-        model: nn.Module,
-        targets: Iterable[Target],
-        lam: float | Mapping[str, float] = 1e-4,
-        *,
-        eps: float = 1e-3,
-        reweight_every: int = 1,
-    ) -> None:
-        super().__init__(model, targets)
-        self.lam = per_target(lam, self.targets, "lam", allow_zero=True)
-        self.eps = check_positive(eps, "eps")
-        self.reweight_every = check_count(reweight_every, "reweight_every")
+    def __init__(self, model: nn.Module, targets: Iterable[Target],
+                 options: ReweightedOptions | None = None, **given: Any) -> None:
+        super().__init__(model, targets, options, **given)
+        self.lam = per_target(self.options.lam, self.targets, "lam", "lam")
         self.reweights = 0
         self.alphas: list[Tensor] = []
         for t in self.targets:
@@ -64,7 +72,7 @@ class Reweighted(PruningMethod):
         return total
 
     def _end_epoch(self) -> None:
-        if self.epoch % self.reweight_every == 0:
+        if self.epoch % self.options.reweight_every == 0:
             self.reweight()
 
     @torch.no_grad()
@@ -74,7 +82,7 @@ class Reweighted(PruningMethod):
             norms = t.group_norms().detach()
             if self.alphas[i].device != norms.device:
                 self.alphas[i] = self.alphas[i].to(norms.device)
-            torch.reciprocal(norms.pow(2).add_(self.eps), out=self.alphas[i])
+            torch.reciprocal(norms.pow(2).add_(self.options.eps), out=self.alphas[i])
         self._residual = self._relative_residual()
         record = {
             "event": "reweight",

@@ -56,7 +56,7 @@ import difflib
 from collections.abc import Mapping
 from typing import Any
 
-from .. import schemes
+from .. import schemes, validate
 from ..errors import ConfigError, PrunekitError, TargetError, within
 from ..schemes import Scheme
 from . import rate_tables
@@ -109,9 +109,8 @@ def check_rule(rule: Any, index: int = 0, *,
                 scheme = _rule_scheme(rule, index, default_scheme)
         allocation = rule.get("allocation", "uniform")
         with within("allocation"):
-            if allocation not in ALLOCATIONS:
-                raise TargetError(f"rule {index}: allocation must be one of "
-                                  f"{list(ALLOCATIONS)}, got {allocation!r}")
+            validate.choice(allocation, choices=ALLOCATIONS, subject=f"rule {index}: allocation",
+                            error=TargetError)
             if scheme is None and allocation != "uniform":
                 raise TargetError(f"rule {index}: scheme {GROUP_FILTER!r} gives every coupled "
                                   f"group the rule's rate (allocation: uniform)")
@@ -239,16 +238,12 @@ def _rule_scheme(rule: Mapping[str, Any], index: int, default_scheme: str) -> Sc
 
 
 def _check_rate(rate: Any, what: str) -> float:
-    if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0.0 <= rate < 1.0:
-        raise TargetError(f"{what} must be a number in [0, 1), got {rate!r}")
-    return float(rate)
+    return validate.number(rate, bounds="[0, 1)", subject=what, error=TargetError)
 
 
 def _clamp(rule: Mapping[str, Any], key: str, index: int, default: float) -> float:
-    value = rule.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
-        raise TargetError(f"rule {index}: {key!r} must be a number in [0, 1], got {value!r}")
-    return float(value)
+    return validate.number(rule.get(key, default), bounds="[0, 1]",
+                           subject=f"rule {index}: {key!r}", error=TargetError)
 
 
 def check_fit(scheme: Scheme, shape: tuple[int, ...], rate: float | None, *,

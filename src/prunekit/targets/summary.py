@@ -4,13 +4,12 @@ the rules leave out, and why."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..errors import TargetError
 from .group import GroupTarget
 from .layers import SUPPORTED_TYPES, layer_type, layer_weights
 from .target import Target
@@ -89,19 +88,6 @@ class Targets(list):
         self.summary = summary
         #: the model's traced coupled channels when a rule needed them (else None)
         self.structure = structure
-
-    def bound_to(self, model: nn.Module) -> Targets:
-        """The same targets on another instance of the model (a copy): every parameter
-        swapped for the one of the same name, without resolving or tracing again."""
-        params = dict(model.named_parameters())
-        missing = sorted({n for t in self for n, _ in t.members} - set(params))
-        if missing:
-            raise TargetError(f"the model lacks {missing[0]}: these targets were resolved "
-                              f"for another architecture")
-        bound = [replace(t, members=[(n, params[n]) for n, _ in t.members])
-                 if isinstance(t, GroupTarget) else replace(t, param=params[t.name])
-                 for t in self]
-        return Targets(bound, self.summary, self.structure)
 
 
 def summarize(ctx: Any, targets: Sequence[Target | GroupTarget]) -> ResolveSummary:

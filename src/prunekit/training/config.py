@@ -7,27 +7,28 @@ key, because a silently ignored ``lrr: 0.1`` wastes a whole run.
 
 from __future__ import annotations
 
-import difflib
-import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import torch
 
+from .. import validate
 from ..errors import ConfigError
 from .layout import MEMORY_FORMATS
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("cosine", "step", "constant")
 
-_INT_KEYS = ("epochs", "warmup_epochs", "seed")
-_FLOAT_KEYS = ("lr", "momentum", "weight_decay", "gamma", "label_smoothing", "distill",
-               "distill_temperature")
-_BOOL_KEYS = ("nesterov", "progress")
-_STR_KEYS = ("optimizer", "schedule", "device", "on_nan", "memory_format")
 #: what a non-finite loss does: stop the run (naming stage, epoch and step), or skip the batch
 ON_NAN = ("stop", "skip_batch")
+
+_INT_KEYS = ("epochs", "warmup_epochs", "seed")  # each >= 0
+_FLOAT_KEYS = {"lr": "> 0", "momentum": "[0, 1)", "weight_decay": ">= 0", "gamma": "> 0",
+               "label_smoothing": "[0, 1)", "distill": "[0, 1]", "distill_temperature": "> 0"}
+_BOOL_KEYS = ("nesterov", "progress")
+_CHOICES = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "on_nan": ON_NAN,
+            "memory_format": MEMORY_FORMATS}
 
 
 @dataclass
@@ -73,65 +74,29 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         for key in _INT_KEYS:
-            setattr(self, key, _as_int(key, getattr(self, key)))
-        for key in _FLOAT_KEYS:
-            setattr(self, key, _as_float(key, getattr(self, key)))
+            self._check(validate.integer, key, bounds=">= 0")
+        for key, bounds in _FLOAT_KEYS.items():
+            self._check(validate.number, key, bounds=bounds, text=True)
         for key in _BOOL_KEYS:
-            setattr(self, key, _as_bool(key, getattr(self, key)))
-        for key in _STR_KEYS:
-            setattr(self, key, _as_str(key, getattr(self, key)))
-        if self.step_size is not None:
-            self.step_size = _as_int("step_size", self.step_size)
-        if self.grad_clip is not None:
-            self.grad_clip = _as_float("grad_clip", self.grad_clip)
+            self._check(validate.boolean, key)
+        for key, choices in _CHOICES.items():
+            self._check(validate.choice, key, choices=choices)
+        validate.kind(self.device, str, "a string", "device", subject="train option 'device'")
+        self._check(validate.integer, "step_size", bounds=">= 1", optional=True)
+        self._check(validate.number, "grad_clip", bounds="> 0", text=True, optional=True)
         if self.milestones is not None:
-            self.milestones = _as_int_list("milestones", self.milestones)
-        self._check_ranges()
-
-    def _check_ranges(self) -> None:
-        _require(self.epochs >= 0, "epochs", f"must be >= 0, got {self.epochs}")
-        _require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
-        _require(0 <= self.momentum < 1, "momentum", f"must be in [0, 1), got {self.momentum}")
-        _require(not self.nesterov or (self.optimizer == "sgd" and self.momentum != 0),
-                 "nesterov", "needs optimizer 'sgd' with momentum > 0")
-        _require(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
-        _require(self.gamma > 0, "gamma", f"must be > 0, got {self.gamma}")
-        _require(self.warmup_epochs >= 0, "warmup_epochs",
-                 f"must be >= 0, got {self.warmup_epochs}")
-        _require(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
-        _require(0 <= self.label_smoothing < 1, "label_smoothing",
-                 f"must be in [0, 1), got {self.label_smoothing}")
-        _require(self.grad_clip is None or self.grad_clip > 0, "grad_clip",
-                 f"must be > 0 or null, got {self.grad_clip}")
-        if self.optimizer not in OPTIMIZERS:
-            raise ConfigError(
-                f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}",
-                key=("optimizer",),
-            )
-        if self.schedule not in SCHEDULES:
-            raise ConfigError(
-                f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}",
-                key=("schedule",),
-            )
-        self._check_step_options()
-        _check_device(self.device)
-        _require(self.on_nan in ON_NAN, "on_nan",
-                 f"must be one of {', '.join(ON_NAN)}, got {self.on_nan!r}")
-        _require(0 <= self.distill <= 1, "distill", f"must be in [0, 1], got {self.distill}")
-        _require(self.distill_temperature > 0, "distill_temperature",
-                 f"must be > 0, got {self.distill_temperature}")
-        _require(self.memory_format in MEMORY_FORMATS, "memory_format",
-                 f"must be one of {', '.join(MEMORY_FORMATS)}, got {self.memory_format!r}")
-
-    def _check_step_options(self) -> None:
-        _require(self.step_size is None or self.step_size >= 1, "step_size",
-                 f"must be >= 1, got {self.step_size}")
-        if self.milestones is not None:
-            _require(all(m >= 0 for m in self.milestones), "milestones",
-                     f"must be >= 0, got {self.milestones}")
+            if not isinstance(self.milestones, list | tuple):
+                validate.fail(f"train option 'milestones' must be a list of integers, got "
+                              f"{self.milestones!r}", "milestones")
+            self.milestones = [validate.integer(m, "milestones", bounds=">= 0",
+                                                subject="train option 'milestones'")
+                               for m in self.milestones]
             _require(all(b > a for a, b in zip(self.milestones, self.milestones[1:],
                                                 strict=False)),
                      "milestones", f"must be strictly increasing, got {self.milestones}")
+        _require(not self.nesterov or (self.optimizer == "sgd" and self.momentum != 0),
+                 "nesterov", "needs optimizer 'sgd' with momentum > 0")
+        _check_device(self.device)
         if self.schedule == "step":
             if self.milestones is None and self.step_size is None:
                 raise ConfigError("schedule 'step' needs 'milestones' (a list of epochs) or "
@@ -140,6 +105,10 @@ class TrainConfig:
                 raise ConfigError("schedule 'step' takes 'milestones' or 'step_size', not both",
                                   key=("schedule",))
 
+    def _check(self, check: Callable[..., Any], key: str, **how: Any) -> None:
+        setattr(self, key, check(getattr(self, key), key, subject=f"train option {key!r}",
+                                 **how))
+
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> TrainConfig:
         """Build a config from a recipe section; unknown keys are an error naming the key."""
@@ -147,15 +116,7 @@ class TrainConfig:
             return cls()
         if not isinstance(d, Mapping):
             raise ConfigError(f"train options must be a mapping, got {type(d).__name__}")
-        known = [f.name for f in fields(cls)]
-        for key in d:
-            if key not in known:
-                hint = difflib.get_close_matches(str(key), known, n=1)
-                also = f" (did you mean {hint[0]!r}?)" if hint else ""
-                raise ConfigError(
-                    f"unknown train option {key!r}{also}; known options: {', '.join(known)}",
-                    key=(str(key),),
-                )
+        validate.known_keys(d, [f.name for f in fields(cls)], noun="train option")
         return cls(**dict(d))
 
     def to_dict(self) -> dict[str, Any]:
@@ -167,55 +128,6 @@ def _require(ok: bool, key: str, message: str) -> None:
     """A range check whose error names the option (and carries it as the error's key)."""
     if not ok:
         raise ConfigError(f"train option {key!r} {message}", key=(key,))
-
-
-def _type_error(key: str, value: Any, expected: str) -> ConfigError:
-    return ConfigError(
-        f"train option {key!r} must be {expected}, got {value!r} ({type(value).__name__})",
-        key=(key,),
-    )
-
-
-def _as_int(key: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _type_error(key, value, "an integer")
-    return int(value)
-
-
-def _as_float(key: str, value: Any) -> float:
-    """Numbers, and numeric strings: YAML 1.1 reads ``1e-3`` (no dot) as a string."""
-    if isinstance(value, bool):
-        raise _type_error(key, value, "a number")
-    if isinstance(value, int | float):
-        result = float(value)
-    elif isinstance(value, str):
-        try:
-            result = float(value)
-        except ValueError:
-            raise _type_error(key, value, "a number") from None
-    else:
-        raise _type_error(key, value, "a number")
-    if not math.isfinite(result):
-        raise _type_error(key, value, "a finite number")
-    return result
-
-
-def _as_bool(key: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise _type_error(key, value, "true or false")
-    return value
-
-
-def _as_str(key: str, value: Any) -> str:
-    if not isinstance(value, str):
-        raise _type_error(key, value, "a string")
-    return value
-
-
-def _as_int_list(key: str, value: Any) -> list[int]:
-    if not isinstance(value, list | tuple):
-        raise _type_error(key, value, "a list of integers")
-    return [_as_int(key, v) for v in value]
 
 
 def _check_device(name: str) -> None:
