@@ -70,9 +70,22 @@ LENET_LAYERS = {"irregular": ["conv2", "fc1", "fc2"], "block": ["conv2", "fc1"]}
 #: irregular from 10x, block at 2/4/8x)
 LENET_ORDER = (("irregular", 10), ("block", 4), ("block", 2), ("irregular", 4), ("block", 10),
                ("irregular", 2))
-#: one torch thread per LeNet-5 row, as bench/compression.py runs them: on the 2 shared
+#: one torch thread per CNN row, as bench/compression.py runs them: on the 2 shared
 #: cores a 2-thread trainer next to another job spends most of its time waiting
 LENET_THREADS = 1
+
+# ResNet-20: a few dense epochs (~2 min each here), every conv of the three stages
+# compressed (the stem conv and fc stay dense), no refinement (an epoch costs minutes)
+RESNET_DENSE = ROOT / "runs/bench-resnet20/dense.pt"
+RESNET_EPOCHS = 3
+RESNET_RATIOS = (2, 4)
+CNNS = {
+    "lenet5": {"dense": DENSE, "layers": LENET_LAYERS, "types": None, "overrides": []},
+    "resnet20": {"dense": RESNET_DENSE,
+                 "layers": {"irregular": ["layer1.*", "layer2.*", "layer3.*"]},
+                 "types": ["Conv2d"],
+                 "overrides": ["model.name=resnet20", "retrain.epochs=0"]},
+}
 
 METHODS = ("magnitude", "wanda", "sparsegpt", "admm")
 #: the methods that solve each scheme (wanda and sparsegpt refuse block by name)
@@ -87,6 +100,8 @@ def plan(model: str | None = None) -> list[tuple[str, str, str, float, int]]:
         rows += [("minilm-l6", m, scheme, s, 0) for m in SOLVES[scheme]]
     for scheme, ratio in LENET_ORDER:
         rows += [("lenet5", m, scheme, round(1 - 1 / ratio, 6), 0) for m in SOLVES[scheme]]
+    for ratio in RESNET_RATIOS:
+        rows += [("resnet20", m, "irregular", round(1 - 1 / ratio, 6), 0) for m in METHODS]
     return [r for r in rows if model in (None, r[0])]
 
 
@@ -141,19 +156,25 @@ def prepare_minilm() -> None:
     print(f"wrote {minilm_dir()}")
 
 
-def prepare_lenet5() -> None:
+def prepare_cnn(model: str) -> None:
     """The dense LeNet-5 as ``make bench-dense`` trains it (the same recipe and overrides as
-    bench/dense_baseline.py), without rewriting that script's committed results."""
-    if DENSE.exists():
-        print(f"{DENSE} exists")
+    bench/dense_baseline.py), without rewriting that script's committed results; ResNet-20
+    with the same recipe for RESNET_EPOCHS epochs."""
+    dense = CNNS[model]["dense"]
+    if dense.exists():
+        print(f"{dense} exists")
         return
     from prunekit.pipeline import run_recipe
     from prunekit.recipe import load_recipe
 
-    recipe = load_recipe(DENSE_RECIPE, ["prune=null", "retrain=null", "train.progress=false"])
+    overrides = ["prune=null", "retrain=null", "train.progress=false"]
+    if model == "resnet20":
+        overrides += ["model.name=resnet20", f"train.epochs={RESNET_EPOCHS}"]
+        torch.set_num_threads(LENET_THREADS)
     with cpu_lock():
-        run_recipe(recipe, DENSE.parent, resume=True, progress=False)
-    print(f"wrote {DENSE}")
+        run_recipe(load_recipe(DENSE_RECIPE, overrides), dense.parent, resume=True,
+                   progress=False)
+    print(f"wrote {dense}")
 
 
 # ------------------------------------------------------------------------- MiniLM
@@ -248,14 +269,18 @@ def minilm_row(method: str, scheme: str, sparsity: float, seed: int) -> dict[str
 
 
 # ------------------------------------------------------------------------ LeNet-5
-def lenet_overrides(method: str, scheme: str, sparsity: float) -> list[str]:
-    target = {"layers": LENET_LAYERS[scheme], "scheme": scheme, "sparsity": sparsity}
-    return [f"model.checkpoint={DENSE}", "train.epochs=0", "train.progress=false",
+def cnn_overrides(model: str, method: str, scheme: str, sparsity: float) -> list[str]:
+    cnn = CNNS[model]
+    target = {"layers": cnn["layers"][scheme], "scheme": scheme, "sparsity": sparsity}
+    if cnn["types"]:
+        target["types"] = cnn["types"]
+    return [f"model.checkpoint={cnn['dense']}", "train.epochs=0", "train.progress=false",
             f"oneshot.method={method}", f"oneshot.targets={json.dumps([target])}",
-            "retrain.progress=false"]
+            "retrain.progress=false", *cnn["overrides"]]
 
 
-def lenet_row(method: str, scheme: str, sparsity: float, seed: int) -> dict[str, Any]:
+def cnn_row(model: str, method: str, scheme: str, sparsity: float,
+            seed: int) -> dict[str, Any]:
     """One run of the product's pipeline (dense checkpoint -> oneshot -> retrain -> export
     -> report) in its own run directory; the accuracy right after compression and after
     the refinement both come from its report."""
@@ -263,14 +288,15 @@ def lenet_row(method: str, scheme: str, sparsity: float, seed: int) -> dict[str,
     from prunekit.recipe import load_recipe
 
     torch.set_num_threads(LENET_THREADS)
-    out = RUNS / f"{method}-{scheme}-{sparsity:g}"
+    dense = CNNS[model]["dense"]
+    out = RUNS / f"{model}-{method}-{scheme}-{sparsity:g}"
     shutil.rmtree(out, ignore_errors=True)
-    recipe = load_recipe(ONESHOT_RECIPE, lenet_overrides(method, scheme, sparsity))
+    recipe = load_recipe(ONESHOT_RECIPE, cnn_overrides(model, method, scheme, sparsity))
     report = run_recipe(recipe, out, progress=False, echo=lambda *_: None)
     stage = {(p["stage"], p["when"]): p["accuracy"] for p in report["stage_accuracy"]}
     oneshot = report["extra"]["oneshot"]
     refine = [r for r in report.get("history") or [] if r["stage"] == "retrain"]
-    row = {"model": "lenet5", "method": method, "scheme": scheme, "sparsity": sparsity,
+    row = {"model": model, "method": method, "scheme": scheme, "sparsity": sparsity,
            "calib_seed": seed, "metric": "accuracy",
            "value": stage[("oneshot", "after compression")],
            "dense_value": report["accuracy"]["dense"],
@@ -279,14 +305,14 @@ def lenet_row(method: str, scheme: str, sparsity: float, seed: int) -> dict[str,
            "median_magnitude_error": oneshot["median_magnitude_error"],
            "seconds": round(oneshot["seconds"], 2), "peak_mb": round(peak_mb(), 1),
            "ratio": report["compression_ratio_weights"],
-           "refined_value": report["accuracy"]["compressed"],
+           "refined_value": report["accuracy"]["compressed"] if refine else None,
            "refine_epochs": len(refine),
            "refine_seconds": round(sum(r["seconds"] for r in refine), 1),
-           "calibration_images": 512, "layers": LENET_LAYERS[scheme],
+           "calibration_images": 512, "layers": CNNS[model]["layers"][scheme],
            "machine": common.machine()}
     return {"row": row, "layers": oneshot["layers"],
-            "source": {"lenet5": {"dense": str(DENSE.relative_to(ROOT)),
-                                  "dense_sha256": sha256(DENSE),
+            "source": {model: {"dense": str(dense.relative_to(ROOT)),
+                                 "dense_sha256": sha256(dense),
                                   "recipe": str(ONESHOT_RECIPE.relative_to(ROOT))}}}
 
 
@@ -366,6 +392,7 @@ def report() -> None:
              ""]
     lines += minilm_table([r for r in rows if r["model"] == "minilm-l6"])
     lines += lenet_table([r for r in rows if r["model"] == "lenet5"])
+    lines += resnet_table([r for r in rows if r["model"] == "resnet20"])
     source = data.get("source", {})
     if source:
         lines += ["", "Sources (SHA-256):", ""]
@@ -376,10 +403,11 @@ def report() -> None:
                 lines.append(f"- calibration: `{f['path']}` {f['sha256']} ({f['tokens']} tokens)")
             for f in m["held_out"]:
                 lines.append(f"- held out: `{f['path']}` {f['sha256']}")
-        le = source.get("lenet5")
-        if le:
-            lines.append(f"- LeNet-5: `{le['dense']}` {le['dense_sha256']}, recipe "
-                         f"`{le['recipe']}`")
+        for model in CNNS:
+            le = source.get(model)
+            if le:
+                lines.append(f"- {model}: `{le['dense']}` {le['dense_sha256']}, recipe "
+                             f"`{le['recipe']}`")
     common.RESULTS.joinpath("oneshot_small.md").write_text("\n".join(lines) + "\n")
 
 
@@ -415,6 +443,28 @@ def scheme_name(r: dict[str, Any]) -> str:
 def training_time_rows() -> list[dict[str, Any]]:
     """bench/compression.py's rows (the training-time pipeline from the same dense recipe)."""
     return load_json(common.RESULTS / "compression.json", [])
+
+
+def resnet_table(rows: list[dict[str, Any]]) -> list[str]:
+    if not rows:
+        return []
+    dense = rows[0]["dense_value"]
+    out = ["## ResNet-20 on Fashion-MNIST (`resnet20`)", "",
+           f"A dense ResNet-20 trained {RESNET_EPOCHS} epochs with the LeNet-5 dense recipe "
+           f"(`python bench/oneshot_small.py prepare --model resnet20`; test accuracy "
+           f"{100 * dense:.2f}%), every conv of layer1-3 compressed (18 convs; the stem conv "
+           "and fc dense) by the pipeline from the first 512 training images, no refinement. "
+           "Ratio as above (the 18 convs' weights / their nonzeros).", "",
+           "| method | scheme | target | measured ratio | no retraining (%) | dense (%) "
+           "| median layer err | worst layer err | one-shot s | peak MB | load |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        out.append(f"| {r['method']} | {r['scheme']} | {round(1 / (1 - r['sparsity']))}x | "
+                   f"{r['ratio']:.1f}x | {100 * r['value']:.2f} | "
+                   f"{100 * r['dense_value']:.2f} | {fmt(r['median_layer_error'])} | "
+                   f"{fmt(r['worst_layer_error'])} | {r['seconds']:.1f} | "
+                   f"{r['peak_mb']:.0f} | {r['machine']['load_average']} |")
+    return [*out, ""]
 
 
 def training_minutes(t: dict[str, Any]) -> float:
@@ -487,9 +537,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
     prep = sub.add_parser("prepare")
-    prep.add_argument("--model", choices=("minilm-l6", "lenet5"))
+    prep.add_argument("--model", choices=("minilm-l6", *CNNS))
     run = sub.add_parser("run")
-    run.add_argument("--model", choices=("minilm-l6", "lenet5"))
+    run.add_argument("--model", choices=("minilm-l6", *CNNS))
     run.add_argument("--only", type=int, default=None, help="run at most this many rows")
     run.add_argument("--rows", nargs="*", help="rows to run instead of the plan, each "
                      "model:method:scheme:sparsity:seed (e.g. lenet5:admm:block:0.75:0)")
@@ -504,15 +554,19 @@ def main() -> None:
     if args.cmd == "prepare":
         if args.model in (None, "minilm-l6"):
             prepare_minilm()
-        if args.model in (None, "lenet5"):
-            prepare_lenet5()
+        for model in CNNS:
+            if args.model in (None, model):
+                prepare_cnn(model)
     elif args.cmd == "run":
         run_all(args.model, args.only, args.rows)
     elif args.cmd == "report":
         report()
     else:
-        fn = minilm_row if args.model == "minilm-l6" else lenet_row
-        print(json.dumps(fn(args.method, args.scheme, args.sparsity, args.seed)))
+        if args.model == "minilm-l6":
+            result = minilm_row(args.method, args.scheme, args.sparsity, args.seed)
+        else:
+            result = cnn_row(args.model, args.method, args.scheme, args.sparsity, args.seed)
+        print(json.dumps(result))
 
 
 if __name__ == "__main__":
