@@ -118,7 +118,7 @@ def test_admm_least_squares_reaches_a_feasible_sparse_solution(seed):
         model.weight.copy_(torch.linalg.lstsq(x, y.unsqueeze(1)).solution.T)
     rate = 1 - 5 / d
     target = make_target(model, "weight", rate)
-    pruner = ADMM(model, [target], rho=1.0)
+    pruner = ADMM(model, [target], rho=1.0, rho_schedule="constant")  # the classic iteration
     opt = torch.optim.SGD(model.parameters(), lr=0.02)
 
     def loss_of(w):
@@ -234,7 +234,9 @@ def rho_sequence(n: int, **options) -> list[float]:
 
 
 def test_rho_schedules_give_the_expected_sequences():
-    assert rho_sequence(4, rho=0.01) == [0.01] * 5
+    assert rho_sequence(4, rho=0.01, rho_schedule="constant") == [0.01] * 5
+    # the default is the adaptive support schedule
+    assert rho_sequence(4, rho=0.01) == rho_sequence(4, rho=0.01, rho_schedule="support")
     geometric = rho_sequence(5, rho=0.01, rho_schedule="geometric", rho_growth=2.0, rho_max=0.1)
     assert geometric == pytest.approx([0.01, 0.02, 0.04, 0.08, 0.1, 0.1])
     stages = rho_sequence(6, rho=1e-4, rho_schedule="stages", stage_every=2)

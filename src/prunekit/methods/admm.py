@@ -45,7 +45,10 @@ class ADMMOptions(MethodOptions):
     rho: float | Mapping[str, float] = 1e-3
     update_every: int = 1
     update_unit: str = "epoch"
-    rho_schedule: str = "constant"
+    #: adaptive by default: on the compression benchmark it measures the same accuracy as
+    #: a constant rho (irregular 40x, 12 epochs, two seeds: 91.46% vs 91.47%) and leaves a
+    #: third of the residual at hardening (0.17 vs 0.51), with no rate to tune per model
+    rho_schedule: str = "support"
     rho_growth: float | None = None
     rho_max: float | None = None
     stage_every: int = 5
@@ -105,8 +108,8 @@ class ADMMOptions(MethodOptions):
 class ADMM(PruningMethod):
     """ADMM pruning (see the module docstring).
 
-    ``rho`` is one number or ``{layer: number}``. It follows ``rho_schedule``:
-    ``"constant"``; ``"geometric"`` (times ``rho_growth``, default 1.5, at every update, up
+    ``rho`` is one number or ``{layer: number}``. It follows ``rho_schedule``
+    (default ``"support"``): ``"constant"``; ``"geometric"`` (times ``rho_growth``, default 1.5, at every update, up
     to ``rho_max``); ``"stages"`` (times ``rho_growth``, default 10, every ``stage_every``
     updates, up to ``rho_max``); two adaptive schedules that need no tuning per model:
     ``"balance"`` (residual balancing, per layer: times ``rho_growth``, default 2, when the
