@@ -235,7 +235,8 @@ def test_bad_inputs_are_one_clear_error_before_any_work(tmp_path, models, case):
                     r"data\.evaluation: text file .*cal_b\.txt.* both calibration and "
                     r"evaluation"),
         "unknown key": (cal, cal.replace("calibration", "calibraton"),
-                        r"data\.calibraton: unknown key 'calibraton' \(did you mean 'calibration'\?\)"),
+                        r"data\.calibraton: unknown key 'calibraton' "
+                        r"\(did you mean 'calibration'\?\)"),
         "retrain": ("oneshot:", "retrain: {epochs: 1}\noneshot:",
                     r"retrain: is not supported with a Hugging Face model"),
         "no files": (cal, cal.replace("cal_*", "nothing_*"),

@@ -108,16 +108,17 @@ class ADMMOptions(MethodOptions):
 class ADMM(PruningMethod):
     """ADMM pruning (see the module docstring).
 
-    ``rho`` is one number or ``{layer: number}``. It follows ``rho_schedule``
-    (default ``"support"``): ``"constant"``; ``"geometric"`` (times ``rho_growth``, default 1.5, at every update, up
-    to ``rho_max``); ``"stages"`` (times ``rho_growth``, default 10, every ``stage_every``
-    updates, up to ``rho_max``); two adaptive schedules that need no tuning per model:
-    ``"balance"`` (residual balancing, per layer: times ``rho_growth``, default 2, when the
-    primal residual exceeds ``BALANCE_MU`` times the dual, divided by it in the opposite
-    case) and ``"support"`` (per layer: times ``rho_growth``, default 1.3, while more than
-    ``SUPPORT_BUSY`` of the layer's kept weights changed since the last update, times
-    ``SUPPORT_SLOW_GROWTH`` once the support settles). Z/U are updated every ``update_every`` epochs
-    (``update_unit="epoch"``, counted in :meth:`end_epoch`) or optimizer steps
+    ``rho`` is one number or ``{layer: number}``. It follows ``rho_schedule`` (default
+    ``"support"``): ``"constant"``; ``"geometric"`` (times ``rho_growth``, default 1.5, at
+    every update, up to ``rho_max``); ``"stages"`` (times ``rho_growth``, default 10, every
+    ``stage_every`` updates, up to ``rho_max``); two adaptive schedules that need no tuning
+    per model: ``"balance"`` (residual balancing, per layer: times ``rho_growth``, default
+    2, when the primal residual exceeds ``BALANCE_MU`` times the dual, divided by it in the
+    opposite case) and ``"support"`` (per layer: times ``rho_growth``, default 1.3, while
+    more than ``SUPPORT_BUSY`` of the layer's kept weights changed since the last update,
+    times ``SUPPORT_SLOW_GROWTH`` once the support settles). Z/U are updated every
+    ``update_every`` epochs (``update_unit="epoch"``, counted in :meth:`end_epoch`) or
+    optimizer steps
     (``"step"``, counted in :meth:`after_step`). ``updates_per_epoch=n`` instead updates n
     times per epoch, evenly spaced over the epoch's ``steps_per_epoch`` optimizer steps, the
     last at :meth:`end_epoch`: the cadence then means the same on a data set of any size
