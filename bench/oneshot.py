@@ -30,7 +30,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-LOCK = "/tmp/prunekit-cpu.lock"
+# one heavy job at a time on the machine; another lock file only serialises these rows
+LOCK = os.environ.get("PRUNEKIT_CPU_LOCK", "/tmp/prunekit-cpu.lock")
 RESULTS = common.RESULTS / "oneshot.json"
 LAYERS = common.RESULTS / "oneshot.layers.json"
 DATA = Path(os.environ.get("PRUNEKIT_ONESHOT_DATA", Path.home() / ".cache/prunekit-oneshot"))
