@@ -261,8 +261,11 @@ def requirements(rows: list[dict]) -> list[str]:
         ea = _field(rows, "admm", scheme, s, "median_layer_error")
         eg = _field(rows, "sparsegpt", scheme, s, "median_layer_error")
         if None not in (ta, tg, ea, eg):
+            loads = [_load(rows, m, scheme, s) for m in ("admm", "sparsegpt")]
+            busy = (f" (measured under load {loads[0]:.1f} and {loads[1]:.1f}: not comparable, "
+                    f"see bench/README.md)" if max(loads) > BUSY_LOAD else "")
             out.append(f"- {scheme} {s:.0%}: admm takes {ta:.0f} s = {ta / tg:.2f}x sparsegpt's "
-                       f"{tg:.0f} s (required <= 3x, <= 1200 s); median layer error "
+                       f"{tg:.0f} s (required <= 3x, <= 1200 s){busy}; median layer error "
                        f"{ea:.4f} = {ea / eg:.2f}x sparsegpt's")
     for scheme, s in (("irregular", 0.7), ("irregular", 0.5), ("nm", 0.5)):
         g = _value(rows, "sparsegpt", scheme, s)
@@ -275,6 +278,17 @@ def requirements(rows: list[dict]) -> list[str]:
             "or evaluation; peak MB: the row's process peak resident memory (evaluation "
             "included)."]
     return out
+
+
+#: a 1-minute load average above this when a row ended means other jobs shared its cores
+BUSY_LOAD = 2.5
+
+
+def _load(rows: list[dict], method: str, scheme: str, sparsity: float) -> float:
+    """The highest 1-minute load average at the end of the matching rows."""
+    return max(float(str(r.get("machine", {}).get("load_average", "0")).split(",")[0])
+               for r in rows if r["method"] == method and r["scheme"] == scheme
+               and abs(r["sparsity"] - sparsity) < 1e-6)
 
 
 def _field(rows: list[dict], method: str, scheme: str, sparsity: float,
