@@ -8,6 +8,7 @@ import json
 import os
 import platform
 import shlex
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -94,3 +95,21 @@ def resnet50_shapes() -> list[tuple[str, tuple[int, ...]]]:
             inplanes = planes * 4
     shapes.append(("fc", (1000, 2048)))
     return shapes
+
+
+def load_json(path: Path, default: Any) -> Any:
+    """A results file's contents, or ``default`` before the first row is written."""
+    return json.loads(path.read_text()) if path.exists() else default
+
+
+def run_row(cmd: list[str]) -> dict[str, Any] | None:
+    """Run one benchmark row as its own process (its peak memory is its own) and return the
+    JSON it prints last, echoing the command and the row; None (stderr shown) if it failed."""
+    print(" ".join(cmd), flush=True)
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode:
+        print(out.stderr[-3000:], flush=True)
+        return None
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    print(json.dumps(result["row"]), flush=True)
+    return result

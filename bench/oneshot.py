@@ -19,7 +19,6 @@ import importlib.util
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -73,10 +72,6 @@ def plan() -> list[tuple[str, str, float, int]]:
 def key(row: dict[str, Any]) -> tuple:
     return (row["model"], row["method"], row["scheme"], round(row["sparsity"], 4),
             row["calib_seed"])
-
-
-def load_json(path: Path, default: Any) -> Any:
-    return json.loads(path.read_text()) if path.exists() else default
 
 
 # ------------------------------------------------------------------------- one row
@@ -165,25 +160,19 @@ def parse_row(text: str) -> tuple[str, str, float, int]:
 
 
 def run_all(only: int | None, rows: list[str] | None = None) -> None:
-    done = {key(r) for r in load_json(RESULTS, {"rows": []})["rows"]}
+    done = {key(r) for r in common.load_json(RESULTS, {"rows": []})["rows"]}
     chosen = [parse_row(r) for r in rows] if rows else plan()
     todo = [r for r in chosen if (MODEL, r[0], r[1], round(r[2], 4), r[3]) not in done]
     for method, scheme, sparsity, seed in todo[:only]:
-        cmd = ["flock", LOCK, sys.executable, __file__, "row", method, scheme, str(sparsity),
-               str(seed)]
-        print(" ".join(cmd), flush=True)
-        out = subprocess.run(cmd, capture_output=True, text=True)
-        if out.returncode:
-            print(out.stderr[-3000:], flush=True)
-            continue
-        result = json.loads(out.stdout.strip().splitlines()[-1])
-        save(result)
-        print(json.dumps(result["row"]), flush=True)
+        result = common.run_row(["flock", LOCK, sys.executable, __file__, "row", method,
+                                 scheme, str(sparsity), str(seed)])
+        if result is not None:
+            save(result)
     report()
 
 
 def save(result: dict[str, Any]) -> None:
-    data = load_json(RESULTS, {"rows": []})
+    data = common.load_json(RESULTS, {"rows": []})
     row = result["row"]
     data["rows"] = [r for r in data["rows"] if key(r) != key(row)] + [row]
     data["text"] = result["text"]
@@ -193,14 +182,14 @@ def save(result: dict[str, Any]) -> None:
     for r in data["rows"]:
         r["dense_value"] = dense[0]["value"] if dense else None
     common.write_json(RESULTS.name, data)
-    layers = load_json(LAYERS, {})
+    layers = common.load_json(LAYERS, {})
     layers["/".join(str(k) for k in key(row))] = result["layers"]
     common.write_json(LAYERS.name, layers)
 
 
 # --------------------------------------------------------------------------- report
 def report() -> None:
-    data = load_json(RESULTS, {"rows": []})
+    data = common.load_json(RESULTS, {"rows": []})
     rows = sorted(data["rows"], key=lambda r: (r["scheme"], r["sparsity"], r["calib_seed"],
                                                r["method"]))
     if not rows:

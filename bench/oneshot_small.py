@@ -31,7 +31,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 import time
 import zipfile
@@ -108,10 +107,6 @@ def plan(model: str | None = None) -> list[tuple[str, str, str, float, int]]:
 def key(row: dict[str, Any]) -> tuple:
     return (row["model"], row["method"], row["scheme"], round(row["sparsity"], 4),
             row["calib_seed"])
-
-
-def load_json(path: Path, default: Any) -> Any:
-    return json.loads(path.read_text()) if path.exists() else default
 
 
 def sha256(path: Path) -> str:
@@ -344,25 +339,20 @@ def parse_row(text: str) -> tuple[str, str, str, float, int]:
 
 
 def run_all(model: str | None, only: int | None, rows: list[str] | None) -> None:
-    done = {key(r) for r in load_json(RESULTS, {"rows": []})["rows"]}
+    done = {key(r) for r in common.load_json(RESULTS, {"rows": []})["rows"]}
     chosen = [parse_row(r) for r in rows] if rows else plan(model)
     todo = [r for r in chosen if (r[0], r[1], r[2], round(r[3], 4), r[4]) not in done]
     with cpu_lock():
         for row in todo[:only]:
-            cmd = [sys.executable, __file__, "row", *(str(x) for x in row)]
-            print(" ".join(cmd), flush=True)
-            out = subprocess.run(cmd, capture_output=True, text=True)
-            if out.returncode:
-                print(out.stderr[-3000:], flush=True)
-                continue
-            result = json.loads(out.stdout.strip().splitlines()[-1])
-            save(result)
-            print(json.dumps(result["row"]), flush=True)
+            result = common.run_row([sys.executable, __file__, "row",
+                                     *(str(x) for x in row)])
+            if result is not None:
+                save(result)
     report()
 
 
 def save(result: dict[str, Any]) -> None:
-    data = load_json(RESULTS, {"rows": []})
+    data = common.load_json(RESULTS, {"rows": []})
     row = result["row"]
     data["rows"] = [r for r in data["rows"] if key(r) != key(row)] + [row]
     data.setdefault("source", {}).update(result["source"])
@@ -377,7 +367,7 @@ def fmt(v: float | None, spec: str = ".4f") -> str:
 
 
 def report() -> None:
-    data = load_json(RESULTS, {"rows": []})
+    data = common.load_json(RESULTS, {"rows": []})
     rows = data["rows"]
     if not rows:
         return
@@ -442,7 +432,7 @@ def scheme_name(r: dict[str, Any]) -> str:
 
 def training_time_rows() -> list[dict[str, Any]]:
     """bench/compression.py's rows (the training-time pipeline from the same dense recipe)."""
-    return load_json(common.RESULTS / "compression.json", [])
+    return common.load_json(common.RESULTS / "compression.json", [])
 
 
 def resnet_table(rows: list[dict[str, Any]]) -> list[str]:
